@@ -1,0 +1,207 @@
+// Package agent is the bbot agent proper: machine enumeration and bootstrap
+// decisions, the controller protocol, task preparation and result handling.
+// It is wired together only by cmd/bbot-agent.
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/url"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/build2/bbot-agent-go/manifest"
+)
+
+// Version is the bbot release whose protocol this agent implements; it is
+// also the bbot-version a bootstrapped machine must report (at least).
+const Version = "0.17.0"
+
+// Options are the agent's settings, named after bbot-agent's options.
+type Options struct {
+	Machines      string // machine volumes root
+	TFTP          string // TFTP root
+	TFTPPort      int    // base port; the server listens on TFTPPort+ToolchainNum
+	TFTPAddress   string // bind address override
+	ToolchainName string
+	ToolchainNum  int
+	ToolchainVer  manifest.StandardVersion
+	ToolchainID   string
+
+	BootstrapStartup time.Duration
+	BootstrapTimeout time.Duration
+	BootstrapRetries int
+	BuildStartup     time.Duration
+	BuildTimeout     time.Duration
+	BuildRetries     int
+
+	CPU int
+	RAM uint64 // KiB
+
+	ConnectTimeout time.Duration
+	RequestTimeout time.Duration
+	RequestRetries int
+
+	Trust   []string // replaces the task's trust values when non-empty
+	AuthKey string   // PEM file
+
+	SystemdDaemon bool
+	Verbose       int
+
+	FakeBootstrap bool
+	FakeBuild     bool
+	FakeMachine   string
+	FakeRequest   string
+	DumpMachines  bool
+	DumpTask      bool
+	DumpResult    bool
+
+	Network        string // "bridge" or "user"
+	Bridge         string
+	Accel          string // "auto", "kvm" or "tcg"
+	StateDir       string
+	RunDir         string
+	PollInterval   time.Duration
+	SuspendTimeout time.Duration // 0 = hold a suspended machine forever
+	ResultTTL      time.Duration
+
+	Controllers []Controller
+}
+
+// Controller is one controller task URL with its priority.
+type Controller struct {
+	URL      string
+	Priority int
+}
+
+// OptionError is a bad option value; it names the option.
+type OptionError struct {
+	Option string
+	Value  string
+	Reason string
+}
+
+func (e *OptionError) Error() string {
+	if e.Value == "" {
+		return fmt.Sprintf("--%s: %s", e.Option, e.Reason)
+	}
+	return fmt.Sprintf("invalid --%s value '%s': %s", e.Option, e.Value, e.Reason)
+}
+
+// Validate checks option values and fills the defaults that depend on other
+// options (the state and run directories).
+func (o *Options) Validate() error {
+	if o.ToolchainName == "" || strings.ContainsAny(o.ToolchainName, "/~ \t\n") {
+		return &OptionError{"toolchain-name", o.ToolchainName, "must be non-empty without '/', '~' or whitespace"}
+	}
+	if o.ToolchainNum < 1 || o.ToolchainNum > 99 {
+		return &OptionError{"toolchain-num", strconv.Itoa(o.ToolchainNum), "must be between 1 and 99"}
+	}
+	if port := o.TFTPPort + o.ToolchainNum; o.TFTPPort < 1 || port > 65535 {
+		return &OptionError{"tftp-port", strconv.Itoa(o.TFTPPort), "port plus toolchain number must be within 1..65535"}
+	}
+	if o.Verbose < 0 || o.Verbose > 6 {
+		return &OptionError{"verbose", strconv.Itoa(o.Verbose), "must be between 0 and 6"}
+	}
+	if o.CPU < 1 {
+		return &OptionError{"cpu", strconv.Itoa(o.CPU), "must be at least 1"}
+	}
+	if o.RAM < 65536 {
+		return &OptionError{"ram", strconv.FormatUint(o.RAM, 10), "must be at least 65536 KiB"}
+	}
+	switch o.Network {
+	case "bridge", "user":
+	default:
+		return &OptionError{"network", o.Network, "must be 'bridge' or 'user'"}
+	}
+	switch o.Accel {
+	case "auto", "kvm", "tcg":
+	default:
+		return &OptionError{"accel", o.Accel, "must be 'auto', 'kvm' or 'tcg'"}
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"bootstrap-startup", o.BootstrapStartup}, {"bootstrap-timeout", o.BootstrapTimeout},
+		{"build-startup", o.BuildStartup}, {"build-timeout", o.BuildTimeout},
+		{"connect-timeout", o.ConnectTimeout}, {"request-timeout", o.RequestTimeout},
+		{"poll-interval", o.PollInterval}, {"result-ttl", o.ResultTTL}} {
+		if d.v <= 0 {
+			return &OptionError{d.name, "0", "must be positive"}
+		}
+	}
+	for _, fp := range o.Trust {
+		if !validTrust(fp) {
+			return &OptionError{"trust", fp, "expected a SHA256 fingerprint (XX:XX:... in hex) or 'yes'"}
+		}
+	}
+	if o.StateDir == "" {
+		o.StateDir = filepath.Join("/var/lib/bbot-agent", o.ToolchainName)
+	}
+	if o.RunDir == "" {
+		o.RunDir = filepath.Join("/run/bbot-agent", o.ToolchainName)
+	}
+	if o.FakeMachine != "" && o.FakeRequest == "" {
+		return &OptionError{"fake-machine", "", "requires --fake-request"}
+	}
+	if (o.DumpTask || o.DumpResult) && o.FakeRequest == "" && len(o.Controllers) == 0 {
+		return errors.New("--dump-task and --dump-result need --fake-request or a controller URL")
+	}
+	if len(o.Controllers) == 0 && o.FakeRequest == "" && !o.DumpMachines {
+		return errors.New("no controller URL specified")
+	}
+	return nil
+}
+
+func validTrust(fp string) bool {
+	if fp == "yes" {
+		return true
+	}
+	parts := strings.Split(fp, ":")
+	if len(parts) != 32 {
+		return false
+	}
+	for _, p := range parts {
+		if len(p) != 2 {
+			return false
+		}
+		if _, err := strconv.ParseUint(p, 16, 8); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// priorityPrefix matches bbot's "<priority>=" URL prefix; "?build-task&x=y"
+// has no such prefix.
+var priorityPrefix = regexp.MustCompile(`^([0-9]{1,5})=`)
+
+// ParseController parses "[<priority>=]<url>".
+func ParseController(arg string) (Controller, error) {
+	c := Controller{URL: arg}
+	if m := priorityPrefix.FindStringSubmatch(arg); m != nil {
+		p, _ := strconv.Atoi(m[1])
+		c.Priority, c.URL = p, arg[len(m[0]):]
+	}
+	u, err := url.Parse(c.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return c, fmt.Errorf("invalid controller URL '%s': expected [<priority>=]http(s)://host/...", arg)
+	}
+	return c, nil
+}
+
+// OrderControllers returns the controllers by descending priority, shuffled
+// among equal priorities so that equal controllers share the load.
+func OrderControllers(cs []Controller, r *rand.Rand) []Controller {
+	out := make([]Controller, len(cs))
+	copy(out, cs)
+	r.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
+	// A stable sort keeps the shuffled order within a priority.
+	slices.SortStableFunc(out, func(a, b Controller) int { return b.Priority - a.Priority })
+	return out
+}

@@ -1,0 +1,176 @@
+// Command bbot-agent is the build2 build bot agent: it keeps build machines
+// as btrfs subvolumes, asks controllers for build tasks and performs them in
+// fresh QEMU snapshots. This is the only package that wires the agent,
+// machine, tftp, manifest and btrfs packages together.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/build2/bbot-agent-go/agent"
+	"github.com/build2/bbot-agent-go/manifest"
+)
+
+func main() {
+	os.Exit(run(os.Args, os.Stdout, os.Stderr))
+}
+
+// exitError carries an exit code through urfave/cli.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func run(args []string, stdout, stderr io.Writer) int {
+	opts := defaultOptions()
+	var toolchainVer string
+	var trust cli.StringSlice
+
+	cli.VersionFlag = &cli.BoolFlag{Name: "version", Usage: "print the agent and Go versions and exit"}
+	cli.VersionPrinter = func(c *cli.Context) {
+		fmt.Fprintf(c.App.Writer, "bbot-agent %s (Go %s)\n", agent.Version, runtime.Version())
+	}
+	app := &cli.App{
+		Name:            "bbot-agent",
+		Usage:           "build2 build bot agent",
+		UsageText:       "bbot-agent [options] [<priority>=]<url>...",
+		Version:         agent.Version,
+		HideHelpCommand: true,
+		Writer:          stdout,
+		ErrWriter:       stderr,
+		Flags:           flags(&opts, &toolchainVer, &trust),
+		OnUsageError: func(c *cli.Context, err error, _ bool) error {
+			return &exitError{1, err}
+		},
+		Action: func(c *cli.Context) error {
+			v, err := manifest.ParseStandardVersion(toolchainVer)
+			if err != nil {
+				return &exitError{1, &agent.OptionError{Option: "toolchain-ver", Value: toolchainVer, Reason: err.Error()}}
+			}
+			opts.ToolchainVer = v
+			opts.Trust = trust.Value()
+			for _, a := range c.Args().Slice() {
+				ctl, err := agent.ParseController(a)
+				if err != nil {
+					return &exitError{1, err}
+				}
+				opts.Controllers = append(opts.Controllers, ctl)
+			}
+			if err := opts.Validate(); err != nil {
+				return &exitError{1, err}
+			}
+			return execute(c.Context, &opts, stdout, stderr)
+		},
+	}
+	// Errors are printed once, on one line, by us.
+	cli.ErrWriter = io.Discard
+	cli.OsExiter = func(int) {}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := app.RunContext(ctx, args); err != nil {
+		// A manifest error already reads "FILE:LINE:COL: error: ...".
+		var pe *manifest.ParseError
+		if errors.As(err, &pe) {
+			fmt.Fprintln(stderr, pe)
+		} else {
+			fmt.Fprintf(stderr, "bbot-agent: error: %v\n", err)
+		}
+		var ee *exitError
+		if errors.As(err, &ee) {
+			return ee.code
+		}
+		return 1
+	}
+	return 0
+}
+
+// logger returns the agent's logger for the --verbose level: 0 errors only,
+// 1 warnings, 2 info, 3 and above debug.
+func logger(o *agent.Options, w io.Writer) *slog.Logger {
+	level := slog.LevelDebug
+	switch o.Verbose {
+	case 0:
+		level = slog.LevelError
+	case 1:
+		level = slog.LevelWarn
+	case 2:
+		level = slog.LevelInfo
+	}
+	h := &slog.HandlerOptions{Level: level}
+	if o.SystemdDaemon {
+		// journald stamps lines itself.
+		h.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		}
+	}
+	return slog.New(slog.NewTextHandler(w, h))
+}
+
+// execute runs the mode the options select.
+func execute(ctx context.Context, o *agent.Options, stdout, stderr io.Writer) error {
+	log := logger(o, stderr)
+	switch {
+	case o.FakeRequest != "" && o.DumpTask:
+		return dumpTask(o, stdout, log)
+	default:
+		return &exitError{1, errors.New("only --fake-request with --dump-task is available in this build")}
+	}
+}
+
+// readTask reads the --fake-request task manifest.
+func readTask(o *agent.Options) (*manifest.Task, error) {
+	f, err := os.Open(o.FakeRequest)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return manifest.ParseTask(f, o.FakeRequest)
+}
+
+// readFakeMachine reads the --fake-machine header manifest.
+func readFakeMachine(o *agent.Options) (manifest.MachineHeader, error) {
+	f, err := os.Open(o.FakeMachine)
+	if err != nil {
+		return manifest.MachineHeader{}, err
+	}
+	defer f.Close()
+	return manifest.ParseMachineHeader(f, o.FakeMachine)
+}
+
+// dumpTask prints the task exactly as the worker would receive it.
+func dumpTask(o *agent.Options, stdout io.Writer, log *slog.Logger) error {
+	task, err := readTask(o)
+	if err != nil {
+		return &exitError{1, err}
+	}
+	if o.FakeMachine != "" {
+		h, err := readFakeMachine(o)
+		if err != nil {
+			return &exitError{1, err}
+		}
+		if task.Machine() != h.Name {
+			log.Warn("task names a machine that was not offered", "task-machine", task.Machine(), "offered", h.Name)
+		}
+	}
+	// No controller response: no agent checksum, so the worker gets no
+	// worker/dependency checksums (a full build).
+	w := agent.WorkerTask(task, o.Trust, "", "")
+	return w.Serialize(stdout)
+}

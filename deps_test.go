@@ -1,0 +1,45 @@
+package bbotagent
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// TestPackageBoundaries enforces the layout rules: manifest stays a pure
+// text package, btrfs and tftp know nothing of the agent, and only
+// cmd/bbot-agent wires everything together.
+func TestPackageBoundaries(t *testing.T) {
+	const mod = "github.com/build2/bbot-agent-go/"
+	banned := map[string][]string{
+		"manifest": {"os", "os/exec", "net", "net/http", mod + "agent", mod + "machine", mod + "tftp", mod + "btrfs"},
+		"btrfs":    {mod + "agent", mod + "machine", mod + "tftp", mod + "manifest"},
+		"tftp":     {mod + "agent", mod + "machine", mod + "btrfs", mod + "manifest"},
+		"machine":  {mod + "agent"},
+		"agent":    {mod + "cmd/bbot-agent"},
+	}
+	for pkg, bans := range banned {
+		// Direct imports plus every dependency: "os" may come in through
+		// fmt, but manifest must not import it itself.
+		out, err := exec.Command("go", "list", "-f", "{{join .Imports \"\\n\"}}\n--\n{{join .Deps \"\\n\"}}", "./"+pkg).CombinedOutput()
+		if err != nil {
+			if strings.Contains(string(out), "no Go files") || strings.Contains(string(out), "cannot find") || strings.Contains(string(out), "directory not found") {
+				continue // package not written yet
+			}
+			t.Fatalf("go list %s: %v\n%s", pkg, err, out)
+		}
+		imports, all, _ := strings.Cut(string(out), "\n--\n")
+		direct, deps := map[string]bool{}, map[string]bool{}
+		for _, d := range strings.Fields(imports) {
+			direct[d] = true
+		}
+		for _, d := range strings.Fields(all) {
+			deps[d] = true
+		}
+		for _, b := range bans {
+			if direct[b] || (strings.HasPrefix(b, mod) && deps[b]) {
+				t.Errorf("package %s must not depend on %s", pkg, b)
+			}
+		}
+	}
+}
