@@ -10,7 +10,6 @@ import (
 
 var protocolDir = filepath.Join("..", "..", "shared", "conformance", "protocol")
 
-
 // TestProtocolSamplesRoundTrip parses every brep sample into its typed
 // manifest and requires the re-serialization to be byte-identical.
 func TestProtocolSamplesRoundTrip(t *testing.T) {
