@@ -129,6 +129,8 @@ func execute(ctx context.Context, o *agent.Options, stdout, stderr io.Writer) er
 	switch {
 	case o.FakeRequest != "" && o.DumpTask:
 		return dumpTask(o, stdout, log)
+	case o.DumpMachines:
+		return dumpMachines(ctx, o, stdout, log)
 	default:
 		return &exitError{1, errors.New("only --fake-request with --dump-task is available in this build")}
 	}
@@ -173,4 +175,49 @@ func dumpTask(o *agent.Options, stdout io.Writer, log *slog.Logger) error {
 	// worker/dependency checksums (a full build).
 	w := agent.WorkerTask(task, o.Trust, "", "")
 	return w.Serialize(stdout)
+}
+
+// bootstrapper returns the bootstrap step the options select.
+func bootstrapper(o *agent.Options) agent.Bootstrapper {
+	if o.FakeBootstrap {
+		return agent.FakeBootstrapper{}
+	}
+	return unavailableBootstrapper{}
+}
+
+// unavailableBootstrapper stands where the VM bootstrap will plug in.
+type unavailableBootstrapper struct{}
+
+func (unavailableBootstrapper) Bootstrap(context.Context, agent.BootstrapRequest) (manifest.Bootstrap, error) {
+	return manifest.Bootstrap{}, errors.New("booting machines is not available in this build; use --fake-bootstrap")
+}
+
+// dumpMachines enumerates (and bootstraps) the machines and prints the
+// header of each usable one, as the task request would carry them.
+func dumpMachines(ctx context.Context, o *agent.Options, stdout io.Writer, log *slog.Logger) error {
+	e := &agent.Enumerator{
+		Root:          o.Machines,
+		ToolchainName: o.ToolchainName,
+		ToolchainID:   o.ToolchainID,
+		AgentVersion:  mustAgentVersion(),
+		Bootstrapper:  bootstrapper(o),
+		Log:           log,
+	}
+	ms, err := e.Enumerate(ctx)
+	if err != nil {
+		return &exitError{1, err}
+	}
+	var headers [][]manifest.NameValue
+	for _, m := range ms {
+		headers = append(headers, m.Header().Pairs())
+	}
+	return manifest.WriteStream(stdout, "", headers...)
+}
+
+func mustAgentVersion() manifest.StandardVersion {
+	v, err := manifest.ParseStandardVersion(agent.Version)
+	if err != nil {
+		panic(err)
+	}
+	return v
 }

@@ -1,0 +1,115 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+
+	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/build2/bbot-agent-go/btrfs"
+)
+
+// scriptCmds are the custom testscript commands for real-component tests.
+var scriptCmds = map[string]func(ts *testscript.TestScript, neg bool, args []string){
+	"mkbtrfs": cmdMkbtrfs,
+	"subvol":  cmdSubvol,
+}
+
+// scriptCondition answers [btrfs]: root, mkfs.btrfs and loop devices are
+// there. Under CI=true a missing prerequisite is an error, not a skip.
+func scriptCondition(cond string) (bool, error) {
+	var why string
+	switch cond {
+	case "btrfs":
+		why = btrfsMissing()
+	default:
+		return false, fmt.Errorf("unknown condition %q", cond)
+	}
+	if why == "" {
+		return true, nil
+	}
+	if os.Getenv("CI") == "true" {
+		return false, fmt.Errorf("prerequisite missing under CI: %s", why)
+	}
+	return false, nil
+}
+
+func btrfsMissing() string {
+	if os.Geteuid() != 0 {
+		return "needs root to mount a loop device"
+	}
+	if _, err := exec.LookPath("mkfs.btrfs"); err != nil {
+		return "mkfs.btrfs not found (apt-get install btrfs-progs)"
+	}
+	if _, err := os.Stat("/dev/loop-control"); err != nil {
+		return "no /dev/loop-control"
+	}
+	return ""
+}
+
+// requirePrereq fails the command when a prerequisite is missing; scripts
+// check [btrfs] first so that they skip outside CI.
+func requirePrereq(ts *testscript.TestScript, ok bool, why string) {
+	if !ok {
+		ts.Fatalf("prerequisite missing: %s", why)
+	}
+}
+
+// mkbtrfs DIR: loop-mount a fresh 256 MiB btrfs at DIR (unmounted when the
+// script ends).
+func cmdMkbtrfs(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: mkbtrfs DIR")
+	}
+	requirePrereq(ts, os.Geteuid() == 0, "needs root to mount a loop device")
+	_, err := exec.LookPath("mkfs.btrfs")
+	requirePrereq(ts, err == nil, "mkfs.btrfs not found")
+	mnt := ts.MkAbs(args[0])
+	img := mnt + ".img"
+	ts.Check(os.MkdirAll(mnt, 0o755))
+	f, err := os.Create(img)
+	ts.Check(err)
+	ts.Check(f.Truncate(256 << 20))
+	f.Close()
+	if out, err := exec.Command("mkfs.btrfs", "-q", "-f", img).CombinedOutput(); err != nil {
+		ts.Fatalf("mkfs.btrfs: %v\n%s", err, out)
+	}
+	if out, err := exec.Command("mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {
+		requirePrereq(ts, false, "cannot loop-mount: "+string(out))
+	}
+	ts.Defer(func() {
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			exec.Command("umount", "-l", mnt).Run()
+			ts.Logf("umount %s: %v\n%s", mnt, err, out)
+		}
+	})
+}
+
+// subvol create PATH | snapshot SRC DST | ro PATH | exists PATH
+func cmdSubvol(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) < 2 {
+		ts.Fatalf("usage: subvol create|snapshot|ro|exists ...")
+	}
+	p := ts.MkAbs(args[1])
+	switch args[0] {
+	case "create":
+		ts.Check(os.MkdirAll(filepath.Dir(p), 0o755))
+		ts.Check(btrfs.Create(p))
+	case "snapshot":
+		ts.Check(btrfs.Snapshot(p, ts.MkAbs(args[2]), false))
+	case "ro":
+		ts.Check(btrfs.SetReadOnly(p, true))
+	case "exists":
+		ok, err := btrfs.IsSubvolume(p)
+		if err != nil && !os.IsNotExist(err) {
+			ok = false
+		}
+		if ok == neg {
+			ts.Fatalf("subvolume %s exists: %v", p, ok)
+		}
+	default:
+		ts.Fatalf("unknown subvol command %q", args[0])
+	}
+}
