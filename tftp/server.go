@@ -1,0 +1,278 @@
+// Package tftp is the TFTP server that build machines talk to, built on
+// github.com/pin/tftp/v3 and shaped like net/http's server: a Server bound to
+// one address serves whatever Handler is current; Mapping is the Handler that
+// confines GETs to one directory and PUTs to another.
+package tftp
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	pintftp "github.com/pin/tftp/v3"
+)
+
+// Op is the kind of request.
+type Op int
+
+const (
+	Get Op = iota // RRQ: the client reads a file
+	Put           // WRQ: the client writes a file
+)
+
+func (o Op) String() string {
+	if o == Put {
+		return "PUT"
+	}
+	return "GET"
+}
+
+// Request is one transfer request. Exactly one of ReadFrom (GET) and
+// WriteTo (PUT) may be used, once.
+type Request struct {
+	Op       Op
+	Filename string // raw, exactly as the client sent it
+	Remote   net.UDPAddr
+
+	rf io.ReaderFrom
+	wt io.WriterTo
+}
+
+// Size returns the transfer size the client announced (tsize) for a PUT.
+// It must be called before WriteTo.
+func (r *Request) Size() (int64, bool) {
+	if it, ok := r.wt.(pintftp.IncomingTransfer); ok {
+		return it.Size()
+	}
+	return 0, false
+}
+
+// SetSize announces the size of a GET's content (answers tsize) when src is
+// not seekable.
+func (r *Request) SetSize(n int64) {
+	if ot, ok := r.rf.(pintftp.OutgoingTransfer); ok {
+		ot.SetSize(n)
+	}
+}
+
+// ReadFrom sends src to the client (GET).
+func (r *Request) ReadFrom(src io.Reader) (int64, error) {
+	if r.rf == nil {
+		return 0, errors.New("tftp: ReadFrom on a PUT request")
+	}
+	return r.rf.ReadFrom(src)
+}
+
+// WriteTo receives the client's data into dst (PUT).
+func (r *Request) WriteTo(dst io.Writer) (int64, error) {
+	if r.wt == nil {
+		return 0, errors.New("tftp: WriteTo on a GET request")
+	}
+	return r.wt.WriteTo(dst)
+}
+
+// Handler serves TFTP requests. The error's text is sent to the client, so
+// it must be short and must not reveal host paths.
+type Handler interface {
+	ServeTFTP(r *Request) error
+}
+
+// HandlerFunc adapts a function to Handler.
+type HandlerFunc func(r *Request) error
+
+func (f HandlerFunc) ServeTFTP(r *Request) error { return f(r) }
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("tftp: server closed")
+
+// Fixed error texts sent to clients.
+var (
+	errNoMapping = errors.New("not available")
+	errBusy      = errors.New("server busy")
+)
+
+// Server is a TFTP server. Set the fields before Serve.
+type Server struct {
+	// MaxBlockSize caps the negotiated blksize (512..65464; default 65464).
+	MaxBlockSize int
+	// ClampToMTU lowers blksize to the MTU of the interface a request came
+	// in on (pin/tftp's default); off by default so that clients on
+	// host-only bridges may use IP fragmentation for large blocks.
+	ClampToMTU bool
+	// Anticipate is the sender window of pin/tftp's "sender anticipation":
+	// 0 picks one from AnticipateBudget and MaxBlockSize, 1 disables it.
+	Anticipate uint
+	// AnticipateBudget bounds window x block size, in bytes, so that a burst
+	// stays well inside a receiver's socket buffer (Linux default 212992
+	// bytes, and a datagram costs more than its payload). Default 64 KiB.
+	AnticipateBudget int
+	// Timeout is the per-packet retransmission timeout (default 2s) and
+	// Retries the number of attempts (default 5).
+	Timeout time.Duration
+	Retries int
+	// MaxTransfers bounds concurrent transfers (default 32); requests
+	// beyond it are refused.
+	MaxTransfers int
+	// ErrorLog receives transfer failures; nil discards.
+	ErrorLog *slog.Logger
+
+	handler atomic.Pointer[handlerBox]
+	active  atomic.Int64
+
+	mu     sync.Mutex
+	srv    *pintftp.Server
+	closed bool
+}
+
+type handlerBox struct{ h Handler }
+
+// SetHandler makes h serve every following request; nil refuses them all.
+// Transfers in progress keep the handler they started with.
+func (s *Server) SetHandler(h Handler) {
+	if h == nil {
+		s.handler.Store(nil)
+		return
+	}
+	s.handler.Store(&handlerBox{h})
+}
+
+func (s *Server) log() *slog.Logger {
+	if s.ErrorLog == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.ErrorLog
+}
+
+// Window returns the anticipation window in effect.
+func (s *Server) Window() uint {
+	if s.Anticipate != 0 {
+		return min(s.Anticipate, 60)
+	}
+	budget := s.AnticipateBudget
+	if budget <= 0 {
+		budget = 64 << 10
+	}
+	// A datagram costs its payload plus headers in the receiver's buffer.
+	w := budget / (s.maxBlock() + 64)
+	return uint(min(max(w, 1), 16))
+}
+
+func (s *Server) maxBlock() int {
+	if s.MaxBlockSize < 512 || s.MaxBlockSize > 65464 {
+		return 65464
+	}
+	return s.MaxBlockSize
+}
+
+func (s *Server) serve(r *Request) error {
+	box := s.handler.Load()
+	if box == nil {
+		return errNoMapping
+	}
+	limit := int64(s.MaxTransfers)
+	if limit <= 0 {
+		limit = 32
+	}
+	if s.active.Add(1) > limit {
+		s.active.Add(-1)
+		s.log().Warn("tftp: too many transfers, refusing", "remote", r.Remote.String(), "file", r.Filename)
+		return errBusy
+	}
+	defer s.active.Add(-1)
+	return box.h.ServeTFTP(r)
+}
+
+// Serve serves requests arriving on conn until Shutdown.
+func (s *Server) Serve(conn *net.UDPConn) error {
+	srv := pintftp.NewServer(
+		func(name string, rf io.ReaderFrom) error {
+			r := &Request{Op: Get, Filename: name, rf: rf}
+			if ot, ok := rf.(pintftp.OutgoingTransfer); ok {
+				r.Remote = ot.RemoteAddr()
+			}
+			return s.serve(r)
+		},
+		func(name string, wt io.WriterTo) error {
+			r := &Request{Op: Put, Filename: name, wt: wt}
+			if it, ok := wt.(pintftp.IncomingTransfer); ok {
+				r.Remote = it.RemoteAddr()
+			}
+			return s.serve(r)
+		},
+	)
+	srv.SetBlockSize(s.maxBlock())
+	srv.SetBlockSizeNegotiation(s.ClampToMTU)
+	if w := s.Window(); w > 1 {
+		srv.SetAnticipate(w)
+	}
+	timeout := s.Timeout
+	if timeout <= 0 {
+		timeout = 2 * time.Second
+	}
+	srv.SetTimeout(timeout)
+	if s.Retries > 0 {
+		srv.SetRetries(s.Retries)
+	}
+	// Retransmit promptly: pin/tftp's default sleeps up to 1s per retry.
+	srv.SetBackoff(func(int) time.Duration { return 10 * time.Millisecond })
+
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		conn.Close()
+		return ErrServerClosed
+	}
+	s.srv = srv
+	s.mu.Unlock()
+
+	srv.Serve(conn)
+	conn.Close() // Shutdown may have come before pin/tftp saw the socket
+	return ErrServerClosed
+}
+
+// ListenAndServe listens on the UDP address addr and serves.
+func (s *Server) ListenAndServe(addr string) error {
+	conn, err := Listen(addr)
+	if err != nil {
+		return err
+	}
+	return s.Serve(conn)
+}
+
+// Listen opens the UDP socket a Server serves on.
+func Listen(addr string) (*net.UDPConn, error) {
+	a, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return net.ListenUDP("udp", a)
+}
+
+// Shutdown stops accepting requests and waits for the transfers in
+// progress, or until ctx ends (then the transfers finish or time out on
+// their own).
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	srv := s.srv
+	s.mu.Unlock()
+	if srv == nil {
+		return nil
+	}
+	done := make(chan struct{})
+	go func() {
+		srv.Shutdown()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
