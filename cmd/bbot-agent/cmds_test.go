@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
 
@@ -13,8 +14,23 @@ import (
 
 // scriptCmds are the custom testscript commands for real-component tests.
 var scriptCmds = map[string]func(ts *testscript.TestScript, neg bool, args []string){
-	"mkbtrfs": cmdMkbtrfs,
-	"subvol":  cmdSubvol,
+	"mkbtrfs":  cmdMkbtrfs,
+	"subvol":   cmdSubvol,
+	"waitfile": cmdWaitfile,
+}
+
+// waitfile PATH: wait (up to 30 s) until PATH exists.
+func cmdWaitfile(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: waitfile PATH")
+	}
+	p := ts.MkAbs(args[0])
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(p); err == nil {
+			return
+		}
+	}
+	ts.Fatalf("%s did not appear", p)
 }
 
 // scriptCondition answers [btrfs]: root, mkfs.btrfs and loop devices are
@@ -24,6 +40,10 @@ func scriptCondition(cond string) (bool, error) {
 	switch cond {
 	case "btrfs":
 		why = btrfsMissing()
+	case "curl":
+		if _, err := exec.LookPath("curl"); err != nil {
+			why = "curl not installed"
+		}
 	default:
 		return false, fmt.Errorf("unknown condition %q", cond)
 	}

@@ -10,15 +10,20 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
+	"strconv"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/build2/bbot-agent-go/agent"
 	"github.com/build2/bbot-agent-go/manifest"
+	"github.com/build2/bbot-agent-go/tftp"
 )
 
 func main() {
@@ -131,6 +136,8 @@ func execute(ctx context.Context, o *agent.Options, stdout, stderr io.Writer) er
 		return dumpTask(o, stdout, log)
 	case o.DumpMachines:
 		return dumpMachines(ctx, o, stdout, log)
+	case o.FakeMachine != "" && o.FakeRequest != "":
+		return fakeMachineTask(ctx, o, stdout, stderr, log)
 	default:
 		return &exitError{1, errors.New("only --fake-request with --dump-task is available in this build")}
 	}
@@ -220,4 +227,75 @@ func mustAgentVersion() manifest.StandardVersion {
 		panic(err)
 	}
 	return v
+}
+
+// tftpAddress is where the TFTP server listens for this toolchain.
+func tftpAddress(o *agent.Options) string {
+	host := o.TFTPAddress
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, strconv.Itoa(o.TFTPPort+o.ToolchainNum))
+}
+
+// fakeMachineTask serves the task over TFTP with no VM and waits for
+// whoever plays the worker to upload a result, then prints it.
+func fakeMachineTask(ctx context.Context, o *agent.Options, stdout, stderr io.Writer, log *slog.Logger) error {
+	task, err := readTask(o)
+	if err != nil {
+		return &exitError{1, err}
+	}
+	h, err := readFakeMachine(o)
+	if err != nil {
+		return &exitError{1, err}
+	}
+	if task.Machine() != h.Name {
+		log.Warn("task names a machine that was not offered", "task-machine", task.Machine(), "offered", h.Name)
+	}
+	conn, err := tftp.Listen(tftpAddress(o))
+	if err != nil {
+		return &exitError{1, fmt.Errorf("TFTP: %w", err)}
+	}
+	srv := &tftp.Server{ErrorLog: log}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(conn) }()
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+		<-served
+	}()
+
+	dirs := agent.NewTaskDirs(o.TFTP, o.ToolchainName)
+	defer dirs.Remove()
+	if err := dirs.Create(agent.WorkerTask(task, o.Trust, "", "")); err != nil {
+		return &exitError{1, err}
+	}
+	m, err := tftp.NewMapping(dirs.Get, dirs.Put)
+	if err != nil {
+		return &exitError{1, err}
+	}
+	defer m.Close()
+	queue := agent.NewEventQueue()
+	m.Notify, m.Log = queue.Notify, log
+	srv.SetHandler(m)
+	defer srv.SetHandler(nil)
+	log.Info("serving task over TFTP", "address", conn.LocalAddr().String(), "get", dirs.Get, "put", dirs.Put)
+
+	res := manifest.Result{Name: task.Name(), Version: task.Version()}
+	name, err := agent.WaitUpload(ctx, queue, agent.ResultNames, 0, o.BuildTimeout)
+	switch {
+	case err == nil:
+		var perr error
+		res, perr = agent.ReadResult(filepath.Join(dirs.Put, name), task)
+		if perr != nil {
+			fmt.Fprintln(stderr, perr)
+		}
+	case errors.Is(err, agent.ErrBuildTimeout), errors.Is(err, agent.ErrStartupTimeout):
+		log.Warn("no result", "error", err)
+		res.Status = "abort"
+	default:
+		return &exitError{1, err}
+	}
+	return res.Serialize(stdout)
 }
