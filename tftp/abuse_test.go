@@ -258,4 +258,3 @@ func TestCleanName(t *testing.T) {
 		}
 	}
 }
-
