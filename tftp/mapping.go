@@ -222,7 +222,12 @@ func (m *Mapping) serveGet(r *Request) (int64, error) {
 		return 0, m.clientError(r, ErrBadName, errors.Join(errNotReadable, err))
 	}
 	r.SetSize(fi.Size())
-	return r.ReadFrom(f)
+	if fi.Size() <= readAheadChunk {
+		return r.ReadFrom(f)
+	}
+	ra := newReadAhead(f)
+	defer ra.Close()
+	return r.ReadFrom(ra)
 }
 
 // reserve takes n bytes from the mapping's budget.
