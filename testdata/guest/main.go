@@ -1,0 +1,339 @@
+// Command guest is the test/demo guest worker that runs as /init inside the
+// test machine (testdata/machine/build.sh). It learns its TFTP endpoint and
+// mode from SMBIOS OEM strings, talks to nothing but that endpoint, and acts
+// by mode and, for builds, by the task's package name, so that every agent
+// path can be exercised. It is not a product.
+package main
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	pintftp "github.com/pin/tftp/v3"
+	"golang.org/x/sys/unix"
+
+	"github.com/build2/bbot-agent-go/manifest"
+)
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stdout, "bbot-guest: "+format+"\n", args...)
+}
+
+func main() {
+	start := time.Now()
+	defer powerOff("end of main")
+	if os.Getpid() == 1 {
+		setupSystem()
+	}
+	go watchPowerButton()
+
+	oem, err := readOEMStrings()
+	if err != nil {
+		logf("cannot read SMBIOS OEM strings: %v", err)
+		return
+	}
+	logf("oem strings: %v (%.2fs after init)", oem, time.Since(start).Seconds())
+	if err := setupNetwork(oem); err != nil {
+		logf("network setup failed: %v", err)
+		return
+	}
+	c, err := pintftp.NewClient(oem["bbot.tftp"])
+	if err != nil {
+		logf("bad bbot.tftp %q: %v", oem["bbot.tftp"], err)
+		return
+	}
+	c.SetTimeout(2 * time.Second)
+	c.SetRetries(5)
+	c.SetBlockSize(1468)
+	g := &guest{tftp: c}
+	switch oem["bbot.mode"] {
+	case "bootstrap":
+		err = g.bootstrap()
+	case "build":
+		err = g.build()
+	default:
+		err = fmt.Errorf("unknown bbot.mode %q", oem["bbot.mode"])
+	}
+	if err != nil {
+		logf("failed: %v", err)
+	}
+}
+
+// setupSystem mounts what the worker needs and loads the kernel modules
+// shipped in /modules, in the order listed in /modules/order (the cloud
+// kernel has no modules.dep here).
+func setupSystem() {
+	os.MkdirAll("/proc", 0o755)
+	os.MkdirAll("/sys", 0o755)
+	os.MkdirAll("/dev", 0o755)
+	unix.Mount("proc", "/proc", "proc", 0, "")
+	unix.Mount("sysfs", "/sys", "sysfs", 0, "")
+	unix.Mount("devtmpfs", "/dev", "devtmpfs", 0, "")
+	os.MkdirAll("/tmp", 0o1777)
+	unix.Mount("tmpfs", "/tmp", "tmpfs", 0, "")
+	order, err := os.ReadFile("/modules/order")
+	if err != nil {
+		logf("no module order: %v", err)
+		return
+	}
+	for _, name := range strings.Fields(string(order)) {
+		f, err := os.Open(filepath.Join("/modules", name+".ko"))
+		if err != nil {
+			logf("module %s: %v", name, err)
+			continue
+		}
+		if err := unix.FinitModule(int(f.Fd()), "", 0); err != nil && !errors.Is(err, unix.EEXIST) {
+			logf("loading %s: %v", name, err)
+		}
+		f.Close()
+	}
+}
+
+// readOEMStrings returns the bbot.* OEM strings (SMBIOS type 11), which
+// Linux shows NUL-separated after the structure's formatted area.
+func readOEMStrings() (map[string]string, error) {
+	entries, _ := filepath.Glob("/sys/firmware/dmi/entries/11-*/raw")
+	if len(entries) == 0 {
+		return nil, errors.New("no SMBIOS type 11 entry")
+	}
+	r := map[string]string{}
+	for _, e := range entries {
+		raw, err := os.ReadFile(e)
+		if err != nil || len(raw) < 5 {
+			continue
+		}
+		for _, s := range bytes.Split(raw[raw[1]:], []byte{0}) {
+			if k, v, ok := strings.Cut(string(s), "="); ok && strings.HasPrefix(k, "bbot.") {
+				r[k] = v
+			}
+		}
+	}
+	if r["bbot.tftp"] == "" {
+		return nil, errors.New("no bbot.tftp OEM string")
+	}
+	return r, nil
+}
+
+// setupNetwork configures the first Ethernet interface: bbot.ip/bbot.gw in
+// bridge mode, QEMU user networking's fixed addresses otherwise.
+func setupNetwork(oem map[string]string) error {
+	ifaces, err := net.Interfaces()
+	if err != nil {
+		return err
+	}
+	var names []string
+	for _, i := range ifaces {
+		if i.Flags&net.FlagLoopback == 0 {
+			names = append(names, i.Name)
+		}
+	}
+	if len(names) == 0 {
+		return errors.New("no network interface")
+	}
+	sort.Strings(names)
+	dev := names[0]
+	addr, gw := oem["bbot.ip"], oem["bbot.gw"]
+	if addr == "" {
+		addr, gw = "10.0.2.15/24", "10.0.2.2"
+	}
+	for _, args := range [][]string{
+		{"link", "set", "lo", "up"},
+		{"link", "set", dev, "up"},
+		{"addr", "add", addr, "dev", dev},
+		{"route", "add", "default", "via", gw},
+	} {
+		if out, err := exec.Command("/bin/busybox", append([]string{"ip"}, args...)...).CombinedOutput(); err != nil {
+			return fmt.Errorf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	logf("network: %s %s via %s", dev, addr, gw)
+	return nil
+}
+
+// watchPowerButton powers off on an ACPI power button press (QMP
+// system_powerdown), read as KEY_POWER from the input devices.
+func watchPowerButton() {
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		devs, _ := filepath.Glob("/dev/input/event*")
+		if len(devs) == 0 {
+			continue
+		}
+		for _, d := range devs {
+			go func(d string) {
+				f, err := os.Open(d)
+				if err != nil {
+					return
+				}
+				// struct input_event: timeval (16), type u16, code u16, value s32.
+				ev := make([]byte, 24)
+				for {
+					if _, err := io.ReadFull(f, ev); err != nil {
+						return
+					}
+					typ := binary.LittleEndian.Uint16(ev[16:])
+					code := binary.LittleEndian.Uint16(ev[18:])
+					value := int32(binary.LittleEndian.Uint32(ev[20:]))
+					if typ == 1 && code == 116 && value == 1 { // EV_KEY, KEY_POWER, press
+						powerOff("power button")
+					}
+				}
+			}(d)
+		}
+		return
+	}
+	logf("no input device: the power button is not watched")
+}
+
+func powerOff(why string) {
+	logf("powering off (%s)", why)
+	unix.Sync()
+	if os.Getpid() == 1 {
+		unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+	}
+	os.Exit(0)
+}
+
+type guest struct{ tftp *pintftp.Client }
+
+func (g *guest) get(name string) ([]byte, error) {
+	wt, err := g.tftp.Receive(name, "octet")
+	if err != nil {
+		return nil, err
+	}
+	var b bytes.Buffer
+	_, err = wt.WriteTo(&b)
+	return b.Bytes(), err
+}
+
+func (g *guest) put(name string, r io.Reader) error {
+	rf, err := g.tftp.Send(name, "octet")
+	if err != nil {
+		return err
+	}
+	_, err = rf.ReadFrom(r)
+	return err
+}
+
+func (g *guest) putManifest(name string, pairs []manifest.NameValue) error {
+	var b bytes.Buffer
+	if err := manifest.WriteStream(&b, "", pairs); err != nil {
+		return err
+	}
+	return g.put(name, &b)
+}
+
+// bootstrap reports the versions the toolchain manifest names.
+func (g *guest) bootstrap() error {
+	logf("bootstrap: fetching toolchain")
+	data, err := g.get("toolchain")
+	if err != nil {
+		return fmt.Errorf("GET toolchain: %w", err)
+	}
+	b, err := manifest.ParseBootstrap(bytes.NewReader(data), "toolchain")
+	if err != nil {
+		return err
+	}
+	logf("bootstrap: installing %d packages", len(b.Versions))
+	if err := g.putManifest("manifest", b.Pairs()); err != nil {
+		return fmt.Errorf("PUT manifest: %w", err)
+	}
+	logf("bootstrap: done")
+	return nil
+}
+
+func (g *guest) build() error {
+	logf("build: fetching task")
+	data, err := g.get("manifest")
+	if err != nil {
+		return fmt.Errorf("GET manifest: %w", err)
+	}
+	task, err := manifest.ParseTask(bytes.NewReader(data), "manifest")
+	if err != nil {
+		return err
+	}
+	res := manifest.Result{Name: task.Name(), Version: task.Version(), Status: "success"}
+	logf("build: task %s/%s", task.Name(), task.Version())
+	switch task.Name() {
+	case "hello":
+		res.Status = "success"
+		for _, step := range []struct{ op, cmd string }{
+			{"configure", "uname -a; cat /proc/cmdline"},
+			{"update", "echo 'int main() {}' > /tmp/hello.c && md5sum /tmp/hello.c"},
+			{"test", "ls / && echo tests passed"},
+		} {
+			out, err := exec.Command("/bin/busybox", "sh", "-c", step.cmd).CombinedOutput()
+			status := "success"
+			if err != nil {
+				status = "error"
+				res.Status = manifest.WorseStatus(res.Status, status)
+			}
+			logf("build: %s: %s", step.op, status)
+			res.Operations = append(res.Operations, manifest.OperationResult{Operation: step.op, Status: status, Log: string(out)})
+		}
+	case "error":
+		res.Status = "error"
+		res.Operations = []manifest.OperationResult{{Operation: "update", Status: "error", Log: "hello.cxx:1:1: error: this package always fails\n"}}
+	case "hang":
+		logf("build: hanging")
+		select {}
+	case "crash":
+		return errors.New("crashing without a result")
+	case "garbage":
+		return g.put("manifest", strings.NewReader("this is not a manifest\n"))
+	case "huge":
+		logf("build: uploading 1 GiB")
+		err := g.put("manifest", io.LimitReader(zeroReader{}, 1<<30))
+		logf("build: huge upload: %v", err)
+		return err
+	case "escape":
+		res.Status = "success"
+		var log strings.Builder
+		probes := []func() (string, error){
+			func() (string, error) { _, err := g.get("../../etc/passwd"); return "GET ../../etc/passwd", err },
+			func() (string, error) { _, err := g.get("/etc/passwd"); return "GET /etc/passwd", err },
+			func() (string, error) { _, err := g.get("//etc/passwd"); return "GET //etc/passwd", err },
+			func() (string, error) { return "PUT ../x", g.put("../x", strings.NewReader("x")) },
+			func() (string, error) { return "PUT ../../x", g.put("../../x", strings.NewReader("x")) },
+			func() (string, error) { return "PUT //tmp/bbot-escape", g.put("//tmp/bbot-escape", strings.NewReader("x")) },
+		}
+		for _, p := range probes {
+			what, err := p()
+			if err == nil {
+				res.Status = "error"
+				fmt.Fprintf(&log, "%s: succeeded\n", what)
+			} else {
+				fmt.Fprintf(&log, "%s: refused: %v\n", what, err)
+			}
+		}
+		res.Operations = []manifest.OperationResult{{Operation: "test", Status: res.Status, Log: log.String()}}
+	case "slow":
+		logf("build: sleeping 5s")
+		time.Sleep(5 * time.Second)
+		res.Operations = []manifest.OperationResult{{Operation: "update", Status: "success", Log: "slept 5s\n"}}
+	default:
+		res.Status = "abort"
+		res.Operations = []manifest.OperationResult{{Operation: "configure", Status: "abort", Log: "unknown test package " + task.Name() + "\n"}}
+	}
+	if err := g.putManifest("manifest", res.Pairs()); err != nil {
+		return fmt.Errorf("PUT manifest: %w", err)
+	}
+	logf("build: result %s uploaded", res.Status)
+	return nil
+}
+
+type zeroReader struct{}
+
+func (zeroReader) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
+}
