@@ -304,7 +304,9 @@ func (g *guest) build() error {
 			func() (string, error) { _, err := g.get("//etc/passwd"); return "GET //etc/passwd", err },
 			func() (string, error) { return "PUT ../x", g.put("../x", strings.NewReader("x")) },
 			func() (string, error) { return "PUT ../../x", g.put("../../x", strings.NewReader("x")) },
-			func() (string, error) { return "PUT //tmp/bbot-escape", g.put("//tmp/bbot-escape", strings.NewReader("x")) },
+			func() (string, error) {
+				return "PUT //tmp/bbot-escape", g.put("//tmp/bbot-escape", strings.NewReader("x"))
+			},
 		}
 		for _, p := range probes {
 			what, err := p()
