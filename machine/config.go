@@ -1,0 +1,250 @@
+// Package machine runs build machines under QEMU: the command line is a
+// pure function of the configuration, the process is started with os/exec,
+// and everything else goes through QMP (github.com/digitalocean/go-qemu).
+package machine
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// Config describes one QEMU machine.
+type Config struct {
+	QEMU   string // binary; default qemu-system-x86_64
+	Name   string // -name, for ps and logs
+	Dir    string // working directory (the snapshot): manifest paths resolve here
+	RunDir string // qmp.sock, qemu.pid (and the console log by default)
+
+	Accel string // "kvm" or "tcg"
+	CPUs  int
+	RAM   uint64 // KiB
+
+	Network string // "user" or "bridge"
+	Tap     string // bridge mode: the tap interface
+	MAC     string // optional
+
+	// OEMStrings become SMBIOS type 11 strings (bbot.tftp=..., ...).
+	OEMStrings []string
+	// Options are the machine manifest's extra QEMU arguments, with shell
+	// quoting ('...', "...", backslash).
+	Options string
+	// Disk, relative to Dir, is attached as a virtio disk when not empty.
+	Disk string
+
+	ConsoleLog    string // default <RunDir>/console.log
+	ConsoleLogMax int64  // bytes kept (the tail); default 16 MiB
+}
+
+// Socket and file names inside RunDir; short, because a UNIX socket path
+// must fit in sun_path.
+const (
+	QMPSocketName  = "qmp.sock"
+	PIDFileName    = "qemu.pid"
+	ConsoleLogName = "console.log"
+	maxSunPath     = 107 // sizeof(sun_path) - 1 on Linux
+)
+
+// QMPSocket is the QMP socket's path.
+func (c *Config) QMPSocket() string { return filepath.Join(c.RunDir, QMPSocketName) }
+
+// PIDFile is the pid file QEMU writes.
+func (c *Config) PIDFile() string { return filepath.Join(c.RunDir, PIDFileName) }
+
+// ConsolePath is the console log's path.
+func (c *Config) ConsolePath() string {
+	if c.ConsoleLog != "" {
+		return c.ConsoleLog
+	}
+	return filepath.Join(c.RunDir, ConsoleLogName)
+}
+
+func (c *Config) binary() string {
+	if c.QEMU == "" {
+		return "qemu-system-x86_64"
+	}
+	return c.QEMU
+}
+
+// Validate checks the configuration without touching the system.
+func (c *Config) Validate() error {
+	switch {
+	case c.Dir == "":
+		return errors.New("machine: no working directory")
+	case c.RunDir == "":
+		return errors.New("machine: no run directory")
+	case len(c.QMPSocket()) > maxSunPath:
+		return fmt.Errorf("machine: QMP socket path %q is longer than %d bytes", c.QMPSocket(), maxSunPath)
+	case c.Accel != "kvm" && c.Accel != "tcg":
+		return fmt.Errorf("machine: accelerator %q is not kvm or tcg", c.Accel)
+	case c.CPUs < 1:
+		return fmt.Errorf("machine: %d CPUs", c.CPUs)
+	case c.RAM < 64<<10:
+		return fmt.Errorf("machine: %d KiB of RAM is below 64 MiB", c.RAM)
+	}
+	switch c.Network {
+	case "user":
+	case "bridge":
+		if c.Tap == "" || len(c.Tap) > 15 || strings.ContainsAny(c.Tap, ",/ ") {
+			return fmt.Errorf("machine: bad tap interface name %q", c.Tap)
+		}
+	default:
+		return fmt.Errorf("machine: network %q is not user or bridge", c.Network)
+	}
+	if c.MAC != "" && !validMAC(c.MAC) {
+		return fmt.Errorf("machine: bad MAC address %q", c.MAC)
+	}
+	for _, s := range c.OEMStrings {
+		if s == "" || strings.ContainsAny(s, "\x00") {
+			return fmt.Errorf("machine: bad OEM string %q", s)
+		}
+	}
+	if c.Disk != "" && (filepath.IsAbs(c.Disk) || strings.Contains(c.Disk, ",")) {
+		return fmt.Errorf("machine: disk %q must be a plain relative path", c.Disk)
+	}
+	if _, err := SplitOptions(c.Options); err != nil {
+		return err
+	}
+	return nil
+}
+
+func validMAC(s string) bool {
+	parts := strings.Split(s, ":")
+	if len(parts) != 6 {
+		return false
+	}
+	for _, p := range parts {
+		if _, err := strconv.ParseUint(p, 16, 8); err != nil || len(p) != 2 {
+			return false
+		}
+	}
+	return true
+}
+
+// qemuEscape doubles commas, QEMU's escape inside option values.
+func qemuEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+// Args returns QEMU's argv (without the binary); it does no I/O.
+func (c *Config) Args() ([]string, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	cpu := "max"
+	if c.Accel == "kvm" {
+		cpu = "host"
+	}
+	name := c.Name
+	if name == "" {
+		name = "bbot"
+	}
+	a := []string{
+		"-name", qemuEscape(name),
+		"-nodefaults", "-no-user-config",
+		"-machine", "pc,accel=" + c.Accel,
+		"-cpu", cpu,
+		"-smp", strconv.Itoa(c.CPUs),
+		"-m", strconv.FormatUint(c.RAM, 10) + "K",
+		"-display", "none",
+		// The console comes to us on stdout and goes to a bounded log.
+		"-chardev", "stdio,id=console,signal=off",
+		"-serial", "chardev:console",
+		"-qmp", "unix:" + qemuEscape(c.QMPSocket()) + ",server=on,wait=off",
+		"-pidfile", c.PIDFile(),
+		// A guest reboot ends the machine like a power-off.
+		"-no-reboot",
+	}
+	if len(c.OEMStrings) > 0 {
+		s := "type=11"
+		for _, v := range c.OEMStrings {
+			s += ",value=" + qemuEscape(v)
+		}
+		a = append(a, "-smbios", s)
+	}
+	switch c.Network {
+	case "user":
+		a = append(a, "-netdev", "user,id=net0")
+	case "bridge":
+		a = append(a, "-netdev", "tap,id=net0,ifname="+c.Tap+",script=no,downscript=no")
+	}
+	dev := "virtio-net-pci,netdev=net0"
+	if c.MAC != "" {
+		dev += ",mac=" + c.MAC
+	}
+	a = append(a, "-device", dev)
+	if c.Disk != "" {
+		a = append(a, "-drive", "file="+c.Disk+",if=virtio,format=raw")
+	}
+	opts, _ := SplitOptions(c.Options)
+	return append(a, opts...), nil
+}
+
+// SplitOptions splits the manifest's options like a POSIX shell would
+// (without expansions): blanks separate words, '...' is literal, "..."
+// allows \" and \\, and a backslash elsewhere escapes the next character.
+func SplitOptions(s string) ([]string, error) {
+	var words []string
+	var cur strings.Builder
+	inWord := false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == ' ' || c == '\t' || c == '\n':
+			if inWord {
+				words = append(words, cur.String())
+				cur.Reset()
+				inWord = false
+			}
+		case c == '\'':
+			j := strings.IndexByte(s[i+1:], '\'')
+			if j < 0 {
+				return nil, errors.New("machine options: unterminated single quote")
+			}
+			cur.WriteString(s[i+1 : i+1+j])
+			i += j + 1
+			inWord = true
+		case c == '"':
+			i++
+			for ; i < len(s) && s[i] != '"'; i++ {
+				if s[i] == '\\' && i+1 < len(s) && (s[i+1] == '"' || s[i+1] == '\\') {
+					i++
+				}
+				cur.WriteByte(s[i])
+			}
+			if i >= len(s) {
+				return nil, errors.New("machine options: unterminated double quote")
+			}
+			inWord = true
+		case c == '\\':
+			if i+1 == len(s) {
+				return nil, errors.New("machine options: trailing backslash")
+			}
+			i++
+			cur.WriteByte(s[i])
+			inWord = true
+		default:
+			cur.WriteByte(c)
+			inWord = true
+		}
+	}
+	if inWord {
+		words = append(words, cur.String())
+	}
+	return words, nil
+}
+
+// CommandLine renders argv shell-quoted, for the log.
+func CommandLine(argv []string) string {
+	q := make([]string, len(argv))
+	for i, a := range argv {
+		if a != "" && strings.IndexFunc(a, func(r rune) bool {
+			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_=/.,:@+", r))
+		}) < 0 {
+			q[i] = a
+		} else {
+			q[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+	}
+	return strings.Join(q, " ")
+}
