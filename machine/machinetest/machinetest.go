@@ -1,0 +1,92 @@
+// Package machinetest builds the bootable test machine for tests that boot
+// real QEMU guests, and keeps those tests from running two VMs at once.
+package machinetest
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// Require stops the test when a prerequisite is missing: it fails under
+// CI=true and skips otherwise.
+func Require(tb testing.TB, ok bool, why string) {
+	tb.Helper()
+	if ok {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		tb.Fatalf("prerequisite missing under CI: %s", why)
+	}
+	tb.Skipf("skipping: %s", why)
+}
+
+// RequireQEMU checks that qemu-system-x86_64 runs.
+func RequireQEMU(tb testing.TB) {
+	tb.Helper()
+	err := exec.Command("qemu-system-x86_64", "--version").Run()
+	Require(tb, err == nil, "qemu-system-x86_64 does not run (apt-get install qemu-system-x86)")
+}
+
+var (
+	buildOnce sync.Once
+	buildDir  string
+	buildErr  error
+	buildOut  []byte
+)
+
+// Image returns a directory holding the test machine (manifest, vmlinuz,
+// initrd.img), built once per test binary with testdata/machine/build.sh.
+func Image(tb testing.TB) string {
+	tb.Helper()
+	RequireQEMU(tb)
+	Require(tb, os.Geteuid() == 0, "building the test machine installs packages: needs root")
+	buildOnce.Do(func() {
+		_, file, _, _ := runtime.Caller(0)
+		script := filepath.Join(filepath.Dir(file), "..", "..", "testdata", "machine", "build.sh")
+		buildDir, buildErr = os.MkdirTemp("", "bbot-test-machine-")
+		if buildErr != nil {
+			return
+		}
+		buildOut, buildErr = exec.Command("bash", script, buildDir).CombinedOutput()
+	})
+	if buildErr != nil {
+		tb.Fatalf("building the test machine: %v\n%s", buildErr, buildOut)
+	}
+	return buildDir
+}
+
+// CopyImage copies the test machine into dir (which must exist), e.g. into
+// a btrfs subvolume.
+func CopyImage(tb testing.TB, dir string) {
+	tb.Helper()
+	src := Image(tb)
+	for _, n := range []string{"manifest", "vmlinuz", "initrd.img"} {
+		data, err := os.ReadFile(filepath.Join(src, n))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, n), data, 0o644); err != nil {
+			tb.Fatal(err)
+		}
+	}
+}
+
+// LockVM serializes VM tests across test binaries (go test runs packages in
+// parallel): at most one guest runs at a time on these small machines.
+func LockVM(tb testing.TB) {
+	tb.Helper()
+	f, err := os.OpenFile(filepath.Join(os.TempDir(), "bbot-agent-vm-test.lock"), os.O_RDWR|os.O_CREATE, 0o666)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { f.Close() })
+}
