@@ -43,6 +43,12 @@ type harness struct {
 
 func newHarness(t *testing.T, pkg string) *harness {
 	h := &harness{t: t, signal: make(chan struct{}, 100)}
+	h.serve(t, pkg, "127.0.0.1:0")
+	return h
+}
+
+// serve starts the TFTP server on addr with the task for package pkg.
+func (h *harness) serve(t *testing.T, pkg, addr string) {
 	root := t.TempDir()
 	h.get, h.put = filepath.Join(root, "get"), filepath.Join(root, "put")
 	os.Mkdir(h.get, 0o755)
@@ -61,7 +67,7 @@ func newHarness(t *testing.T, pkg string) *harness {
 	}
 	srv := &tftp.Server{}
 	srv.SetHandler(m)
-	conn, err := tftp.Listen("127.0.0.1:0")
+	conn, err := tftp.Listen(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +80,6 @@ func newHarness(t *testing.T, pkg string) *harness {
 		srv.Shutdown(ctx)
 		m.Close()
 	})
-	return h
 }
 
 // wait returns the first event of kind, or fails after d.
