@@ -270,7 +270,7 @@ func TestForceDownHung(t *testing.T) {
 	if _, ok := h.wait(tftp.FirstRequest, 60*time.Second); !ok {
 		t.Fatal("no TFTP request")
 	}
-	time.Sleep(time.Second) // let the task download finish
+	time.Sleep(time.Second)         // let the task download finish
 	m.Suspend(context.Background()) // force down works on a paused machine too
 	pid := m.PID()
 	if err := m.ForceDown(); err != nil {
