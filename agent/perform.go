@@ -96,6 +96,24 @@ func (q *EventQueue) Next(ctx context.Context) (tftp.Event, error) {
 	}
 }
 
+// peek waits for an event without consuming it.
+func (q *EventQueue) peek(ctx context.Context) (tftp.Event, error) {
+	for {
+		q.mu.Lock()
+		if len(q.events) > 0 {
+			e := q.events[0]
+			q.mu.Unlock()
+			return e, nil
+		}
+		q.mu.Unlock()
+		select {
+		case <-q.signal:
+		case <-ctx.Done():
+			return tftp.Event{}, ctx.Err()
+		}
+	}
+}
+
 // ErrStartupTimeout means the machine never talked to the TFTP server.
 var ErrStartupTimeout = errors.New("no TFTP request from the machine within the startup timeout")
 

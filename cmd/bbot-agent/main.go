@@ -138,8 +138,10 @@ func execute(ctx context.Context, o *agent.Options, stdout, stderr io.Writer) er
 		return dumpMachines(ctx, o, stdout, log)
 	case o.FakeMachine != "" && o.FakeRequest != "":
 		return fakeMachineTask(ctx, o, stdout, stderr, log)
+	case o.FakeRequest != "":
+		return realTask(ctx, o, stdout, log)
 	default:
-		return &exitError{1, errors.New("only --fake-request with --dump-task is available in this build")}
+		return daemon(ctx, o, log)
 	}
 }
 
@@ -184,33 +186,15 @@ func dumpTask(o *agent.Options, stdout io.Writer, log *slog.Logger) error {
 	return w.Serialize(stdout)
 }
 
-// bootstrapper returns the bootstrap step the options select.
-func bootstrapper(o *agent.Options) agent.Bootstrapper {
-	if o.FakeBootstrap {
-		return agent.FakeBootstrapper{}
-	}
-	return unavailableBootstrapper{}
-}
-
-// unavailableBootstrapper stands where the VM bootstrap will plug in.
-type unavailableBootstrapper struct{}
-
-func (unavailableBootstrapper) Bootstrap(context.Context, agent.BootstrapRequest) (manifest.Bootstrap, error) {
-	return manifest.Bootstrap{}, errors.New("booting machines is not available in this build; use --fake-bootstrap")
-}
-
 // dumpMachines enumerates (and bootstraps) the machines and prints the
 // header of each usable one, as the task request would carry them.
 func dumpMachines(ctx context.Context, o *agent.Options, stdout io.Writer, log *slog.Logger) error {
-	e := &agent.Enumerator{
-		Root:          o.Machines,
-		ToolchainName: o.ToolchainName,
-		ToolchainID:   o.ToolchainID,
-		AgentVersion:  mustAgentVersion(),
-		Bootstrapper:  bootstrapper(o),
-		Log:           log,
+	a, cleanup, err := newAgent(o, log)
+	if err != nil {
+		return &exitError{1, err}
 	}
-	ms, err := e.Enumerate(ctx)
+	defer cleanup()
+	ms, err := a.Enumerator.Enumerate(ctx)
 	if err != nil {
 		return &exitError{1, err}
 	}
