@@ -151,7 +151,6 @@ func daemon(ctx context.Context, o *agent.Options, log *slog.Logger) error {
 	return nil
 }
 
-
 func newRand() *mathrand.Rand {
 	return mathrand.New(mathrand.NewPCG(uint64(time.Now().UnixNano()), uint64(os.Getpid())))
 }
