@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/build2/bbot-agent-go/btrfs"
@@ -381,7 +382,21 @@ func (v *VMs) Perform(ctx context.Context, mach *Machine, task, workerTask *mani
 		}
 	}
 	if out.Diagnostics != "" {
-		out.Diagnostics += "\nconsole log: " + m.Info().ConsoleLog + "\n"
+		out.Diagnostics += "\nconsole log (" + m.Info().ConsoleLog + "), last lines:\n" + consoleTail(m.Info().ConsoleLog, 20)
 	}
 	return out, teardown
+}
+
+// consoleTail returns the last lines of a console log for diagnostics.
+func consoleTail(path string, lines int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	s := strings.TrimRight(string(data), "\n")
+	parts := strings.Split(s, "\n")
+	if len(parts) > lines {
+		parts = parts[len(parts)-lines:]
+	}
+	return strings.Join(parts, "\n") + "\n"
 }

@@ -314,7 +314,9 @@ func (g *guest) build() error {
 				res.Status = "error"
 				fmt.Fprintf(&log, "%s: succeeded\n", what)
 			} else {
-				fmt.Fprintf(&log, "%s: refused: %v\n", what, err)
+				// Error texts off the wire may carry NULs: keep the log a
+				// valid manifest value.
+				fmt.Fprintf(&log, "%s: refused: %s\n", what, printable(err.Error()))
 			}
 		}
 		res.Operations = []manifest.OperationResult{{Operation: "test", Status: res.Status, Log: log.String()}}
@@ -338,4 +340,13 @@ type zeroReader struct{}
 func (zeroReader) Read(p []byte) (int, error) {
 	clear(p)
 	return len(p), nil
+}
+
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return -1
+		}
+		return r
+	}, s)
 }

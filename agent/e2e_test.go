@@ -1,0 +1,282 @@
+package agent
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/build2/bbot-agent-go/agent/controllertest"
+	"github.com/build2/bbot-agent-go/btrfs"
+	"github.com/build2/bbot-agent-go/btrfs/btrfstest"
+	"github.com/build2/bbot-agent-go/machine"
+	"github.com/build2/bbot-agent-go/machine/machinetest"
+)
+
+const testMachine = "x86_64-linux_test-busybox"
+
+// e2e is a host with one test machine on a loop-mounted btrfs, a TFTP
+// root and an agent wired as the command wires it.
+type e2e struct {
+	t         *testing.T
+	root      string
+	onSuspend func(*machine.Machine)
+	opts      Options
+	agent     *Agent
+	stop      func()
+}
+
+func freeUDPPort(t *testing.T) int {
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).Port
+}
+
+func newE2E(t *testing.T, controllers ...Controller) *e2e {
+	machinetest.RequireQEMU(t)
+	machinetest.LockVM(t)
+	root := btrfstest.Mount(t, 1<<30)
+	m := filepath.Join(root, "machines", "vol", "busybox")
+	os.MkdirAll(m, 0o755)
+	img := filepath.Join(m, "busybox-1.0")
+	if err := btrfs.Create(img); err != nil {
+		t.Fatal(err)
+	}
+	machinetest.CopyImage(t, img)
+	btrfs.SetReadOnly(img, true)
+	os.Symlink("busybox-1.0", filepath.Join(m, "busybox-1"))
+	tc := filepath.Join(root, "tftp", "toolchains", "e2e")
+	os.MkdirAll(tc, 0o755)
+	os.WriteFile(filepath.Join(tc, "toolchain"), []byte(": 1\nbbot-version: "+Version+"\n"), 0o644)
+
+	e := &e2e{t: t, root: root}
+	e.opts = Options{
+		Machines: filepath.Join(root, "machines"), TFTP: filepath.Join(root, "tftp"),
+		TFTPPort: freeUDPPort(t) - 1, ToolchainName: "e2e", ToolchainNum: 1,
+		ToolchainVer: mustVersion(t, Version), ToolchainID: "tc1",
+		BootstrapStartup: 60 * time.Second, BootstrapTimeout: 120 * time.Second, BootstrapRetries: 1,
+		BuildStartup: 60 * time.Second, BuildTimeout: 60 * time.Second, BuildRetries: 1,
+		CPU: 1, RAM: 512 << 10,
+		ConnectTimeout: 5 * time.Second, RequestTimeout: 10 * time.Second, RequestRetries: 2,
+		Network: "user", Accel: "tcg",
+		StateDir: filepath.Join(t.TempDir(), "state"), RunDir: filepath.Join(t.TempDir(), "run"),
+		PollInterval: 200 * time.Millisecond, SuspendTimeout: 2 * time.Second, ResultTTL: time.Hour,
+		Controllers: controllers,
+	}
+	t.Cleanup(e.checkClean)
+	return e
+}
+
+// start wires and runs the agent until the returned stop is called.
+func (e *e2e) start() {
+	a, cleanup, err := New(&e.opts, testLog(e.t))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	a.Client.Min, a.Client.Max = 10*time.Millisecond, 50*time.Millisecond
+	a.Outbox.Min, a.Outbox.Max = 10*time.Millisecond, 100*time.Millisecond
+	a.VMs.onSuspend = e.onSuspend
+	e.agent = a
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	e.stop = func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				e.t.Errorf("agent: %v", err)
+			}
+		case <-time.After(60 * time.Second):
+			e.t.Error("agent did not stop within 60s of SIGINT")
+		}
+		a.Outbox.Wait()
+		cleanup()
+	}
+	e.t.Cleanup(func() {
+		if e.stop != nil {
+			e.stop()
+		}
+	})
+}
+
+func (e *e2e) shutdown() {
+	if e.stop != nil {
+		e.stop()
+		e.stop = nil
+	}
+}
+
+// checkClean: no QEMU process of ours, no temporary snapshot, no task dir.
+func (e *e2e) checkClean() {
+	e.shutdown()
+	t := e.t
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		if data, err := os.ReadFile(p); err == nil && strings.Contains(string(data), e.opts.RunDir) {
+			t.Errorf("QEMU left running: %s", strings.ReplaceAll(string(data), "\x00", " "))
+		}
+	}
+	filepath.WalkDir(e.opts.Machines, func(p string, d os.DirEntry, err error) error {
+		if err == nil && strings.Contains(d.Name(), "~") {
+			t.Errorf("temporary snapshot left: %s", p)
+		}
+		return nil
+	})
+	for _, d := range []string{filepath.Join(e.opts.TFTP, "build", "e2e"), filepath.Join(e.opts.TFTP, "bootstrap", "e2e")} {
+		if ents, err := os.ReadDir(d); err == nil && len(ents) > 0 {
+			t.Errorf("TFTP dirs left in %s", d)
+		}
+	}
+}
+
+func statuses(rs []controllertest.Result) map[string]string {
+	m := map[string]string{}
+	for _, r := range rs {
+		m[r.Request.Result.Name] = r.Request.Result.Status
+	}
+	return m
+}
+
+// TestEndToEnd: bootstrap, then several tasks in fresh snapshots through a
+// strict controller that authenticates the agent.
+func TestEndToEnd(t *testing.T) {
+	requireShared(t)
+	srv := controllertest.New()
+	defer srv.Close()
+	key, err := LoadKey(filepath.Join(protocolDir, "test-agent-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.RequireKey(&key.PublicKey)
+	for _, pkg := range []string{"hello", "error", "crash", "garbage", "escape"} {
+		srv.QueueTask(pkg, testMachine)
+	}
+	srv.QueueTask("elsewhere", "x86_64-linux_not-here") // never offered: never handed out
+	e := newE2E(t, Controller{URL: srv.TaskURL()})
+	e.opts.AuthKey = filepath.Join(protocolDir, "test-agent-key.pem")
+	// A file outside the TFTP mapping that the "escape" task aims at.
+	outside := filepath.Join(e.opts.TFTP, "build", "x")
+	e.start()
+	results := srv.WaitResults(5, 240*time.Second)
+	e.shutdown()
+	got := statuses(results)
+	want := map[string]string{"hello": "success", "error": "error", "crash": "abnormal", "garbage": "abnormal", "escape": "success"}
+	for pkg, st := range want {
+		if got[pkg] != st {
+			t.Errorf("%s: status %q, want %q", pkg, got[pkg], st)
+			for _, r := range results {
+				if r.Request.Result.Name == pkg {
+					t.Logf("%s: %+v", pkg, r.Request.Result.Operations)
+				}
+			}
+		}
+	}
+	for _, r := range results {
+		rr := r.Request
+		if rr.AgentChecksum == "" || rr.Challenge == "" {
+			t.Errorf("%s: checksum %q, challenge %q", rr.Result.Name, rr.AgentChecksum, rr.Challenge)
+		}
+		if rr.Result.Name == "hello" && len(rr.Result.Operations) != 3 {
+			t.Errorf("hello: operations %+v", rr.Result.Operations)
+		}
+		if rr.Result.Name == "garbage" && !strings.Contains(rr.Result.Operations[0].Log, "expected after name") {
+			t.Errorf("garbage: diagnostics %q", rr.Result.Operations[0].Log)
+		}
+		if rr.Result.Name == "escape" && strings.Contains(rr.Result.Operations[0].Log, "succeeded") {
+			t.Errorf("escape: %s", rr.Result.Operations[0].Log)
+		}
+	}
+	if d := srv.Drops(); len(d) != 0 {
+		t.Errorf("controller dropped results: %v", d)
+	}
+	if _, err := os.Stat(outside); err == nil {
+		t.Errorf("escape wrote %s", outside)
+	}
+	if _, err := os.Stat("/tmp/bbot-escape"); err == nil {
+		t.Errorf("escape wrote /tmp/bbot-escape")
+		os.Remove("/tmp/bbot-escape")
+	}
+	reqs := srv.Requests()
+	if len(reqs) == 0 || reqs[0].Fingerprint == "" || len(reqs[0].Machines) != 1 || reqs[0].Machines[0].Name != testMachine {
+		t.Errorf("task requests: %+v", reqs)
+	}
+}
+
+// TestHangSuspends: a task that never uploads is aborted after the build
+// timeout; the machine is suspended (not killed) and the result is
+// delivered once the administrator kills QEMU.
+func TestHangSuspends(t *testing.T) {
+	srv := controllertest.New()
+	defer srv.Close()
+	srv.QueueTask("hang", testMachine)
+	e := newE2E(t, Controller{URL: srv.TaskURL()})
+	e.opts.BuildTimeout = 15 * time.Second
+	e.opts.SuspendTimeout = 0 // forever: only the administrator releases it
+	held := make(chan *machine.Machine, 1)
+	e.onSuspend = func(m *machine.Machine) { held <- m }
+	e.start()
+	var m *machine.Machine
+	select {
+	case m = <-held:
+	case <-time.After(120 * time.Second):
+		t.Fatal("machine never got suspended")
+	}
+	if st, err := m.Status(context.Background()); err != nil || st != "paused" {
+		t.Errorf("held machine status %q, %v", st, err)
+	}
+	time.Sleep(time.Second)
+	if r := srv.Results(); len(r) != 0 {
+		t.Fatalf("result sent while the machine is held: %+v", r)
+	}
+	// The administrator releases the machine.
+	if p, err := os.FindProcess(m.PID()); err == nil {
+		p.Kill()
+	}
+	results := srv.WaitResults(1, 30*time.Second)
+	if len(results) != 1 || results[0].Request.Result.Status != "abort" {
+		t.Fatalf("results %+v", results)
+	}
+	if log := results[0].Request.Result.Operations[0].Log; !strings.Contains(log, "build timeout") {
+		t.Errorf("diagnostics %q", log)
+	}
+}
+
+// TestControllerFaults: a controller answering 500, garbage, or closing
+// the connection does not stop the agent, and the result still arrives;
+// of two controllers, the higher priority's task runs first.
+func TestControllerFaults(t *testing.T) {
+	low, high := controllertest.New(), controllertest.New()
+	defer low.Close()
+	defer high.Close()
+	low.QueueTask("slow", testMachine)
+	high.QueueTask("hello", testMachine)
+	faults := []int{500, -2, -1, 502}
+	high.Fault = func(r *http.Request, n int) int {
+		if n <= len(faults) {
+			return faults[n-1]
+		}
+		if r.URL.RawQuery == "build-result" && n <= len(faults)+2 {
+			return 503 // the first result POST fails too
+		}
+		return 0
+	}
+	e := newE2E(t, Controller{URL: low.TaskURL(), Priority: 1}, Controller{URL: high.TaskURL(), Priority: 2})
+	e.start()
+	hr := high.WaitResults(1, 180*time.Second)
+	lr := low.WaitResults(1, 180*time.Second)
+	e.shutdown()
+	if len(hr) != 1 || hr[0].Request.Result.Status != "success" || len(lr) != 1 || lr[0].Request.Result.Status != "success" {
+		t.Fatalf("high %+v, low %+v", hr, lr)
+	}
+	if !hr[0].Received.Before(lr[0].Received) {
+		t.Errorf("the lower priority's task ran first")
+	}
+}
