@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -87,7 +88,13 @@ func (e *e2e) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
-	e.stop = func() {
+	var once sync.Once
+	e.stop = func() { once.Do(func() { e.stopAgent(cancel, done, a, cleanup) }) }
+	e.t.Cleanup(e.shutdown)
+}
+
+func (e *e2e) stopAgent(cancel func(), done chan error, a *Agent, cleanup func()) {
+	{
 		cancel()
 		select {
 		case err := <-done:
@@ -96,15 +103,11 @@ func (e *e2e) start() {
 			}
 		case <-time.After(60 * time.Second):
 			e.t.Error("agent did not stop within 60s of SIGINT")
+			return
 		}
 		a.Outbox.Wait()
 		cleanup()
 	}
-	e.t.Cleanup(func() {
-		if e.stop != nil {
-			e.stop()
-		}
-	})
 }
 
 func (e *e2e) shutdown() {
@@ -250,30 +253,55 @@ func TestHangSuspends(t *testing.T) {
 }
 
 // TestControllerFaults: a controller answering 500, garbage, or closing
-// the connection does not stop the agent, and the result still arrives;
-// of two controllers, the higher priority's task runs first.
+// the connection does not stop the agent, and the result still arrives
+// (its first POST failing too).
 func TestControllerFaults(t *testing.T) {
-	low, high := controllertest.New(), controllertest.New()
-	defer low.Close()
-	defer high.Close()
-	low.QueueTask("slow", testMachine)
-	high.QueueTask("hello", testMachine)
+	srv := controllertest.New()
+	defer srv.Close()
+	srv.QueueTask("hello", testMachine)
 	faults := []int{500, -2, -1, 502}
-	high.Fault = func(r *http.Request, n int) int {
+	var results int
+	var mu sync.Mutex
+	srv.Fault = func(r *http.Request, n int) int {
+		mu.Lock()
+		defer mu.Unlock()
+		if r.URL.RawQuery == "build-result" {
+			if results++; results == 1 {
+				return 503
+			}
+			return 0
+		}
 		if n <= len(faults) {
 			return faults[n-1]
 		}
-		if r.URL.RawQuery == "build-result" && n <= len(faults)+2 {
-			return 503 // the first result POST fails too
-		}
 		return 0
 	}
+	e := newE2E(t, Controller{URL: srv.TaskURL()})
+	e.start()
+	rs := srv.WaitResults(1, 180*time.Second)
+	e.shutdown()
+	if len(rs) != 1 || rs[0].Request.Result.Status != "success" {
+		t.Fatalf("results %+v", rs)
+	}
+	if results != 2 {
+		t.Errorf("%d result POSTs, want 2 (one failed)", results)
+	}
+}
+
+// TestControllerPriorities: of two controllers with work, the higher
+// priority's task runs first.
+func TestControllerPriorities(t *testing.T) {
+	low, high := controllertest.New(), controllertest.New()
+	defer low.Close()
+	defer high.Close()
+	low.QueueTask("error", testMachine)
+	high.QueueTask("hello", testMachine)
 	e := newE2E(t, Controller{URL: low.TaskURL(), Priority: 1}, Controller{URL: high.TaskURL(), Priority: 2})
 	e.start()
 	hr := high.WaitResults(1, 180*time.Second)
 	lr := low.WaitResults(1, 180*time.Second)
 	e.shutdown()
-	if len(hr) != 1 || hr[0].Request.Result.Status != "success" || len(lr) != 1 || lr[0].Request.Result.Status != "success" {
+	if len(hr) != 1 || hr[0].Request.Result.Status != "success" || len(lr) != 1 || lr[0].Request.Result.Status != "error" {
 		t.Fatalf("high %+v, low %+v", hr, lr)
 	}
 	if !hr[0].Received.Before(lr[0].Received) {
