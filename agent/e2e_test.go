@@ -5,9 +5,12 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -306,5 +309,65 @@ func TestControllerPriorities(t *testing.T) {
 	}
 	if !hr[0].Received.Before(lr[0].Received) {
 		t.Errorf("the lower priority's task ran first")
+	}
+}
+
+// TestInterrupt: SIGINT during a build forces the machine down and reports
+// the task as "interrupt"; a controller that refuses that gets "abort".
+func TestInterrupt(t *testing.T) {
+	srv := controllertest.New()
+	defer srv.Close()
+	srv.RefuseInterrupt = true
+	srv.QueueTask("hang", testMachine)
+	e := newE2E(t, Controller{URL: srv.TaskURL()})
+	e.start()
+	get := filepath.Join(e.opts.TFTP, "build", "e2e", "get", "manifest")
+	deadline := time.Now().Add(120 * time.Second)
+	for _, err := os.Stat(get); err != nil && time.Now().Before(deadline); _, err = os.Stat(get) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(3 * time.Second) // the guest is up and hanging
+	t0 := time.Now()
+	e.shutdown()
+	t.Logf("stopped %.1fs after SIGINT", time.Since(t0).Seconds())
+	rs := srv.Results()
+	if len(rs) != 1 || rs[0].Request.Result.Status != "abort" {
+		t.Fatalf("results %+v", rs)
+	}
+	errs := srv.Errors()
+	if len(errs) != 1 || !strings.Contains(errs[0], "interrupt") {
+		t.Errorf("controller errors %v: the interrupt was not tried first", errs)
+	}
+}
+
+// TestRecoverKillsLeftovers: a QEMU recorded in the run dir by a crashed
+// agent is killed at start-up.
+func TestRecoverKillsLeftovers(t *testing.T) {
+	run := t.TempDir()
+	sock := filepath.Join(run, "qmp.sock")
+	// A stand-in whose command line names our QMP socket, like QEMU's.
+	cmd := exec.Command("bash", "-c", `exec -a "qemu-system-x86_64 -qmp unix:`+sock+`,server=on,wait=off" sleep 300`)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	os.WriteFile(filepath.Join(run, "qemu.pid"), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644)
+	// An unrelated process recorded by mistake is left alone.
+	other := exec.Command("sleep", "300")
+	other.Start()
+	defer other.Process.Kill()
+	time.Sleep(100 * time.Millisecond)
+	a := &Agent{Opts: &Options{RunDir: run, TFTP: t.TempDir(), ToolchainName: "e2e"}, Log: testLog(t)}
+	a.Recover()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("leftover QEMU not killed")
+	}
+	os.WriteFile(filepath.Join(run, "qemu.pid"), []byte(strconv.Itoa(other.Process.Pid)+"\n"), 0o644)
+	a.Recover()
+	if err := other.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Errorf("unrelated process killed: %v", err)
 	}
 }

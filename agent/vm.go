@@ -120,16 +120,19 @@ func (v *VMs) boot(ctx context.Context, mc manifest.Machine, dir, mode string, q
 			v.Accel.Booted(cfg.Accel)
 			return m, nil
 		}
-		m.ForceDown()
-		v.dropTap()
 		if !errors.Is(err, ErrStartupTimeout) {
+			m.ForceDown()
+			v.dropTap()
 			return nil, err
 		}
 		v.Accel.MisBooted(cfg.Accel)
 		v.Log.Warn("machine mis-booted", "machine", mc.Name, "accel", cfg.Accel, "attempt", attempt+1, "console", cfg.ConsolePath())
 		if attempt >= retries {
-			return nil, fmt.Errorf("%w (%d attempts)", ErrStartupTimeout, attempt+1)
+			// Still running: the caller suspends it for inspection.
+			return m, fmt.Errorf("%w (%d attempts)", ErrStartupTimeout, attempt+1)
 		}
+		m.ForceDown()
+		v.dropTap()
 	}
 }
 
@@ -200,6 +203,11 @@ func (v *VMs) Bootstrap(ctx context.Context, req BootstrapRequest) (manifest.Boo
 
 	m, err := v.boot(ctx, req.Machine, req.Snapshot, "bootstrap", q, o.BootstrapStartup, o.BootstrapRetries)
 	if err != nil {
+		if m != nil { // retries exhausted: soft fail
+			v.holdSuspended(ctx, m, req.Snapshot, "bootstrap: "+err.Error())
+			m.ForceDown()
+			v.dropTap()
+		}
 		return manifest.Bootstrap{}, err
 	}
 	defer v.dropTap()
@@ -354,6 +362,11 @@ func (v *VMs) Perform(ctx context.Context, mach *Machine, task, workerTask *mani
 	if err != nil {
 		closeMapping()
 		out.Diagnostics = "machine did not start: " + err.Error()
+		if ctx.Err() != nil {
+			out.Result.Status = "interrupt"
+		} else if errors.Is(err, ErrStartupTimeout) && m != nil {
+			v.holdSuspended(ctx, m, snapshot, out.Diagnostics)
+		}
 		return out, teardown
 	}
 	name, err := WaitUploadOrExit(ctx, q, ResultNames, o.BuildTimeout, m.Exited())
@@ -380,6 +393,9 @@ func (v *VMs) Perform(ctx context.Context, mach *Machine, task, workerTask *mani
 		if ctx.Err() != nil {
 			out.Result.Status = "interrupt"
 		}
+	}
+	if ctx.Err() != nil {
+		out.Result.Status = "interrupt" // SIGTERM/SIGINT: the build was cut short
 	}
 	if out.Diagnostics != "" {
 		out.Diagnostics += "\nconsole log (" + m.Info().ConsoleLog + "), last lines:\n" + consoleTail(m.Info().ConsoleLog, 20)
