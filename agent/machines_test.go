@@ -305,3 +305,20 @@ func BenchmarkEnumerate1000(b *testing.B) {
 	}
 	b.ReportMetric(float64(e.Snapshots), "snapshots")
 }
+
+// TestEmptyToolchainID: the default --toolchain-id is empty; a machine
+// bootstrapped with it must not be re-bootstrapped every time.
+func TestEmptyToolchainID(t *testing.T) {
+	root := btrfstest.Mount(t, 256<<20)
+	makeMachine(t, filepath.Join(root, "v"), "m", "id-m")
+	e := &Enumerator{Root: root, ToolchainName: "tc", ToolchainID: "",
+		AgentVersion: mustVersion(t, Version), Bootstrapper: FakeBootstrapper{}, Log: testLog(t)}
+	for range 2 {
+		if ms, err := e.Enumerate(context.Background()); err != nil || len(ms) != 1 {
+			t.Fatalf("%d machines, %v", len(ms), err)
+		}
+	}
+	if e.Snapshots != 1 {
+		t.Errorf("%d snapshots for two enumerations, want 1", e.Snapshots)
+	}
+}

@@ -295,9 +295,11 @@ func decodeToolchain(stream string, m *Manifest) (Toolchain, error) {
 		if nv.Name != "id" {
 			return t, d.unknown(nv)
 		}
-		if err := d.once(nv); err != nil {
-			return t, err
+		// Empty is allowed: --toolchain-id defaults to empty.
+		if d.seen[nv.Name] {
+			return t, d.errName(nv, "id redefinition")
 		}
+		d.seen[nv.Name] = true
 		t.ID = nv.Value
 	}
 	return t, d.require("id")

@@ -5,18 +5,59 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
 
+	"github.com/build2/bbot-agent-go/agent/controllertest"
 	"github.com/build2/bbot-agent-go/btrfs"
 )
 
 // scriptCmds are the custom testscript commands for real-component tests.
 var scriptCmds = map[string]func(ts *testscript.TestScript, neg bool, args []string){
-	"mkbtrfs":  cmdMkbtrfs,
-	"subvol":   cmdSubvol,
-	"waitfile": cmdWaitfile,
+	"mkbtrfs":    cmdMkbtrfs,
+	"subvol":     cmdSubvol,
+	"waitfile":   cmdWaitfile,
+	"controller": cmdController,
+	"waitgone":   cmdWaitgone,
+}
+
+// waitgone GLOB: wait (up to 30 s) until nothing matches GLOB.
+func cmdWaitgone(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: waitgone GLOB")
+	}
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if m, _ := filepath.Glob(ts.MkAbs(args[0])); len(m) == 0 {
+			return
+		}
+	}
+	ts.Fatalf("%s still exists", args[0])
+}
+
+// controller queue PKG MACHINE | results N (waits up to 60 s for N results
+// and prints "name version status" per result) | requests (prints the
+// number of task requests).
+func cmdController(ts *testscript.TestScript, neg bool, args []string) {
+	srv := ts.Value("controller").(*controllertest.Server)
+	if len(args) == 0 {
+		ts.Fatalf("usage: controller queue|results|requests ...")
+	}
+	switch args[0] {
+	case "queue":
+		srv.QueueTask(args[1], args[2])
+	case "results":
+		n, _ := strconv.Atoi(args[1])
+		for _, r := range srv.WaitResults(n, 60*time.Second) {
+			res := r.Request.Result
+			fmt.Fprintf(ts.Stdout(), "%s %s %s\n", res.Name, res.Version, res.Status)
+		}
+	case "requests":
+		fmt.Fprintf(ts.Stdout(), "%d\n", len(srv.Requests()))
+	default:
+		ts.Fatalf("unknown controller command %q", args[0])
+	}
 }
 
 // waitfile PATH: wait (up to 30 s) until PATH exists.

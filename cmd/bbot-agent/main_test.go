@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/build2/bbot-agent-go/agent/controllertest"
 )
 
 func TestMain(m *testing.M) {
@@ -28,6 +30,11 @@ func TestScripts(t *testing.T) {
 		UpdateScripts:       os.Getenv("UPDATE_SCRIPTS") != "",
 		Setup: func(env *testscript.Env) error {
 			env.Setenv("TESTDATA", filepath.Join(root, "testdata"))
+			// Every script gets a strict test controller.
+			srv := controllertest.New()
+			env.Defer(srv.Close)
+			env.Setenv("CONTROLLER", srv.TaskURL())
+			env.Values["controller"] = srv
 			return nil
 		},
 	})
