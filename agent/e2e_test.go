@@ -26,7 +26,7 @@ const testMachine = "x86_64-linux_test-busybox"
 // e2e is a host with one test machine on a loop-mounted btrfs, a TFTP
 // root and an agent wired as the command wires it.
 type e2e struct {
-	t         *testing.T
+	t         testing.TB
 	root      string
 	onSuspend func(*machine.Machine)
 	opts      Options
@@ -34,7 +34,7 @@ type e2e struct {
 	stop      func()
 }
 
-func freeUDPPort(t *testing.T) int {
+func freeUDPPort(t testing.TB) int {
 	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
@@ -43,7 +43,7 @@ func freeUDPPort(t *testing.T) int {
 	return c.LocalAddr().(*net.UDPAddr).Port
 }
 
-func newE2E(t *testing.T, controllers ...Controller) *e2e {
+func newE2E(t testing.TB, controllers ...Controller) *e2e {
 	machinetest.RequireQEMU(t)
 	machinetest.LockVM(t)
 	root := btrfstest.Mount(t, 1<<30)
@@ -370,4 +370,52 @@ func TestRecoverKillsLeftovers(t *testing.T) {
 	if err := other.Process.Signal(syscall.Signal(0)); err != nil {
 		t.Errorf("unrelated process killed: %v", err)
 	}
+}
+
+// BenchmarkTaskOverhead measures the agent's own costs per task against
+// the guest's boot-to-result time, with real VMs and a local controller:
+// task response → QEMU started (goal ≤ 50 ms) and result upload completed
+// → result persisted and POST answered (goal ≤ 20 ms; teardown runs in
+// parallel). Run with -benchtime=Nx; each iteration is one hello task.
+func BenchmarkTaskOverhead(b *testing.B) {
+	srv := controllertest.New()
+	defer srv.Close()
+	e := newE2E(b, Controller{URL: srv.TaskURL()})
+	var mu sync.Mutex
+	var all []TaskTimings
+	e.start()
+	e.agent.Timings = func(tt TaskTimings) { mu.Lock(); all = append(all, tt); mu.Unlock() }
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		srv.QueueTask("hello", testMachine)
+		srv.WaitResults(i+1, 120*time.Second)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		n := len(all)
+		mu.Unlock()
+		if n >= b.N || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	b.StopTimer()
+	e.shutdown()
+	var toQEMU, boot, persisted, answered time.Duration
+	for _, tt := range all {
+		toQEMU += tt.QEMUStarted.Sub(tt.Received)
+		boot += tt.Uploaded.Sub(tt.QEMUStarted)
+		persisted += tt.Persisted.Sub(tt.Uploaded)
+		answered += tt.Answered.Sub(tt.Uploaded)
+	}
+	n := float64(len(all))
+	if n == 0 {
+		b.Fatal("no timings")
+	}
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / n }
+	b.ReportMetric(ms(toQEMU), "ms-response-to-qemu")
+	b.ReportMetric(ms(persisted), "ms-upload-to-persisted")
+	b.ReportMetric(ms(answered), "ms-upload-to-answered")
+	b.ReportMetric(ms(boot), "ms-guest-boot-to-result")
 }

@@ -103,12 +103,16 @@ func (o *Outbox) Pending() ([]string, error) {
 	return ids, nil
 }
 
-// SendAsync sends the result in the background (see Send).
-func (o *Outbox) SendAsync(ctx context.Context, id string) {
+// SendAsync sends the result in the background (see Send) and then calls
+// done, if not nil, with whether it left the outbox.
+func (o *Outbox) SendAsync(ctx context.Context, id string, done func(bool)) {
 	o.wg.Add(1)
 	go func() {
 		defer o.wg.Done()
-		o.Send(ctx, id)
+		ok := o.Send(ctx, id)
+		if done != nil {
+			done(ok)
+		}
 	}()
 }
 

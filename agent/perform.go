@@ -62,6 +62,8 @@ type EventQueue struct {
 	mu     sync.Mutex
 	events []tftp.Event
 	signal chan struct{}
+	// lastUpload is when the last completed upload was reported.
+	lastUpload time.Time
 }
 
 func NewEventQueue() *EventQueue { return &EventQueue{signal: make(chan struct{}, 1)} }
@@ -70,11 +72,20 @@ func NewEventQueue() *EventQueue { return &EventQueue{signal: make(chan struct{}
 func (q *EventQueue) Notify(e tftp.Event) {
 	q.mu.Lock()
 	q.events = append(q.events, e)
+	if e.Kind == tftp.UploadCompleted {
+		q.lastUpload = e.Time
+	}
 	q.mu.Unlock()
 	select {
 	case q.signal <- struct{}{}:
 	default:
 	}
+}
+
+func (q *EventQueue) uploadTime() time.Time {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.lastUpload
 }
 
 // Next returns the next event, waiting until one comes or ctx ends.

@@ -38,6 +38,18 @@ type Agent struct {
 	Ready func()
 	// Status, if set, receives one-line status changes (systemd STATUS=).
 	Status func(string)
+	// Timings, if set, receives each task's timings once its result is
+	// delivered (benchmarks; the same figures are logged).
+	Timings func(TaskTimings)
+}
+
+// TaskTimings are the agent's own costs around a task.
+type TaskTimings struct {
+	Received    time.Time // task response parsed
+	QEMUStarted time.Time // QEMU process started
+	Uploaded    time.Time // result upload completed (TFTP)
+	Persisted   time.Time // result request fsynced and renamed
+	Answered    time.Time // controller answered the POST
 }
 
 func (a *Agent) status(s string) {
@@ -77,7 +89,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	for _, id := range pending {
 		a.Log.Info("sending result left from an earlier run", "id", id)
-		a.Outbox.SendAsync(ctx, id)
+		a.Outbox.SendAsync(ctx, id, nil)
 	}
 	if a.Ready != nil {
 		a.Ready()
@@ -131,13 +143,14 @@ func (a *Agent) poll(ctx context.Context, machines []*Machine) bool {
 		}
 		return false
 	}
+	received := time.Now()
 	a.Log.Info("task received", "controller", ctl.URL, "package", resp.Task.Name(), "version", resp.Task.Version(), "machine", resp.Task.Machine())
-	a.handle(ctx, resp, machines)
+	a.handle(ctx, resp, machines, received)
 	return true
 }
 
 // handle performs one task and reports its result.
-func (a *Agent) handle(ctx context.Context, resp *manifest.TaskResponse, machines []*Machine) {
+func (a *Agent) handle(ctx context.Context, resp *manifest.TaskResponse, machines []*Machine, received time.Time) {
 	task := resp.Task
 	var mach *Machine
 	for _, m := range machines {
@@ -170,6 +183,7 @@ func (a *Agent) handle(ctx context.Context, resp *manifest.TaskResponse, machine
 	if err != nil {
 		a.Log.Error("persisting the result", "error", err)
 	}
+	tt := TaskTimings{Received: received, QEMUStarted: out.QEMUStarted, Uploaded: out.Uploaded, Persisted: time.Now()}
 	a.Log.Info("task done", "package", task.Name(), "status", res.Status, "result", id)
 	sendCtx := ctx
 	if ctx.Err() != nil {
@@ -179,7 +193,18 @@ func (a *Agent) handle(ctx context.Context, resp *manifest.TaskResponse, machine
 		defer cancel()
 	}
 	if id != "" {
-		a.Outbox.SendAsync(sendCtx, id)
+		a.Outbox.SendAsync(sendCtx, id, func(delivered bool) {
+			if !delivered || tt.QEMUStarted.IsZero() || tt.Uploaded.IsZero() {
+				return
+			}
+			tt.Answered = time.Now()
+			a.Log.Info("task timings", "package", task.Name(),
+				"response-to-qemu", tt.QEMUStarted.Sub(tt.Received), "guest-boot-to-result", tt.Uploaded.Sub(tt.QEMUStarted),
+				"upload-to-persisted", tt.Persisted.Sub(tt.Uploaded), "upload-to-answered", tt.Answered.Sub(tt.Uploaded))
+			if a.Timings != nil {
+				a.Timings(tt)
+			}
+		})
 	}
 	if teardown != nil {
 		teardown() // in parallel with the POST

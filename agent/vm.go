@@ -303,6 +303,8 @@ func (q *EventQueue) completed(names []string) (string, bool) {
 // Outcome is what performing a task produced.
 type Outcome struct {
 	Result manifest.Result
+	// QEMUStarted and Uploaded time the task (zero when not reached).
+	QEMUStarted, Uploaded time.Time
 	// Diagnostics are the agent's own notes (timeouts, parse errors), added
 	// to the result as a log when the worker gave none.
 	Diagnostics string
@@ -369,9 +371,11 @@ func (v *VMs) Perform(ctx context.Context, mach *Machine, task, workerTask *mani
 		}
 		return out, teardown
 	}
+	out.QEMUStarted = m.Info().Started
 	name, err := WaitUploadOrExit(ctx, q, ResultNames, o.BuildTimeout, m.Exited())
 	switch {
 	case err == nil:
+		out.Uploaded = q.uploadTime()
 		res, perr := ReadResult(filepath.Join(dirs.Put, name), task)
 		out.Result = res
 		if perr != nil {

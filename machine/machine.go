@@ -39,6 +39,7 @@ type Info struct {
 	QMPSocket  string
 	ConsoleLog string
 	PIDFile    string
+	Started    time.Time // when the QEMU process was started
 }
 
 // Machine is a running QEMU process. One goroutine owns the process: it
@@ -53,6 +54,8 @@ type Machine struct {
 	console *consoleLog
 	exited  chan struct{}
 	waitErr error // set before exited is closed
+
+	started time.Time
 
 	mu    sync.Mutex
 	state State
@@ -111,6 +114,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Machine, error) 
 	if err := m.cmd.Start(); err != nil {
 		return fail(fmt.Errorf("starting QEMU: %w", err))
 	}
+	m.started = time.Now()
 	go m.run()
 	undo = append(undo, func() { m.kill() })
 
@@ -224,7 +228,7 @@ func (m *Machine) Info() Info {
 	if m.cmd.Process != nil {
 		pid = m.cmd.Process.Pid
 	}
-	return Info{PID: pid, QMPSocket: m.cfg.QMPSocket(), ConsoleLog: m.cfg.ConsolePath(), PIDFile: m.cfg.PIDFile()}
+	return Info{PID: pid, QMPSocket: m.cfg.QMPSocket(), ConsoleLog: m.cfg.ConsolePath(), PIDFile: m.cfg.PIDFile(), Started: m.started}
 }
 
 // Exited is closed when the process has exited.
