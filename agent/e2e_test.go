@@ -162,7 +162,7 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv.RequireKey(&key.PublicKey)
-	for _, pkg := range []string{"hello", "error", "crash", "garbage", "escape"} {
+	for _, pkg := range []string{"hello", "error", "crash", "garbage", "escape", "huge"} {
 		srv.QueueTask(pkg, testMachine)
 	}
 	srv.QueueTask("elsewhere", "x86_64-linux_not-here") // never offered: never handed out
@@ -171,10 +171,10 @@ func TestEndToEnd(t *testing.T) {
 	// A file outside the TFTP mapping that the "escape" task aims at.
 	outside := filepath.Join(e.opts.TFTP, "build", "x")
 	e.start()
-	results := srv.WaitResults(5, 240*time.Second)
+	results := srv.WaitResults(6, 240*time.Second)
 	e.shutdown()
 	got := statuses(results)
-	want := map[string]string{"hello": "success", "error": "error", "crash": "abnormal", "garbage": "abnormal", "escape": "success"}
+	want := map[string]string{"hello": "success", "error": "error", "crash": "abnormal", "garbage": "abnormal", "escape": "success", "huge": "abnormal"}
 	for pkg, st := range want {
 		if got[pkg] != st {
 			t.Errorf("%s: status %q, want %q", pkg, got[pkg], st)

@@ -181,7 +181,12 @@ func (a *Agent) handle(ctx context.Context, resp *manifest.TaskResponse, machine
 	}
 	id, err := a.Outbox.Persist(resp.ResultURL(), rr)
 	if err != nil {
-		a.Log.Error("persisting the result", "error", err)
+		// Never lose the result: fall back to one without logs.
+		a.Log.Error("persisting the result, retrying without logs", "error", err)
+		rr.Result.Operations = nil
+		if id, err = a.Outbox.Persist(resp.ResultURL(), rr); err != nil {
+			a.Log.Error("persisting the result", "error", err)
+		}
 	}
 	tt := TaskTimings{Received: received, QEMUStarted: out.QEMUStarted, Uploaded: out.Uploaded, Persisted: time.Now()}
 	a.Log.Info("task done", "package", task.Name(), "status", res.Status, "result", id)
@@ -222,7 +227,7 @@ func WithDiagnostics(out Outcome) manifest.Result {
 	if out.Diagnostics == "" {
 		return res
 	}
-	d := "bbot-agent: " + strings.TrimRight(out.Diagnostics, "\n") + "\n"
+	d := "bbot-agent: " + manifest.Sanitize(strings.TrimRight(out.Diagnostics, "\n")) + "\n"
 	if len(res.Operations) == 0 {
 		res.Operations = []manifest.OperationResult{{Operation: "configure", Status: res.Status, Log: d}}
 		return res

@@ -234,6 +234,9 @@ func (v *VMs) Bootstrap(ctx context.Context, req BootstrapRequest) (manifest.Boo
 	return manifest.ParseBootstrap(f, "bootstrap manifest")
 }
 
+// MaxTaskUpload caps one file a build machine uploads.
+const MaxTaskUpload = 64 << 20
+
 // ErrMachineExited means the machine powered off without a result.
 var ErrMachineExited = errors.New("machine exited without uploading a result")
 
@@ -354,6 +357,9 @@ func (v *VMs) Perform(ctx context.Context, mach *Machine, task, workerTask *mani
 		out.Diagnostics = err.Error()
 		return out, teardown
 	}
+	// A result request must stay below brep's 15 MiB; much larger uploads
+	// are a misbehaving worker, cut short.
+	mp.MaxFileSize, mp.MaxTotal = MaxTaskUpload, 4*MaxTaskUpload
 	q := NewEventQueue()
 	mp.Notify, mp.Log = q.Notify, v.Log
 	v.TFTP.SetHandler(mp)

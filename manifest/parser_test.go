@@ -199,3 +199,22 @@ var fuzzSeeds = []string{
 	":1\n" + strings.Repeat("n", 40) + ": value\n",
 	":1\nа: ббб\\\\\\\n",
 }
+
+func TestSanitize(t *testing.T) {
+	for in, want := range map[string]string{
+		"plain\ttext\r\n":     "plain\ttext\r\n",
+		"nul\x00here":         "nul\uFFFDhere",
+		"bad\xffutf8":         "bad\uFFFDutf8",
+		"esc\x1b[0m":          "esc\uFFFD[0m",
+		"zero\u200bwidth":     "zero\uFFFDwidth",
+		"ünïcode is fine 日本": "ünïcode is fine 日本",
+	} {
+		got := Sanitize(in)
+		if got != want {
+			t.Errorf("Sanitize(%q) = %q, want %q", in, got, want)
+		}
+		if _, err := serializePairs([]NameValue{{Value: "1"}, {Name: "log", Value: got}, {}, {}}, false); err != nil {
+			t.Errorf("sanitized %q does not serialize: %v", in, err)
+		}
+	}
+}

@@ -1,6 +1,10 @@
 package manifest
 
-import "sort"
+import (
+	"sort"
+	"strings"
+	"unicode/utf8"
+)
 
 // codepointType mirrors libbutl's codepoint_types so that the error texts
 // ("invalid Unicode codepoint (control)") and the set of accepted codepoints
@@ -214,4 +218,26 @@ func checkUTF8(s string) (codepoints int, why string, ok bool) {
 		return 0, "incomplete UTF-8 sequence", false
 	}
 	return codepoints, "", true
+}
+
+// Sanitize returns s with everything a manifest value may not hold (bytes
+// that are not UTF-8, control characters other than TAB, CR and LF, and the
+// other non-graphic codepoints) replaced by U+FFFD, so that text from
+// outside (console logs, error messages off the wire) always serializes.
+func Sanitize(s string) string {
+	if _, _, ok := checkUTF8(s); ok {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		switch {
+		case r == '\n' || r == '\t' || r == '\r':
+			b.WriteRune(r)
+		case r == utf8.RuneError || typeOfCodepoint(r) != cpGraphic:
+			b.WriteRune(utf8.RuneError)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
 }

@@ -205,13 +205,6 @@ func dumpMachines(ctx context.Context, o *agent.Options, stdout io.Writer, log *
 	return manifest.WriteStream(stdout, "", headers...)
 }
 
-func mustAgentVersion() manifest.StandardVersion {
-	v, err := manifest.ParseStandardVersion(agent.Version)
-	if err != nil {
-		panic(err)
-	}
-	return v
-}
 
 // tftpAddress is where the TFTP server listens for this toolchain.
 func tftpAddress(o *agent.Options) string {
