@@ -149,8 +149,59 @@ func (a *Agent) poll(ctx context.Context, machines []*Machine) bool {
 	return true
 }
 
+// Next polls (enumerating first, sleeping the poll interval between
+// rounds) until a controller hands out a task, and returns it with the
+// machines offered. It is for --dump-task and --dump-result.
+func (a *Agent) Next(ctx context.Context) (*manifest.TaskResponse, []*Machine, error) {
+	a.Recover()
+	for {
+		machines, err := a.Enumerator.Enumerate(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		if len(machines) > 0 {
+			req := manifest.TaskRequest{Agent: a.Name, ToolchainName: a.Opts.ToolchainName,
+				ToolchainVersion: a.Opts.ToolchainVer, Fingerprint: a.Fingerprint}
+			for _, m := range machines {
+				req.Machines = append(req.Machines, m.Header())
+			}
+			resp, _, err := a.Client.RequestTask(ctx, req)
+			if err != nil {
+				return nil, nil, err
+			}
+			if resp != nil {
+				return resp, machines, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		case <-time.After(a.Opts.PollInterval):
+		}
+	}
+}
+
+// WorkerTaskFor is the task the worker would get for resp.
+func (a *Agent) WorkerTaskFor(resp *manifest.TaskResponse, machines []*Machine) *manifest.Task {
+	checksum := AgentChecksum(Version, a.Opts.ToolchainID, "")
+	for _, m := range machines {
+		if m.Header().Name == resp.Task.Machine() {
+			checksum = AgentChecksum(Version, a.Opts.ToolchainID, m.Manifest.Machine.ID)
+		}
+	}
+	return WorkerTask(resp.Task, a.Opts.Trust, resp.AgentChecksum(), checksum)
+}
+
+// Handle performs the task, delivers its result (waiting for the
+// delivery attempt) and returns the result.
+func (a *Agent) Handle(ctx context.Context, resp *manifest.TaskResponse, machines []*Machine) manifest.Result {
+	res := a.handle(ctx, resp, machines, time.Now())
+	a.Outbox.Wait()
+	return res
+}
+
 // handle performs one task and reports its result.
-func (a *Agent) handle(ctx context.Context, resp *manifest.TaskResponse, machines []*Machine, received time.Time) {
+func (a *Agent) handle(ctx context.Context, resp *manifest.TaskResponse, machines []*Machine, received time.Time) manifest.Result {
 	task := resp.Task
 	var mach *Machine
 	for _, m := range machines {
@@ -217,6 +268,7 @@ func (a *Agent) handle(ctx context.Context, resp *manifest.TaskResponse, machine
 	if ctx.Err() != nil {
 		a.Outbox.Wait()
 	}
+	return res
 }
 
 // WithDiagnostics puts the agent's diagnostics into the result: as the log

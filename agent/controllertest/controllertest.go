@@ -36,6 +36,7 @@ type Server struct {
 
 	mu       sync.Mutex
 	queue    []*manifest.Task
+	forced   []*manifest.Task  // handed out whatever machines were offered
 	issued   map[string]issued // session -> what was handed out
 	results  []Result
 	requests []manifest.TaskRequest
@@ -90,14 +91,24 @@ func (s *Server) Queue(task *manifest.Task) {
 }
 
 // QueueTask queues a minimal task for package pkg on machine.
-func (s *Server) QueueTask(pkg, machine string) {
+func (s *Server) QueueTask(pkg, machine string) { s.Queue(minimalTask(pkg, machine)) }
+
+// ForceTask queues a task handed to the next request whatever machines it
+// offers (a misbehaving controller).
+func (s *Server) ForceTask(pkg, machine string) {
+	s.mu.Lock()
+	s.forced = append(s.forced, minimalTask(pkg, machine))
+	s.mu.Unlock()
+}
+
+func minimalTask(pkg, machine string) *manifest.Task {
 	t, err := manifest.ParseTask(strings.NewReader(fmt.Sprintf(
 		": 1\nname: %s\nversion: 1.0.0\nrepository-url: https://pkg.example.org/1/stable\nrepository-type: pkg\nmachine: %s\ntarget: x86_64-linux-gnu\n",
 		pkg, machine)), "task")
 	if err != nil {
 		panic(err)
 	}
-	s.Queue(t)
+	return t
 }
 
 // Results returns the accepted results.
@@ -221,7 +232,13 @@ func (s *Server) buildTask(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	var task *manifest.Task
+	if len(s.forced) > 0 {
+		task, s.forced = s.forced[0], s.forced[1:]
+	}
 	for i, t := range s.queue {
+		if task != nil {
+			break
+		}
 		if offered[t.Machine()] {
 			task = t
 			s.queue = append(s.queue[:i], s.queue[i+1:]...)

@@ -36,7 +36,8 @@ func cmdWaitgone(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Fatalf("%s still exists", args[0])
 }
 
-// controller queue PKG MACHINE | results N (waits up to 60 s for N results
+// controller queue PKG MACHINE | force PKG MACHINE (handed out even if
+// the machine was not offered) | results N (waits up to 60 s for N results
 // and prints "name version status" per result) | requests (prints the
 // number of task requests).
 func cmdController(ts *testscript.TestScript, neg bool, args []string) {
@@ -47,6 +48,8 @@ func cmdController(ts *testscript.TestScript, neg bool, args []string) {
 	switch args[0] {
 	case "queue":
 		srv.QueueTask(args[1], args[2])
+	case "force":
+		srv.ForceTask(args[1], args[2])
 	case "results":
 		n, _ := strconv.Atoi(args[1])
 		for _, r := range srv.WaitResults(n, 60*time.Second) {

@@ -141,7 +141,7 @@ func execute(ctx context.Context, o *agent.Options, stdout, stderr io.Writer) er
 	case o.FakeRequest != "":
 		return realTask(ctx, o, stdout, log)
 	default:
-		return daemon(ctx, o, log)
+		return daemon(ctx, o, stdout, log)
 	}
 }
 
@@ -204,7 +204,6 @@ func dumpMachines(ctx context.Context, o *agent.Options, stdout io.Writer, log *
 	}
 	return manifest.WriteStream(stdout, "", headers...)
 }
-
 
 // tftpAddress is where the TFTP server listens for this toolchain.
 func tftpAddress(o *agent.Options) string {

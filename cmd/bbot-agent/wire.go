@@ -31,7 +31,9 @@ func realTask(ctx context.Context, o *agent.Options, stdout io.Writer, log *slog
 }
 
 // daemon polls the controllers until SIGTERM/SIGINT; SIGHUP rescans.
-func daemon(ctx context.Context, o *agent.Options, log *slog.Logger) error {
+// With --dump-task or --dump-result it handles one task, prints it and
+// exits.
+func daemon(ctx context.Context, o *agent.Options, stdout io.Writer, log *slog.Logger) error {
 	a, cleanup, err := agent.New(o, log)
 	if err != nil {
 		return &exitError{1, err}
@@ -53,6 +55,17 @@ func daemon(ctx context.Context, o *agent.Options, log *slog.Logger) error {
 	notify := newNotifier(log)
 	a.Ready = func() { notify.send("READY=1") }
 	a.Status = func(s string) { notify.send("STATUS=" + s) }
+	if o.DumpTask || o.DumpResult {
+		resp, machines, err := a.Next(ctx)
+		if err != nil {
+			return &exitError{1, err}
+		}
+		if o.DumpTask {
+			return a.WorkerTaskFor(resp, machines).Serialize(stdout)
+		}
+		res := a.Handle(ctx, resp, machines)
+		return res.Serialize(stdout)
+	}
 	log.Info("bbot-agent started", "version", agent.Version, "toolchain", o.ToolchainName, "controllers", len(o.Controllers), "tftp", a.VMs.TFTPEndpoint)
 	err = a.Run(ctx)
 	notify.send("STOPPING=1")
