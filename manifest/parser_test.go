@@ -202,11 +202,11 @@ var fuzzSeeds = []string{
 
 func TestSanitize(t *testing.T) {
 	for in, want := range map[string]string{
-		"plain\ttext\r\n":     "plain\ttext\r\n",
-		"nul\x00here":         "nul\uFFFDhere",
-		"bad\xffutf8":         "bad\uFFFDutf8",
-		"esc\x1b[0m":          "esc\uFFFD[0m",
-		"zero\u200bwidth":     "zero\uFFFDwidth",
+		"plain\ttext\r\n":    "plain\ttext\r\n",
+		"nul\x00here":        "nul\uFFFDhere",
+		"bad\xffutf8":        "bad\uFFFDutf8",
+		"esc\x1b[0m":         "esc\uFFFD[0m",
+		"zero\u200bwidth":    "zero\uFFFDwidth",
 		"ünïcode is fine 日本": "ünïcode is fine 日本",
 	} {
 		got := Sanitize(in)

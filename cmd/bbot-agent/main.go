@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -116,16 +117,63 @@ func logger(o *agent.Options, w io.Writer) *slog.Logger {
 		level = slog.LevelInfo
 	}
 	h := &slog.HandlerOptions{Level: level}
-	if o.SystemdDaemon {
-		// journald stamps lines itself.
-		h.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
-			if len(groups) == 0 && a.Key == slog.TimeKey {
-				return slog.Attr{}
-			}
-			return a
-		}
+	if !o.SystemdDaemon {
+		return slog.New(slog.NewTextHandler(w, h))
 	}
-	return slog.New(slog.NewTextHandler(w, h))
+	// journald stamps lines itself and reads the priority from a "<N>"
+	// prefix (sd-daemon(3)).
+	h.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
+		if len(groups) == 0 && a.Key == slog.TimeKey {
+			return slog.Attr{}
+		}
+		return a
+	}
+	pw := &prefixWriter{w: w}
+	return slog.New(journalHandler{slog.NewTextHandler(pw, h), pw})
+}
+
+// prefixWriter prepends the current priority to each line.
+type prefixWriter struct {
+	mu     sync.Mutex
+	w      io.Writer
+	prefix string
+}
+
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	if _, err := io.WriteString(p.w, p.prefix); err != nil {
+		return 0, err
+	}
+	return p.w.Write(b)
+}
+
+// journalHandler sets the syslog priority of each record's line.
+type journalHandler struct {
+	slog.Handler
+	w *prefixWriter
+}
+
+func (j journalHandler) Handle(ctx context.Context, r slog.Record) error {
+	prio := 6 // info
+	switch {
+	case r.Level >= slog.LevelError:
+		prio = 3
+	case r.Level >= slog.LevelWarn:
+		prio = 4
+	case r.Level < slog.LevelInfo:
+		prio = 7
+	}
+	j.w.mu.Lock()
+	defer j.w.mu.Unlock()
+	j.w.prefix = "<" + strconv.Itoa(prio) + ">"
+	return j.Handler.Handle(ctx, r)
+}
+
+func (j journalHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return journalHandler{j.Handler.WithAttrs(as), j.w}
+}
+
+func (j journalHandler) WithGroup(name string) slog.Handler {
+	return journalHandler{j.Handler.WithGroup(name), j.w}
 }
 
 // execute runs the mode the options select.
