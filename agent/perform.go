@@ -89,30 +89,19 @@ func (q *EventQueue) uploadTime() time.Time {
 }
 
 // Next returns the next event, waiting until one comes or ctx ends.
-func (q *EventQueue) Next(ctx context.Context) (tftp.Event, error) {
-	for {
-		q.mu.Lock()
-		if len(q.events) > 0 {
-			e := q.events[0]
-			q.events = q.events[1:]
-			q.mu.Unlock()
-			return e, nil
-		}
-		q.mu.Unlock()
-		select {
-		case <-q.signal:
-		case <-ctx.Done():
-			return tftp.Event{}, ctx.Err()
-		}
-	}
-}
+func (q *EventQueue) Next(ctx context.Context) (tftp.Event, error) { return q.wait(ctx, true) }
 
 // peek waits for an event without consuming it.
-func (q *EventQueue) peek(ctx context.Context) (tftp.Event, error) {
+func (q *EventQueue) peek(ctx context.Context) (tftp.Event, error) { return q.wait(ctx, false) }
+
+func (q *EventQueue) wait(ctx context.Context, consume bool) (tftp.Event, error) {
 	for {
 		q.mu.Lock()
 		if len(q.events) > 0 {
 			e := q.events[0]
+			if consume {
+				q.events = q.events[1:]
+			}
 			q.mu.Unlock()
 			return e, nil
 		}

@@ -11,19 +11,15 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/build2/bbot-agent-go/btrfs/btrfstest"
 )
 
 // Require stops the test when a prerequisite is missing: it fails under
 // CI=true and skips otherwise.
 func Require(tb testing.TB, ok bool, why string) {
 	tb.Helper()
-	if ok {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		tb.Fatalf("prerequisite missing under CI: %s", why)
-	}
-	tb.Skipf("skipping: %s", why)
+	btrfstest.Require(tb, ok, why)
 }
 
 // RequireQEMU checks that qemu-system-x86_64 runs.
