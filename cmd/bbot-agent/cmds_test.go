@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
@@ -21,6 +22,25 @@ var scriptCmds = map[string]func(ts *testscript.TestScript, neg bool, args []str
 	"waitfile":   cmdWaitfile,
 	"controller": cmdController,
 	"waitgone":   cmdWaitgone,
+	"hup":        cmdHup,
+	"sleep":      cmdSleep,
+}
+
+// sleep DURATION (Go syntax, e.g. 500ms).
+func cmdSleep(ts *testscript.TestScript, neg bool, args []string) {
+	d, err := time.ParseDuration(args[0])
+	ts.Check(err)
+	time.Sleep(d)
+}
+
+// hup: send SIGHUP to the background commands (testscript's kill knows
+// only INT and KILL).
+func cmdHup(ts *testscript.TestScript, neg bool, args []string) {
+	for _, c := range ts.BackgroundCmds() {
+		if c.Process != nil {
+			ts.Check(c.Process.Signal(syscall.SIGHUP))
+		}
+	}
 }
 
 // waitgone GLOB: wait (up to 30 s) until nothing matches GLOB.
