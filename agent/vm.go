@@ -29,11 +29,12 @@ type VMs struct {
 	// TFTPEndpoint is what the guest is told (bbot.tftp): 10.0.2.2:<port>
 	// with user networking, the bind address with bridge networking.
 	TFTPEndpoint string
-	// BridgeIP and BridgeNet describe --bridge's IPv4 address (bridge mode).
+	// GuestIP (ADDR/PREFIX) and GatewayIP are the guest's bbot.ip and
+	// bbot.gw in bridge mode.
 	GuestIP, GatewayIP string
 
-	// Suspended receives machines held after a soft failure, so that an
-	// interrupt can force them down.
+	// onSuspend, if set, is told about each machine held after a soft
+	// failure (tests inspect it).
 	onSuspend func(*machine.Machine)
 }
 
