@@ -419,3 +419,34 @@ func BenchmarkTaskOverhead(b *testing.B) {
 	b.ReportMetric(ms(answered), "ms-upload-to-answered")
 	b.ReportMetric(ms(boot), "ms-guest-boot-to-result")
 }
+
+// TestBootstrapMisboot: a machine that never talks is retried, then held
+// for inspection (soft fail), then skipped this round with its work
+// snapshot deleted; the agent keeps going.
+func TestBootstrapMisboot(t *testing.T) {
+	e := newE2E(t)
+	img := filepath.Join(e.opts.Machines, "vol", "busybox", "busybox-1.0")
+	btrfs.SetReadOnly(img, false)
+	// No kernel: the firmware finds nothing to boot.
+	os.WriteFile(filepath.Join(img, "manifest"), []byte(": 1\nid: broken\nname: "+testMachine+"\nsummary: s\ntype: kvm\n"), 0o644)
+	btrfs.SetReadOnly(img, true)
+	e.opts.BootstrapStartup, e.opts.BootstrapRetries, e.opts.SuspendTimeout = 3*time.Second, 1, time.Second
+	a, cleanup, err := New(&e.opts, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cleanup()
+	held := 0
+	a.VMs.onSuspend = func(*machine.Machine) { held++ }
+	t0 := time.Now()
+	ms, err := a.Enumerator.Enumerate(context.Background())
+	if err != nil || len(ms) != 0 {
+		t.Fatalf("%d machines, %v", len(ms), err)
+	}
+	if d := time.Since(t0); d < 6*time.Second || d > 30*time.Second {
+		t.Errorf("two 3 s startups and a 1 s hold took %s", d)
+	}
+	if held != 1 {
+		t.Errorf("held %d machines for inspection, want 1", held)
+	}
+}
