@@ -242,9 +242,20 @@ func TestHangSuspends(t *testing.T) {
 	if r := srv.Results(); len(r) != 0 {
 		t.Fatalf("result sent while the machine is held: %+v", r)
 	}
-	// The administrator releases the machine.
-	if p, err := os.FindProcess(m.PID()); err == nil {
-		p.Kill()
+	// The administrator finds it, lets it run, then releases it (the admin
+	// commands go through the second QMP socket).
+	rec, err := ReadSuspended(e.opts.RunDir)
+	if err != nil || rec == nil || rec.PID != m.PID() || !strings.Contains(rec.Reason, "build timeout") {
+		t.Fatalf("suspended record %+v, %v", rec, err)
+	}
+	if _, err := ResumeSuspended(e.opts.RunDir); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := m.Status(context.Background()); err != nil || st != "running" {
+		t.Errorf("after --resume: status %q, %v", st, err)
+	}
+	if _, err := ReleaseSuspended(e.opts.RunDir); err != nil {
+		t.Fatal(err)
 	}
 	results := srv.WaitResults(1, 30*time.Second)
 	if len(results) != 1 || results[0].Request.Result.Status != "abort" {
@@ -252,6 +263,9 @@ func TestHangSuspends(t *testing.T) {
 	}
 	if log := results[0].Request.Result.Operations[0].Log; !strings.Contains(log, "build timeout") {
 		t.Errorf("diagnostics %q", log)
+	}
+	if rec, _ := ReadSuspended(e.opts.RunDir); rec != nil {
+		t.Errorf("suspended record left: %+v", rec)
 	}
 }
 

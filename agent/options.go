@@ -61,6 +61,11 @@ type Options struct {
 	DumpTask      bool
 	DumpResult    bool
 
+	// Admin commands on the machine a running agent holds suspended.
+	ShowSuspended bool
+	Release       bool
+	Resume        bool
+
 	Network        string // "bridge" or "user"
 	Bridge         string
 	Accel          string // "auto", "kvm" or "tcg"
@@ -152,11 +157,14 @@ func (o *Options) Validate() error {
 	if (o.DumpTask || o.DumpResult) && o.FakeRequest == "" && len(o.Controllers) == 0 {
 		return errors.New("--dump-task and --dump-result need --fake-request or a controller URL")
 	}
-	if len(o.Controllers) == 0 && o.FakeRequest == "" && !o.DumpMachines {
+	if len(o.Controllers) == 0 && o.FakeRequest == "" && !o.DumpMachines && !o.AdminCommand() {
 		return errors.New("no controller URL specified")
 	}
 	return nil
 }
+
+// AdminCommand reports whether an admin command was asked for.
+func (o *Options) AdminCommand() bool { return o.ShowSuspended || o.Release || o.Resume }
 
 func validTrust(fp string) bool {
 	if fp == "yes" {

@@ -157,8 +157,13 @@ func (v *VMs) holdSuspended(ctx context.Context, m *machine.Machine, snapshot, w
 	default:
 	}
 	v.Log.Warn("machine suspended for inspection: "+why,
-		"snapshot", snapshot, "console", info.ConsoleLog, "qmp", info.QMPSocket, "pid", info.PID,
-		"release", fmt.Sprintf("kill %d (or QMP quit)", info.PID))
+		"snapshot", snapshot, "console", info.ConsoleLog, "qmp", info.AdminSocket, "pid", info.PID,
+		"release", fmt.Sprintf("bbot-agent --run-dir %s --release (or kill %d)", v.Opts.RunDir, info.PID))
+	rec := Suspended{PID: info.PID, Snapshot: snapshot, ConsoleLog: info.ConsoleLog, AdminSocket: info.AdminSocket, Since: time.Now().UTC(), Reason: why}
+	if err := writeSuspended(v.Opts.RunDir, rec); err != nil {
+		v.Log.Error("recording the suspended machine", "error", err)
+	}
+	defer os.Remove(filepath.Join(v.Opts.RunDir, SuspendedFile))
 	if v.onSuspend != nil {
 		v.onSuspend(m)
 	}

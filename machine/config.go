@@ -42,6 +42,10 @@ type Config struct {
 // must fit in sun_path.
 const (
 	QMPSocketName  = "qmp.sock"
+	// AdminSocketName is a second QMP socket for administrators and the
+	// admin commands: QEMU serves one client per socket, and the agent
+	// holds the first.
+	AdminSocketName = "admin.sock"
 	PIDFileName    = "qemu.pid"
 	ConsoleLogName = "console.log"
 	maxSunPath     = 107 // sizeof(sun_path) - 1 on Linux
@@ -49,6 +53,9 @@ const (
 
 // QMPSocket is the QMP socket's path.
 func (c *Config) QMPSocket() string { return filepath.Join(c.RunDir, QMPSocketName) }
+
+// AdminSocket is the administrators' QMP socket's path.
+func (c *Config) AdminSocket() string { return filepath.Join(c.RunDir, AdminSocketName) }
 
 // PIDFile is the pid file QEMU writes.
 func (c *Config) PIDFile() string { return filepath.Join(c.RunDir, PIDFileName) }
@@ -75,8 +82,8 @@ func (c *Config) Validate() error {
 		return errors.New("machine: no working directory")
 	case c.RunDir == "":
 		return errors.New("machine: no run directory")
-	case len(c.QMPSocket()) > maxSunPath:
-		return fmt.Errorf("machine: QMP socket path %q is longer than %d bytes", c.QMPSocket(), maxSunPath)
+	case len(c.AdminSocket()) > maxSunPath || len(c.QMPSocket()) > maxSunPath:
+		return fmt.Errorf("machine: QMP socket path %q is longer than %d bytes", c.AdminSocket(), maxSunPath)
 	case c.Accel != "kvm" && c.Accel != "tcg":
 		return fmt.Errorf("machine: accelerator %q is not kvm or tcg", c.Accel)
 	case c.CPUs < 1:
@@ -151,6 +158,7 @@ func (c *Config) Args() ([]string, error) {
 		"-chardev", "stdio,id=console,signal=off",
 		"-serial", "chardev:console",
 		"-qmp", "unix:" + qemuEscape(c.QMPSocket()) + ",server=on,wait=off",
+		"-qmp", "unix:" + qemuEscape(c.AdminSocket()) + ",server=on,wait=off",
 		"-pidfile", c.PIDFile(),
 		// A guest reboot ends the machine like a power-off.
 		"-no-reboot",

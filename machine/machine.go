@@ -35,8 +35,9 @@ func (s State) String() string {
 
 // Info tells an administrator how to reach a machine.
 type Info struct {
-	PID        int
-	QMPSocket  string
+	PID         int
+	QMPSocket   string
+	AdminSocket string // a free QMP socket for administrators
 	ConsoleLog string
 	PIDFile    string
 	Started    time.Time // when the QEMU process was started
@@ -91,10 +92,10 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Machine, error) 
 	if err := os.MkdirAll(cfg.RunDir, 0o700); err != nil {
 		return fail(err)
 	}
-	for _, p := range []string{cfg.QMPSocket(), cfg.PIDFile()} {
+	for _, p := range []string{cfg.QMPSocket(), cfg.AdminSocket(), cfg.PIDFile()} {
 		os.Remove(p) // leftovers of an earlier machine
 	}
-	undo = append(undo, func() { os.Remove(cfg.QMPSocket()); os.Remove(cfg.PIDFile()) })
+	undo = append(undo, func() { os.Remove(cfg.QMPSocket()); os.Remove(cfg.AdminSocket()); os.Remove(cfg.PIDFile()) })
 
 	m.console, err = openConsoleLog(cfg.ConsolePath(), cfg.ConsoleLogMax)
 	if err != nil {
@@ -138,6 +139,7 @@ func (m *Machine) run() {
 	}
 	m.console.Close()
 	os.Remove(m.cfg.QMPSocket())
+	os.Remove(m.cfg.AdminSocket())
 	os.Remove(m.cfg.PIDFile())
 	m.waitErr = err
 	close(m.exited)
@@ -228,7 +230,7 @@ func (m *Machine) Info() Info {
 	if m.cmd.Process != nil {
 		pid = m.cmd.Process.Pid
 	}
-	return Info{PID: pid, QMPSocket: m.cfg.QMPSocket(), ConsoleLog: m.cfg.ConsolePath(), PIDFile: m.cfg.PIDFile(), Started: m.started}
+	return Info{PID: pid, QMPSocket: m.cfg.QMPSocket(), AdminSocket: m.cfg.AdminSocket(), ConsoleLog: m.cfg.ConsolePath(), PIDFile: m.cfg.PIDFile(), Started: m.started}
 }
 
 // Exited is closed when the process has exited.
@@ -374,4 +376,33 @@ func ReadPIDFile(path string) (int, error) {
 		return 0, err
 	}
 	return strconv.Atoi(strings.TrimSpace(string(data)))
+}
+
+// AdminCommand runs one QMP command through a machine's admin socket (for
+// the admin commands; the agent holds the main socket).
+func AdminCommand(socket, execute string) (json.RawMessage, error) {
+	mon, err := qmp.NewSocketMonitor("unix", socket, 2*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("QMP %s via %s: %w (is the machine still running?)", execute, socket, err)
+	}
+	var out []byte
+	err = withTimeout(context.Background(), CommandTimeout, func() error {
+		if err := mon.Connect(); err != nil {
+			return err
+		}
+		var err error
+		out, err = mon.Run([]byte(`{"execute":"` + execute + `"}`))
+		return err
+	}, func() { mon.Disconnect() })
+	if err != nil {
+		return nil, fmt.Errorf("QMP %s via %s: %w", execute, socket, err)
+	}
+	mon.Disconnect()
+	var reply struct {
+		Return json.RawMessage `json:"return"`
+	}
+	if err := json.Unmarshal(out, &reply); err != nil {
+		return nil, fmt.Errorf("QMP %s: bad reply %q", execute, out)
+	}
+	return reply.Return, nil
 }

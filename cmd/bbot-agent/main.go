@@ -180,6 +180,8 @@ func (j journalHandler) WithGroup(name string) slog.Handler {
 func execute(ctx context.Context, o *agent.Options, stdout, stderr io.Writer) error {
 	log := logger(o, stderr)
 	switch {
+	case o.AdminCommand():
+		return admin(o, stdout)
 	case o.FakeRequest != "" && o.DumpTask:
 		return dumpTask(o, stdout, log)
 	case o.DumpMachines:
@@ -322,4 +324,34 @@ func fakeMachineTask(ctx context.Context, o *agent.Options, stdout, stderr io.Wr
 		return &exitError{1, err}
 	}
 	return res.Serialize(stdout)
+}
+
+// admin runs --suspended, --release or --resume against the run directory.
+func admin(o *agent.Options, stdout io.Writer) error {
+	var s *agent.Suspended
+	var err error
+	switch {
+	case o.Release:
+		s, err = agent.ReleaseSuspended(o.RunDir)
+	case o.Resume:
+		s, err = agent.ResumeSuspended(o.RunDir)
+	default:
+		s, err = agent.ReadSuspended(o.RunDir)
+	}
+	if err != nil {
+		return &exitError{1, err}
+	}
+	if s == nil {
+		fmt.Fprintln(stdout, "no suspended machine in", o.RunDir)
+		return nil
+	}
+	fmt.Fprintf(stdout, "pid: %d\nsnapshot: %s\nconsole: %s\nqmp: %s\nsince: %s\nreason: %s\n",
+		s.PID, s.Snapshot, s.ConsoleLog, s.AdminSocket, s.Since.Format(time.RFC3339), s.Reason)
+	switch {
+	case o.Release:
+		fmt.Fprintln(stdout, "released")
+	case o.Resume:
+		fmt.Fprintln(stdout, "resumed")
+	}
+	return nil
 }

@@ -1,0 +1,71 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/build2/bbot-agent-go/machine"
+)
+
+// SuspendedFile, in the run directory, describes the machine the agent
+// holds after a soft failure; the admin commands read it.
+const SuspendedFile = "suspended.json"
+
+// Suspended is a held machine, for administrators.
+type Suspended struct {
+	PID         int       `json:"pid"`
+	Snapshot    string    `json:"snapshot"`
+	ConsoleLog  string    `json:"console"`
+	AdminSocket string    `json:"qmp"`
+	Since       time.Time `json:"since"`
+	Reason      string    `json:"reason"`
+}
+
+func writeSuspended(runDir string, s Suspended) error {
+	data, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	return WriteFileAtomic(filepath.Join(runDir, SuspendedFile), append(data, '\n'), 0o644)
+}
+
+// ReadSuspended returns the machine held in runDir, or nil when none is.
+func ReadSuspended(runDir string) (*Suspended, error) {
+	data, err := os.ReadFile(filepath.Join(runDir, SuspendedFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var s Suspended
+	if err := json.Unmarshal(data, &s); err != nil {
+		return nil, fmt.Errorf("%s: %w", SuspendedFile, err)
+	}
+	return &s, nil
+}
+
+// ReleaseSuspended ends the held machine (QMP quit through its admin
+// socket); the agent then cleans up and reports the result.
+func ReleaseSuspended(runDir string) (*Suspended, error) {
+	return adminCommand(runDir, "quit")
+}
+
+// ResumeSuspended lets the held machine run again (QMP cont): the agent
+// keeps holding it until it exits.
+func ResumeSuspended(runDir string) (*Suspended, error) {
+	return adminCommand(runDir, "cont")
+}
+
+func adminCommand(runDir, execute string) (*Suspended, error) {
+	s, err := ReadSuspended(runDir)
+	if err != nil || s == nil {
+		return s, err
+	}
+	_, err = machine.AdminCommand(s.AdminSocket, execute)
+	return s, err
+}
