@@ -41,14 +41,14 @@ type Config struct {
 // Socket and file names inside RunDir; short, because a UNIX socket path
 // must fit in sun_path.
 const (
-	QMPSocketName  = "qmp.sock"
+	QMPSocketName = "qmp.sock"
 	// AdminSocketName is a second QMP socket for administrators and the
 	// admin commands: QEMU serves one client per socket, and the agent
 	// holds the first.
 	AdminSocketName = "admin.sock"
-	PIDFileName    = "qemu.pid"
-	ConsoleLogName = "console.log"
-	maxSunPath     = 107 // sizeof(sun_path) - 1 on Linux
+	PIDFileName     = "qemu.pid"
+	ConsoleLogName  = "console.log"
+	maxSunPath      = 107 // sizeof(sun_path) - 1 on Linux
 )
 
 // QMPSocket is the QMP socket's path.

@@ -38,9 +38,9 @@ type Info struct {
 	PID         int
 	QMPSocket   string
 	AdminSocket string // a free QMP socket for administrators
-	ConsoleLog string
-	PIDFile    string
-	Started    time.Time // when the QEMU process was started
+	ConsoleLog  string
+	PIDFile     string
+	Started     time.Time // when the QEMU process was started
 }
 
 // Machine is a running QEMU process. One goroutine owns the process: it
