@@ -27,6 +27,12 @@ func Require(tb testing.TB, ok bool, why string) {
 // the test ends.
 func Mount(tb testing.TB, size int64) string {
 	tb.Helper()
+	return MountOptions(tb, size, "loop")
+}
+
+// MountOptions is Mount with mount options (e.g. "loop,user_subvol_rm_allowed").
+func MountOptions(tb testing.TB, size int64, options string) string {
+	tb.Helper()
 	Require(tb, os.Geteuid() == 0, "needs root to mount a loop device")
 	_, err := exec.LookPath("mkfs.btrfs")
 	Require(tb, err == nil, "mkfs.btrfs not found (apt-get install btrfs-progs)")
@@ -50,7 +56,7 @@ func Mount(tb testing.TB, size int64) string {
 	if out, err := exec.Command("mkfs.btrfs", "-q", "-f", img).CombinedOutput(); err != nil {
 		tb.Fatalf("mkfs.btrfs: %v\n%s", err, out)
 	}
-	if out, err := exec.Command("mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {
+	if out, err := exec.Command("mount", "-o", options, img, mnt).CombinedOutput(); err != nil {
 		Require(tb, false, "cannot loop-mount btrfs: "+string(out))
 	}
 	// Registered after TempDir's cleanup, so it runs first.
