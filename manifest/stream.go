@@ -1,9 +1,6 @@
 package manifest
 
-import (
-	"bytes"
-	"io"
-)
+import "io"
 
 // Manifest is one manifest of a stream: its pairs in order, with positions,
 // and the position of its end (for "missing value" errors).
@@ -79,13 +76,4 @@ func WriteStream(w io.Writer, name string, manifests ...[]NameValue) error {
 		}
 	}
 	return s.Next("", "")
-}
-
-// Marshal renders manifests as one stream in memory.
-func Marshal(manifests ...[]NameValue) ([]byte, error) {
-	var b bytes.Buffer
-	if err := WriteStream(&b, "", manifests...); err != nil {
-		return nil, err
-	}
-	return b.Bytes(), nil
 }
