@@ -1,0 +1,330 @@
+// Package journal is the agent's task journal, which is also its result
+// outbox: one entry per task session, written and fsynced when the task is
+// received (before any snapshot), holding the result request that will be
+// sent for it. Whatever moment the agent dies at, the entry says what to
+// send: the signed "interrupt" request written at receipt, or the real
+// result once it was persisted. An entry goes
+//
+//	received -> held (guest fault: outcome final, machine kept) -> sendable -> removed
+//	received -> sendable -> removed (after the controller's 2xx)
+//
+// Entries live under a per-instance directory that the owning process
+// flocks, so a starting agent recovers only entries no live process holds.
+package journal
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// FormatVersion is the entry format; entries of the older outbox format
+// (results/*.json) are imported at start-up.
+const FormatVersion = 2
+
+// State is where an entry is in its life.
+type State string
+
+const (
+	// Received: the task was taken; the body is the signed interrupt
+	// request, unless a later step already replaced it.
+	Received State = "received"
+	// Held: a guest fault; the body is the final abort/abnormal result,
+	// sent once the hold ends (QEMU exit, suspend timeout, shutdown).
+	Held State = "held"
+	// Sendable: the body is final and is being sent.
+	Sendable State = "sendable"
+)
+
+// Entry is one task session's record. The request body is a file of its
+// own (<id>.req) so that it can be streamed to the controller.
+type Entry struct {
+	Version int    `json:"version"`
+	ID      string `json:"id"`
+	State   State  `json:"state"`
+	// URL is the controller's result-url.
+	URL string `json:"url"`
+	// Created is when the task was received; Settled is when the body
+	// became final (the result TTL counts from it).
+	Created time.Time `json:"created"`
+	Settled time.Time `json:"settled,omitzero"`
+
+	// What recovery needs to rebuild the request from a result the worker
+	// had completely uploaded before the agent died.
+	Session        string `json:"session"`
+	Challenge      string `json:"challenge,omitempty"` // signed, base64
+	AgentChecksum  string `json:"agent-checksum,omitempty"`
+	Package        string `json:"package"`
+	PackageVersion string `json:"package-version"`
+
+	// Where the task ran, for recovery's clean-up.
+	MachineDir string `json:"machine-dir,omitempty"`
+	Snapshot   string `json:"snapshot,omitempty"`
+	Put        string `json:"put,omitempty"` // TFTP PUT dir of the task
+
+	// Status is the result status in the body; Reason says why (for held
+	// entries and logs).
+	Status string `json:"status"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// Journal is one instance's directory of entries, flocked by its owner.
+type Journal struct {
+	dir  string
+	lock *os.File
+}
+
+// Dir returns the instance directory below stateDir.
+func Dir(stateDir string, instance int) string {
+	return filepath.Join(stateDir, "journal", strconv.Itoa(instance))
+}
+
+// ErrBusy means another live process holds the instance.
+var ErrBusy = errors.New("journal instance is held by another process")
+
+// Open creates (0700) and flocks the instance directory dir.
+func Open(dir string) (*Journal, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%s: %w", dir, ErrBusy)
+		}
+		return nil, err
+	}
+	j := &Journal{dir: dir, lock: f}
+	j.sweep()
+	return j, nil
+}
+
+// Close releases the instance.
+func (j *Journal) Close() error { return j.lock.Close() }
+
+// Path returns the directory.
+func (j *Journal) Path() string { return j.dir }
+
+func (j *Journal) metaPath(id string) string { return filepath.Join(j.dir, id+".json") }
+
+// BodyPath is the file holding the entry's result request.
+func (j *Journal) BodyPath(id string) string { return filepath.Join(j.dir, id+".req") }
+
+// sweep removes temporary files of interrupted writes and bodies whose
+// entry is gone (removed after delivery).
+func (j *Journal) sweep() {
+	ents, _ := os.ReadDir(j.dir)
+	for _, e := range ents {
+		n := e.Name()
+		switch {
+		case strings.HasPrefix(n, ".") && strings.Contains(n, ".tmp"):
+			os.Remove(filepath.Join(j.dir, n))
+		case strings.HasSuffix(n, ".req"):
+			if _, err := os.Stat(j.metaPath(strings.TrimSuffix(n, ".req"))); errors.Is(err, os.ErrNotExist) {
+				os.Remove(filepath.Join(j.dir, n))
+			}
+		}
+	}
+}
+
+// NewID returns a fresh entry id, ordered by time.
+func NewID() string {
+	var b [4]byte
+	rand.Read(b[:])
+	return time.Now().UTC().Format("20060102T150405.000000000") + "-" + hex.EncodeToString(b[:])
+}
+
+// Receive writes a new entry in state Received with body as its request
+// (the signed interrupt result): body first, then the entry, each fsynced.
+func (j *Journal) Receive(e *Entry, body []byte) error {
+	if e.ID == "" {
+		e.ID = NewID()
+	}
+	e.Version, e.State = FormatVersion, Received
+	if e.Created.IsZero() {
+		e.Created = time.Now().UTC()
+	}
+	if err := WriteFileAtomic(j.BodyPath(e.ID), body, 0o600); err != nil {
+		return err
+	}
+	return j.save(e)
+}
+
+// Settle replaces the entry's body with what write produces (nil keeps the
+// body) and moves it to state with the body's status. The body is renamed
+// into place before the entry changes, so a crash leaves the old state with
+// the old or the new body, never a torn one.
+func (j *Journal) Settle(e *Entry, state State, status, reason string, write func(io.Writer) error) error {
+	if write != nil {
+		if err := writeAtomic(j.BodyPath(e.ID), 0o600, write); err != nil {
+			return err
+		}
+	}
+	e.State, e.Status, e.Reason = state, status, reason
+	if state == Sendable && e.Settled.IsZero() {
+		e.Settled = time.Now().UTC()
+	}
+	return j.save(e)
+}
+
+func (j *Journal) save(e *Entry) error {
+	data, err := json.MarshalIndent(e, "", "  ")
+	if err != nil {
+		return err
+	}
+	return WriteFileAtomic(j.metaPath(e.ID), append(data, '\n'), 0o600)
+}
+
+// Remove deletes a delivered entry: the entry first, so that a crash in
+// between leaves only an orphan body (swept), never a resend.
+func (j *Journal) Remove(id string) error {
+	if err := os.Remove(j.metaPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	syncDir(j.dir)
+	os.Remove(j.BodyPath(id))
+	return nil
+}
+
+// Entries lists the entries, oldest first. Unreadable entries are
+// returned as errors beside the readable ones.
+func (j *Journal) Entries() ([]*Entry, error) {
+	ents, err := os.ReadDir(j.dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []*Entry
+	var errs []error
+	for _, de := range ents {
+		id, ok := strings.CutSuffix(de.Name(), ".json")
+		if !ok || strings.HasPrefix(id, ".") {
+			continue
+		}
+		e, err := j.read(id)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out = append(out, e)
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].ID < out[b].ID })
+	return out, errors.Join(errs...)
+}
+
+func (j *Journal) read(id string) (*Entry, error) {
+	data, err := os.ReadFile(j.metaPath(id))
+	if err != nil {
+		return nil, err
+	}
+	var e Entry
+	if err := json.Unmarshal(data, &e); err != nil {
+		return nil, fmt.Errorf("journal entry %s: %w", id, err)
+	}
+	if e.Version > FormatVersion {
+		return nil, fmt.Errorf("journal entry %s: format %d is newer than this agent's %d", id, e.Version, FormatVersion)
+	}
+	e.ID = id
+	return &e, nil
+}
+
+// Fail moves an entry that cannot be delivered to failedDir, with a .why
+// file saying why; nothing is deleted.
+func (j *Journal) Fail(e *Entry, failedDir, why string) error {
+	if err := os.MkdirAll(failedDir, 0o700); err != nil {
+		return err
+	}
+	err := errors.Join(
+		os.Rename(j.BodyPath(e.ID), filepath.Join(failedDir, e.ID+".req")),
+		WriteFileAtomic(filepath.Join(failedDir, e.ID+".why"), []byte(why+"\n"), 0o600),
+	)
+	if err != nil {
+		return err
+	}
+	return os.Rename(j.metaPath(e.ID), filepath.Join(failedDir, e.ID+".json"))
+}
+
+// Orphans opens the instance directories below stateDir/journal that no
+// live process holds (for recovery), each opened and flocked.
+func Orphans(stateDir string) ([]*Journal, error) {
+	ents, err := os.ReadDir(filepath.Join(stateDir, "journal"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []*Journal
+	for _, de := range ents {
+		if !de.IsDir() {
+			continue
+		}
+		j, err := Open(filepath.Join(stateDir, "journal", de.Name()))
+		if errors.Is(err, ErrBusy) {
+			continue
+		}
+		if err != nil {
+			return out, err
+		}
+		out = append(out, j)
+	}
+	return out, nil
+}
+
+// WriteFileAtomic writes data to a temporary file beside path, syncs it,
+// renames it over path and syncs the directory, so that readers (and a
+// restarted agent) see the old or the new content only.
+func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
+	return writeAtomic(path, perm, func(w io.Writer) error {
+		_, err := w.Write(data)
+		return err
+	})
+}
+
+func writeAtomic(path string, perm os.FileMode, write func(io.Writer) error) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	err = f.Chmod(perm)
+	if err == nil {
+		err = write(f)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	syncDir(filepath.Dir(path))
+	return nil
+}
+
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		d.Sync() // make the rename or removal itself durable
+		d.Close()
+	}
+}
