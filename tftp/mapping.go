@@ -317,23 +317,34 @@ func (m *Mapping) serveGet(r *Request) (int64, error) {
 		n, err = r.ReadFrom(ra)
 		ra.Close()
 	}
-	if err != nil && hr.err != nil && r.abortErr() == nil {
-		return n, m.fail(r, FaultHost, ErrWriteFailed, hr.err)
+	if herr := hr.Err(); err != nil && herr != nil && r.abortErr() == nil {
+		return n, m.fail(r, FaultHost, ErrWriteFailed, herr)
 	}
 	return n, err
 }
 
+// hostReader notes read errors of a GET's file. With read-ahead it is
+// read by a goroutine that may outlive the transfer, hence the lock.
 type hostReader struct {
 	r   io.Reader
+	mu  sync.Mutex
 	err error
 }
 
 func (h *hostReader) Read(p []byte) (int, error) {
 	n, err := h.r.Read(p)
 	if err != nil && err != io.EOF {
+		h.mu.Lock()
 		h.err = err
+		h.mu.Unlock()
 	}
 	return n, err
+}
+
+func (h *hostReader) Err() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.err
 }
 
 // reserve takes n bytes from the mapping's budget.
