@@ -86,6 +86,7 @@ var (
 	errNotReadable  = errors.New("not a regular file")
 	errBudgetExceed = errors.New("upload budget exhausted")
 	errTooManyFiles = errors.New("too many files")
+	errReadFailed   = errors.New("read failed")
 )
 
 // transferError carries a failure's classification from serveGet and
@@ -318,7 +319,7 @@ func (m *Mapping) serveGet(r *Request) (int64, error) {
 		ra.Close()
 	}
 	if herr := hr.Err(); err != nil && herr != nil && r.abortErr() == nil {
-		return n, m.fail(r, FaultHost, ErrWriteFailed, herr)
+		return n, m.fail(r, FaultHost, errReadFailed, herr)
 	}
 	return n, err
 }
