@@ -33,6 +33,30 @@ func (k EventKind) String() string {
 	return [...]string{"first-request", "upload-completed", "transfer-failed"}[k]
 }
 
+// Fault says whose fault a TransferFailed was, so that the agent can act
+// on it without matching error texts.
+type Fault int
+
+const (
+	// FaultNone: not a failure (FirstRequest, UploadCompleted).
+	FaultNone Fault = iota
+	// FaultClient: an ordinary failure: bad name, not found, the client
+	// gave up or timed out. A retrying client may still succeed.
+	FaultClient
+	// FaultRefused: an upload over MaxFileSize, MaxTotal or MaxFiles. The
+	// guest's fault; retrying cannot succeed.
+	FaultRefused
+	// FaultHost: a host-side failure (ENOSPC, EIO, EROFS, EFBIG, ...) while
+	// storing an upload or reading a GET's file. Cause has the errno.
+	FaultHost
+	// FaultClosed: aborted by Mapping.Close or Server.Shutdown.
+	FaultClosed
+)
+
+func (f Fault) String() string {
+	return [...]string{"none", "client", "refused", "host", "closed"}[f]
+}
+
 // Event is reported to Mapping.Notify.
 type Event struct {
 	Kind   EventKind
@@ -40,7 +64,9 @@ type Event struct {
 	Name   string // the file name as the client sent it
 	Size   int64  // bytes transferred
 	Remote string
-	Err    error // for TransferFailed
+	Err    error // for TransferFailed: the fixed text the client got
+	Fault  Fault // for TransferFailed: whose fault
+	Cause  error // for TransferFailed: the real cause (errors.Is works)
 	Time   time.Time
 }
 
@@ -48,6 +74,7 @@ type Event struct {
 const (
 	DefaultMaxFileSize = 256 << 20
 	DefaultMaxTotal    = 1 << 30
+	DefaultMaxFiles    = 1000
 )
 
 // Fixed texts for clients: never a host path.
@@ -58,7 +85,18 @@ var (
 	ErrWriteFailed  = errors.New("write failed")
 	errNotReadable  = errors.New("not a regular file")
 	errBudgetExceed = errors.New("upload budget exhausted")
+	errTooManyFiles = errors.New("too many files")
+	errReadFailed   = errors.New("read failed")
 )
+
+// transferError carries a failure's classification from serveGet and
+// servePut to the event; clients see only the public text.
+type transferError struct {
+	public, cause error
+	fault         Fault
+}
+
+func (e *transferError) Error() string { return e.public.Error() }
 
 // Mapping serves GETs from one directory and PUTs into another, confined
 // through os.Root (no escape by "..", absolute names or symlinks). Uploads
@@ -68,6 +106,10 @@ type Mapping struct {
 	// mapping together (bytes; defaults above; negative = unlimited).
 	MaxFileSize int64
 	MaxTotal    int64
+	// MaxFiles caps the distinct file names uploaded through this mapping,
+	// in progress or completed (default DefaultMaxFiles; negative =
+	// unlimited): zero-byte uploads cost no budget but fill directories.
+	MaxFiles int
 	// Notify, if set, receives events. It is called from transfer
 	// goroutines and must not block for long.
 	Notify func(Event)
@@ -81,12 +123,18 @@ type Mapping struct {
 	seen     bool
 	closed   bool
 	inFlight sync.WaitGroup
+	reqs     map[*Request]struct{} // transfers in progress, for Close
+	// Upload names (cleaned) for MaxFiles: done holds completed ones,
+	// pending counts uploads in progress, files is |done ∪ pending|.
+	done    map[string]bool
+	pending map[string]int
+	files   int
 }
 
 // NewMapping opens getDir and putDir (either may be "" to refuse that
 // direction).
 func NewMapping(getDir, putDir string) (*Mapping, error) {
-	m := &Mapping{MaxFileSize: DefaultMaxFileSize, MaxTotal: DefaultMaxTotal}
+	m := &Mapping{MaxFileSize: DefaultMaxFileSize, MaxTotal: DefaultMaxTotal, MaxFiles: DefaultMaxFiles}
 	var err error
 	if getDir != "" {
 		if m.get, err = os.OpenRoot(getDir); err != nil {
@@ -102,11 +150,21 @@ func NewMapping(getDir, putDir string) (*Mapping, error) {
 	return m, nil
 }
 
-// Close waits for transfers in progress and releases the directories.
+// Close aborts the transfers in progress (they report TransferFailed with
+// FaultClosed; an aborted upload leaves nothing behind), waits for them to
+// end and releases the directories. It does not wait for clients: a guest
+// trickling a transfer must not stall the agent.
 func (m *Mapping) Close() error {
 	m.mu.Lock()
 	m.closed = true
+	reqs := make([]*Request, 0, len(m.reqs))
+	for r := range m.reqs {
+		reqs = append(reqs, r)
+	}
 	m.mu.Unlock()
+	for _, r := range reqs {
+		r.abort(ErrAborted)
+	}
 	m.inFlight.Wait()
 	var errs []error
 	if m.get != nil {
@@ -171,8 +229,17 @@ func (m *Mapping) ServeTFTP(r *Request) error {
 	first := !m.seen
 	m.seen = true
 	m.inFlight.Add(1)
+	if m.reqs == nil {
+		m.reqs = make(map[*Request]struct{})
+	}
+	m.reqs[r] = struct{}{}
 	m.mu.Unlock()
-	defer m.inFlight.Done()
+	defer func() {
+		m.mu.Lock()
+		delete(m.reqs, r)
+		m.mu.Unlock()
+		m.inFlight.Done()
+	}()
 
 	if first {
 		m.notify(Event{Kind: FirstRequest, Op: r.Op, Name: r.Filename, Remote: r.Remote.String()})
@@ -185,8 +252,18 @@ func (m *Mapping) ServeTFTP(r *Request) error {
 		n, err = m.servePut(r)
 	}
 	if err != nil {
-		m.notify(Event{Kind: TransferFailed, Op: r.Op, Name: r.Filename, Size: n, Remote: r.Remote.String(), Err: err})
-		return err
+		ev := Event{Kind: TransferFailed, Op: r.Op, Name: r.Filename, Size: n, Remote: r.Remote.String(),
+			Err: err, Fault: FaultClient, Cause: err}
+		var te *transferError
+		if errors.As(err, &te) {
+			ev.Err, ev.Fault, ev.Cause = te.public, te.fault, te.cause
+		}
+		if aerr := r.abortErr(); aerr != nil {
+			// Whatever broke first, the transfer was cut off by us.
+			ev.Err, ev.Fault, ev.Cause = aerr, FaultClosed, aerr
+		}
+		m.notify(ev)
+		return ev.Err
 	}
 	if r.Op == Put {
 		m.notify(Event{Kind: UploadCompleted, Op: Put, Name: r.Filename, Size: n, Remote: r.Remote.String()})
@@ -194,10 +271,18 @@ func (m *Mapping) ServeTFTP(r *Request) error {
 	return nil
 }
 
-// clientError logs the real cause and returns the fixed text for clients.
+// clientError logs the real cause and returns the fixed text for clients,
+// classified as FaultClient.
 func (m *Mapping) clientError(r *Request, public, cause error) error {
-	m.log().Warn("tftp: refused", "op", r.Op.String(), "file", r.Filename, "remote", r.Remote.String(), "error", cause)
-	return public
+	return m.fail(r, FaultClient, public, cause)
+}
+
+// fail logs the real cause and returns the fixed text for clients with
+// the classification for the event.
+func (m *Mapping) fail(r *Request, fault Fault, public, cause error) error {
+	m.log().Warn("tftp: refused", "op", r.Op.String(), "file", r.Filename, "remote", r.Remote.String(),
+		"fault", fault.String(), "error", cause)
+	return &transferError{public: public, cause: cause, fault: fault}
 }
 
 func (m *Mapping) serveGet(r *Request) (int64, error) {
@@ -222,12 +307,45 @@ func (m *Mapping) serveGet(r *Request) (int64, error) {
 		return 0, m.clientError(r, ErrBadName, errors.Join(errNotReadable, err))
 	}
 	r.SetSize(fi.Size())
+	// Read errors are the host's (EIO); note them to tell them apart from
+	// the client's.
+	hr := &hostReader{r: f}
+	var n int64
 	if fi.Size() <= readAheadChunk {
-		return r.ReadFrom(f)
+		n, err = r.ReadFrom(hr)
+	} else {
+		ra := newReadAhead(hr)
+		n, err = r.ReadFrom(ra)
+		ra.Close()
 	}
-	ra := newReadAhead(f)
-	defer ra.Close()
-	return r.ReadFrom(ra)
+	if herr := hr.Err(); err != nil && herr != nil && r.abortErr() == nil {
+		return n, m.fail(r, FaultHost, errReadFailed, herr)
+	}
+	return n, err
+}
+
+// hostReader notes read errors of a GET's file. With read-ahead it is
+// read by a goroutine that may outlive the transfer, hence the lock.
+type hostReader struct {
+	r   io.Reader
+	mu  sync.Mutex
+	err error
+}
+
+func (h *hostReader) Read(p []byte) (int, error) {
+	n, err := h.r.Read(p)
+	if err != nil && err != io.EOF {
+		h.mu.Lock()
+		h.err = err
+		h.mu.Unlock()
+	}
+	return n, err
+}
+
+func (h *hostReader) Err() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.err
 }
 
 // reserve takes n bytes from the mapping's budget.
@@ -250,13 +368,50 @@ func (m *Mapping) release(n int64) {
 	m.mu.Unlock()
 }
 
+// claimName counts an upload of name against MaxFiles; a name already
+// uploaded or in progress costs nothing more.
+func (m *Mapping) claimName(name string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.done[name] && m.pending[name] == 0 {
+		if m.MaxFiles >= 0 && m.files >= m.MaxFiles {
+			return false
+		}
+		m.files++
+	}
+	if m.pending == nil {
+		m.pending = make(map[string]int)
+	}
+	m.pending[name]++
+	return true
+}
+
+// finishName ends an upload of name claimed by claimName.
+func (m *Mapping) finishName(name string, ok bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.pending[name]--; m.pending[name] == 0 {
+		delete(m.pending, name)
+	}
+	if ok {
+		if m.done == nil {
+			m.done = make(map[string]bool)
+		}
+		m.done[name] = true
+	} else if !m.done[name] && m.pending[name] == 0 {
+		m.files--
+	}
+}
+
 // limitedWriter fails once more than the allowed bytes arrive; the bytes
-// are taken from the mapping's budget as they come.
+// are taken from the mapping's budget as they come. A failure of the file
+// itself is kept in fileErr: it is the host's fault, not the client's.
 type limitedWriter struct {
 	w       io.Writer
 	m       *Mapping
 	maxFile int64
 	n       int64
+	fileErr error
 }
 
 func (l *limitedWriter) Write(p []byte) (int, error) {
@@ -271,7 +426,26 @@ func (l *limitedWriter) Write(p []byte) (int, error) {
 	if n < len(p) {
 		l.m.release(int64(len(p) - n))
 	}
+	if err != nil {
+		l.fileErr = err
+	}
 	return n, err
+}
+
+// openFault classifies a failure to create the temporary: a name that
+// cannot be made in the tree is the client's; anything else (ENOSPC,
+// EROFS, EACCES, EIO...) the host's.
+func openFault(err error) Fault {
+	for _, e := range []error{syscall.ENOENT, syscall.ENOTDIR, syscall.EISDIR, syscall.ELOOP, syscall.ENAMETOOLONG, syscall.EINVAL} {
+		if errors.Is(err, e) {
+			return FaultClient
+		}
+	}
+	var pe *fs.PathError
+	if errors.As(err, &pe) && pe.Err != nil && !errors.As(pe.Err, new(syscall.Errno)) {
+		return FaultClient // os.Root: "path escapes from parent"
+	}
+	return FaultHost
 }
 
 func (m *Mapping) servePut(r *Request) (int64, error) {
@@ -284,14 +458,14 @@ func (m *Mapping) servePut(r *Request) (int64, error) {
 	}
 	if size, ok := r.Size(); ok {
 		if m.MaxFileSize >= 0 && size > m.MaxFileSize {
-			return 0, m.clientError(r, ErrTooLarge, errors.New("announced size over the file cap"))
+			return 0, m.fail(r, FaultRefused, ErrTooLarge, errors.New("announced size over the file cap"))
 		}
 		if m.MaxTotal >= 0 {
 			m.mu.Lock()
 			over := m.used+size > m.MaxTotal
 			m.mu.Unlock()
 			if over {
-				return 0, m.clientError(r, ErrTooLarge, errBudgetExceed)
+				return 0, m.fail(r, FaultRefused, ErrTooLarge, errBudgetExceed)
 			}
 		}
 	}
@@ -303,38 +477,63 @@ func (m *Mapping) servePut(r *Request) (int64, error) {
 		}
 		replaced = fi.Size()
 	}
+	if !m.claimName(name) {
+		return 0, m.fail(r, FaultRefused, ErrTooLarge, errTooManyFiles)
+	}
+	ok := false
+	defer func() { m.finishName(name, ok) }()
 	dir, base := path.Split(name)
 	var rnd [6]byte
 	rand.Read(rnd[:])
 	tmp := dir + "." + base + ".tftp-" + hex.EncodeToString(rnd[:])
 	f, err := m.put.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return 0, m.clientError(r, ErrNotFound, err)
+		if fault := openFault(err); fault == FaultClient {
+			if errors.Is(err, fs.ErrNotExist) {
+				return 0, m.clientError(r, ErrNotFound, err)
+			}
+			return 0, m.clientError(r, ErrBadName, err)
 		}
-		return 0, m.clientError(r, ErrWriteFailed, err)
+		return 0, m.fail(r, FaultHost, ErrWriteFailed, err)
 	}
 	lw := &limitedWriter{w: f, m: m, maxFile: m.MaxFileSize}
 	n, err := r.WriteTo(lw)
+	hostErr := lw.fileErr
 	if err == nil {
-		err = f.Sync() // the result must survive a crash once acknowledged
+		// The result must survive a crash once acknowledged.
+		if err = f.Sync(); err != nil {
+			hostErr = err
+		}
 	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
+	if cerr := f.Close(); err == nil && cerr != nil {
+		err, hostErr = cerr, cerr
+	}
+	if err == nil {
+		// Close may have aborted the transfer after the last block: once
+		// Close has begun nothing new appears.
+		err = r.abortErr()
 	}
 	if err == nil {
 		// A repeated PUT (a retrying worker) replaces the earlier file.
-		err = m.put.Rename(tmp, name)
+		if err = m.put.Rename(tmp, name); err != nil {
+			hostErr = err
+		}
 	}
 	if err != nil {
 		m.put.Remove(tmp)
 		m.release(lw.n)
 		switch {
+		case r.abortErr() != nil:
+			return n, m.fail(r, FaultClosed, ErrAborted, r.abortErr())
+		case hostErr != nil:
+			return n, m.fail(r, FaultHost, ErrWriteFailed, hostErr)
 		case errors.Is(err, ErrTooLarge), errors.Is(err, errBudgetExceed):
-			return n, m.clientError(r, ErrTooLarge, err)
+			return n, m.fail(r, FaultRefused, ErrTooLarge, err)
 		}
+		// The network: the client gave up or sent an error.
 		return n, m.clientError(r, ErrWriteFailed, err)
 	}
+	ok = true
 	m.release(replaced)
 	if d, err := m.put.Open(path.Clean("./" + dir)); err == nil {
 		d.Sync() // make the rename durable too

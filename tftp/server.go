@@ -10,9 +10,11 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	pintftp "github.com/pin/tftp/v3"
 )
@@ -41,6 +43,99 @@ type Request struct {
 
 	rf io.ReaderFrom
 	wt io.WriterTo
+
+	// conn is the transfer's own socket inside pin/tftp (nil if not
+	// found); abort closes it to wake a blocked receive.
+	conn      *net.UDPConn
+	abortOnce sync.Once
+	aborted   atomic.Pointer[error]
+}
+
+// ErrAborted is the error of a transfer cut off by Mapping.Close or by
+// Server.Shutdown when its context ended.
+var ErrAborted = errors.New("transfer aborted: closed")
+
+// abort ends the transfer as soon as possible: pin/tftp has no
+// cancellation and waits up to Timeout per packet (re-armed by every
+// trickled packet), so the wrappers in ReadFrom/WriteTo fail the next
+// read/write and closing the socket makes a blocked receive return (after
+// Retries quick retries on the closed socket).
+func (r *Request) abort(err error) {
+	r.abortOnce.Do(func() {
+		r.aborted.Store(&err)
+		if r.conn != nil {
+			// pin/tftp cannot send its ERROR on a closed socket: tell the
+			// client here so that it stops at once.
+			r.conn.WriteToUDP(errorPacket(err.Error()), &r.Remote)
+			r.conn.Close()
+		}
+	})
+}
+
+// abortErr returns the abort's error, or nil.
+func (r *Request) abortErr() error {
+	if p := r.aborted.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+func errorPacket(msg string) []byte {
+	p := []byte{0, 5, 0, 0} // ERROR, code 0 (not defined)
+	p = append(p, msg...)
+	return append(p, 0)
+}
+
+// udpConnOf digs the per-transfer socket out of pin/tftp's sender or
+// receiver (field conn, a *connConnection holding a *net.UDPConn), since
+// closing it is the only way to interrupt a blocked transfer. It returns
+// nil for any other shape (another pin/tftp version, single-port mode):
+// aborts then take effect at the next packet. TestUDPConnOf pins the shape.
+// It must run in the transfer's goroutine before the transfer starts: pin
+// writes the field only when it ends the transfer.
+func udpConnOf(t any) *net.UDPConn {
+	v := reflect.ValueOf(t)
+	if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Kind() != reflect.Struct {
+		return nil
+	}
+	f := v.Elem().FieldByName("conn")
+	if !f.IsValid() || f.Kind() != reflect.Interface || f.IsNil() {
+		return nil
+	}
+	c := f.Elem()
+	if c.Kind() != reflect.Pointer || c.IsNil() || c.Elem().Kind() != reflect.Struct {
+		return nil
+	}
+	u := c.Elem().FieldByName("conn")
+	if !u.IsValid() || u.Type() != reflect.TypeFor[*net.UDPConn]() || !u.CanAddr() {
+		return nil
+	}
+	return *(**net.UDPConn)(unsafe.Pointer(u.UnsafeAddr()))
+}
+
+// abortReader and abortWriter fail once the request is aborted.
+type abortReader struct {
+	r   io.Reader
+	req *Request
+}
+
+func (a abortReader) Read(p []byte) (int, error) {
+	if err := a.req.abortErr(); err != nil {
+		return 0, err
+	}
+	return a.r.Read(p)
+}
+
+type abortWriter struct {
+	w   io.Writer
+	req *Request
+}
+
+func (a abortWriter) Write(p []byte) (int, error) {
+	if err := a.req.abortErr(); err != nil {
+		return 0, err
+	}
+	return a.w.Write(p)
 }
 
 // Size returns the transfer size the client announced (tsize) for a PUT.
@@ -60,20 +155,36 @@ func (r *Request) SetSize(n int64) {
 	}
 }
 
-// ReadFrom sends src to the client (GET).
+// ReadFrom sends src to the client (GET). After an abort it returns
+// ErrAborted (whatever the socket said).
 func (r *Request) ReadFrom(src io.Reader) (int64, error) {
 	if r.rf == nil {
 		return 0, errors.New("tftp: ReadFrom on a PUT request")
 	}
-	return r.rf.ReadFrom(src)
+	if err := r.abortErr(); err != nil {
+		return 0, err
+	}
+	n, err := r.rf.ReadFrom(abortReader{src, r})
+	if aerr := r.abortErr(); err != nil && aerr != nil {
+		err = aerr
+	}
+	return n, err
 }
 
-// WriteTo receives the client's data into dst (PUT).
+// WriteTo receives the client's data into dst (PUT). After an abort it
+// returns ErrAborted (whatever the socket said).
 func (r *Request) WriteTo(dst io.Writer) (int64, error) {
 	if r.wt == nil {
 		return 0, errors.New("tftp: WriteTo on a GET request")
 	}
-	return r.wt.WriteTo(dst)
+	if err := r.abortErr(); err != nil {
+		return 0, err
+	}
+	n, err := r.wt.WriteTo(abortWriter{dst, r})
+	if aerr := r.abortErr(); err != nil && aerr != nil {
+		err = aerr
+	}
+	return n, err
 }
 
 // Handler serves TFTP requests. The error's text is sent to the client, so
@@ -124,9 +235,11 @@ type Server struct {
 	handler atomic.Pointer[handlerBox]
 	active  atomic.Int64
 
-	mu     sync.Mutex
-	srv    *pintftp.Server
-	closed bool
+	mu       sync.Mutex
+	srv      *pintftp.Server
+	closed   bool
+	aborting bool                  // Shutdown's context ended
+	reqs     map[*Request]struct{} // transfers in a handler
 }
 
 type handlerBox struct{ h Handler }
@@ -184,6 +297,21 @@ func (s *Server) serve(r *Request) error {
 		return errBusy
 	}
 	defer s.active.Add(-1)
+	s.mu.Lock()
+	if s.aborting {
+		s.mu.Unlock()
+		return ErrAborted
+	}
+	if s.reqs == nil {
+		s.reqs = make(map[*Request]struct{})
+	}
+	s.reqs[r] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.reqs, r)
+		s.mu.Unlock()
+	}()
 	return box.h.ServeTFTP(r)
 }
 
@@ -191,14 +319,14 @@ func (s *Server) serve(r *Request) error {
 func (s *Server) Serve(conn *net.UDPConn) error {
 	srv := pintftp.NewServer(
 		func(name string, rf io.ReaderFrom) error {
-			r := &Request{Op: Get, Filename: name, rf: rf}
+			r := &Request{Op: Get, Filename: name, rf: rf, conn: udpConnOf(rf)}
 			if ot, ok := rf.(pintftp.OutgoingTransfer); ok {
 				r.Remote = ot.RemoteAddr()
 			}
 			return s.serve(r)
 		},
 		func(name string, wt io.WriterTo) error {
-			r := &Request{Op: Put, Filename: name, wt: wt}
+			r := &Request{Op: Put, Filename: name, wt: wt, conn: udpConnOf(wt)}
 			if it, ok := wt.(pintftp.IncomingTransfer); ok {
 				r.Remote = it.RemoteAddr()
 			}
@@ -254,8 +382,8 @@ func Listen(addr string) (*net.UDPConn, error) {
 }
 
 // Shutdown stops accepting requests and waits for the transfers in
-// progress, or until ctx ends (then the transfers finish or time out on
-// their own).
+// progress, or until ctx ends: then it aborts them (see Mapping.Close)
+// and returns ctx's error at once.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closed = true
@@ -273,6 +401,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-done:
 		return nil
 	case <-ctx.Done():
+		s.mu.Lock()
+		s.aborting = true
+		reqs := make([]*Request, 0, len(s.reqs))
+		for r := range s.reqs {
+			reqs = append(reqs, r)
+		}
+		s.mu.Unlock()
+		for _, r := range reqs {
+			r.abort(ErrAborted)
+		}
 		return ctx.Err()
 	}
 }
