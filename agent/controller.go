@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/build2/bbot-agent-go/agent/journal"
 	"github.com/build2/bbot-agent-go/manifest"
 )
 
@@ -77,7 +78,7 @@ func (c *Client) ask(ctx context.Context, ctl Controller, body []byte) (*manifes
 			select {
 			case <-ctx.Done():
 				return nil, ctx.Err()
-			case <-time.After(backoff(attempt-1, c.Min, c.Max)):
+			case <-time.After(journal.Backoff(attempt-1, c.Min, c.Max)):
 			}
 		}
 		resp, err := c.post(ctx, ctl.URL, body)

@@ -12,8 +12,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/build2/bbot-agent-go/agent/internal/crash"
 
 	"github.com/build2/bbot-agent-go/btrfs"
 	"github.com/build2/bbot-agent-go/manifest"
@@ -38,6 +42,7 @@ func (m *Machine) Header() manifest.MachineHeader { return m.Manifest.Machine.Ma
 // machine image that the bootstrap step may boot and change.
 type BootstrapRequest struct {
 	Machine  manifest.Machine
+	Image    string // <machine>-<P>.<R>: a mis-boot retry snapshots it afresh
 	Snapshot string // the work snapshot <machine>-<toolchain>~<xxx>
 }
 
@@ -104,19 +109,81 @@ type Enumerator struct {
 	Root          string // --machines
 	ToolchainName string
 	ToolchainID   string
-	AgentVersion  manifest.StandardVersion
-	Bootstrapper  Bootstrapper
-	Log           *slog.Logger
+	// AgentVersion is the bbot version a bootstrapped machine must report
+	// (--toolchain-ver, default the agent's version).
+	AgentVersion manifest.StandardVersion
+	Bootstrapper Bootstrapper
+	Log          *slog.Logger
 
 	// Snapshots counts the snapshots taken (for tests and benchmarks).
 	Snapshots int
+
+	// Machines that failed (bootstrap, snapshot, lock) wait out their own
+	// backoff; held bootstraps run in the background.
+	mu      sync.Mutex
+	waiting map[string]*machineWait
+	holds   sync.WaitGroup
+	holdCtx context.Context
+}
+
+// machineWait is one machine's backoff.
+type machineWait struct {
+	until time.Time
+	delay time.Duration
+	why   string
+}
+
+// Machine backoff bounds: the first failure withholds a machine about
+// machineBackoffMin, doubling up to machineBackoffMax.
+var machineBackoffMin, machineBackoffMax = 30 * time.Second, 10 * time.Minute
+
+// Withhold keeps a machine out of enumeration for its next backoff step.
+func (e *Enumerator) Withhold(dir, why string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.waiting == nil {
+		e.waiting = map[string]*machineWait{}
+	}
+	w := e.waiting[dir]
+	if w == nil {
+		w = &machineWait{delay: machineBackoffMin}
+		e.waiting[dir] = w
+	} else if w.delay *= 2; w.delay > machineBackoffMax {
+		w.delay = machineBackoffMax
+	}
+	w.until, w.why = time.Now().Add(w.delay), why
+	e.log().Warn("machine withheld", "machine", dir, "for", w.delay, "why", why)
+}
+
+// withheld reports whether dir is waiting out a backoff.
+func (e *Enumerator) withheld(dir string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	w := e.waiting[dir]
+	return w != nil && time.Now().Before(w.until)
+}
+
+// succeeded resets a machine's backoff.
+func (e *Enumerator) succeeded(dir string) {
+	e.mu.Lock()
+	delete(e.waiting, dir)
+	e.mu.Unlock()
+}
+
+// WaitHolds waits for background bootstrap holds (they end with the
+// context given to Enumerate).
+func (e *Enumerator) WaitHolds() { e.holds.Wait() }
+
+func (e *Enumerator) log() *slog.Logger {
+	if e.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return e.Log
 }
 
 // Enumerate returns the usable machines in directory order.
 func (e *Enumerator) Enumerate(ctx context.Context) ([]*Machine, error) {
-	if e.Log == nil {
-		e.Log = slog.New(slog.DiscardHandler)
-	}
+	e.Log = e.log()
 	volumes, err := os.ReadDir(e.Root)
 	if err != nil {
 		return nil, fmt.Errorf("reading machines directory: %w", err)
@@ -137,6 +204,9 @@ func (e *Enumerator) Enumerate(ctx context.Context) ([]*Machine, error) {
 				return machines, err
 			}
 			if hidden(ent.Name()) || !isDir(volDir, ent) {
+				continue
+			}
+			if e.withheld(filepath.Join(volDir, ent.Name())) {
 				continue
 			}
 			m, err := e.machine(ctx, filepath.Join(volDir, ent.Name()))
@@ -165,9 +235,15 @@ func isDir(parent string, ent fs.DirEntry) bool {
 	return false
 }
 
+// machineLock is a held machine flock.
+type machineLock struct {
+	f      *os.File
+	handed bool
+}
+
 // LockMachine takes the machine directory's flock without waiting. It
-// returns (nil, nil) when another process holds it.
-func LockMachine(dir string) (*os.File, error) {
+// returns (nil, nil) when another process or slot holds it.
+func LockMachine(dir string) (*machineLock, error) {
 	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o644)
 	if err != nil {
 		return nil, err
@@ -179,7 +255,41 @@ func LockMachine(dir string) (*os.File, error) {
 		}
 		return nil, fmt.Errorf("locking %s: %w", dir, err)
 	}
-	return f, nil
+	return &machineLock{f: f}, nil
+}
+
+// lockMachineWait retries LockMachine for up to wait: a busy lock is
+// usually a short clean-up by enumeration.
+func lockMachineWait(ctx context.Context, dir string, wait time.Duration) (*machineLock, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		l, err := LockMachine(dir)
+		if err != nil || l != nil {
+			return l, err
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("machine %s is busy (locked for more than %s)", dir, wait)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// Close releases the flock.
+func (l *machineLock) Close() error { return l.f.Close() }
+
+// handOver gives the lock to a background holder: release no longer
+// closes it.
+func (l *machineLock) handOver() { l.handed = true }
+
+// release closes the lock unless it was handed over.
+func (l *machineLock) release() {
+	if !l.handed {
+		l.f.Close()
+	}
 }
 
 // machine examines one machine directory; nil means nothing usable.
@@ -193,7 +303,7 @@ func (e *Enumerator) machine(ctx context.Context, dir string) (*Machine, error) 
 		e.Log.Info("machine is busy, skipping", "machine", dir)
 		return nil, nil
 	}
-	defer lock.Close() // releases the flock
+	defer lock.release() // releases the flock, unless a held bootstrap took it
 
 	if err := RemoveTemporaries(dir, name, e.ToolchainName, e.Log); err != nil {
 		return nil, err
@@ -237,10 +347,14 @@ func (e *Enumerator) machine(ctx context.Context, dir string) (*Machine, error) 
 		return nil, nil
 	}
 	e.Log.Info("bootstrapping machine", "machine", dir, "reason", reason)
-	bm, err := e.bootstrap(ctx, dir, image, bootstrapped, mc)
+	bm, err := e.bootstrap(ctx, dir, image, bootstrapped, mc, lock)
 	if err != nil {
+		if ctx.Err() == nil {
+			e.Withhold(dir, "bootstrap failed: "+err.Error())
+		}
 		return nil, fmt.Errorf("bootstrap failed: %w", err)
 	}
+	e.succeeded(dir)
 	return &Machine{Dir: dir, Bootstrapped: bootstrapped, Manifest: bm}, nil
 }
 
@@ -279,35 +393,60 @@ func TempName(base string) string {
 }
 
 // bootstrap snapshots the image, runs the bootstrap step and publishes the
-// result as the new bootstrapped snapshot.
-func (e *Enumerator) bootstrap(ctx context.Context, dir, image, bootstrapped string, mc manifest.Machine) (manifest.BootstrappedMachine, error) {
+// result as the new bootstrapped snapshot. A held bootstrap takes over the
+// machine's lock and work snapshot until the hold ends.
+func (e *Enumerator) bootstrap(ctx context.Context, dir, image, bootstrapped string, mc manifest.Machine, lock *machineLock) (manifest.BootstrappedMachine, error) {
 	var bm manifest.BootstrappedMachine
 	work := TempName(bootstrapped)
 	if err := btrfs.Snapshot(image, work, false); err != nil {
 		return bm, err
 	}
 	e.Snapshots++
+	deleteWork := func() {
+		if ok, _ := btrfs.IsSubvolume(work); !ok {
+			return
+		}
+		if err := btrfs.Delete(work); err != nil {
+			e.Log.Error("deleting work snapshot", "path", work, "error", err)
+		}
+	}
 	published := false
+	held := false
 	defer func() {
-		if !published {
-			if err := btrfs.Delete(work); err != nil {
-				e.Log.Error("deleting work snapshot", "path", work, "error", err)
-			}
+		if !published && !held {
+			deleteWork()
 		}
 	}()
 
-	b, err := e.Bootstrapper.Bootstrap(ctx, BootstrapRequest{Machine: mc, Snapshot: work})
+	b, err := e.Bootstrapper.Bootstrap(ctx, BootstrapRequest{Machine: mc, Image: image, Snapshot: work})
+	var hb *heldBootstrap
+	if errors.As(err, &hb) {
+		held = true
+		lock.handOver()
+		e.holds.Add(1)
+		go func() {
+			defer e.holds.Done()
+			hb.hold(ctx)
+			deleteWork()
+			lock.Close()
+		}()
+		return bm, err
+	}
 	if err != nil {
 		return bm, err
 	}
-	// A fresh bootstrap reporting an older bbot would be re-bootstrapped
-	// forever: it is a failure instead.
+	// The same decision as at enumeration, right after the bootstrap: an
+	// older bbot would be re-bootstrapped forever, a newer one is not ours
+	// to use. Neither is published.
 	v, ok := b.Version("bbot")
 	if !ok {
 		return bm, errors.New("bootstrap manifest has no bbot-version")
 	}
-	if v.Compare(e.AgentVersion) < 0 {
-		return bm, fmt.Errorf("machine bootstrapped with bbot %s, older than this agent's %s", v, e.AgentVersion)
+	switch c := v.Compare(e.AgentVersion); {
+	case c < 0:
+		return bm, fmt.Errorf("machine bootstrapped with bbot %s, older than the toolchain's %s", v, e.AgentVersion)
+	case c > 0:
+		return bm, fmt.Errorf("machine bootstrapped with bbot %s, newer than the toolchain's %s: not published", v, e.AgentVersion)
 	}
 	bm = manifest.BootstrappedMachine{Machine: mc, Toolchain: manifest.Toolchain{ID: e.ToolchainID}, Bootstrap: b}
 	var buf bytes.Buffer
@@ -320,6 +459,7 @@ func (e *Enumerator) bootstrap(ctx context.Context, dir, image, bootstrapped str
 	if err := btrfs.SetReadOnly(work, true); err != nil {
 		return bm, err
 	}
+	crash.Point("before-publish")
 	if err := publish(work, bootstrapped); err != nil {
 		return bm, err
 	}
@@ -341,6 +481,7 @@ func publish(work, final string) error {
 	if err := unix.Renameat2(unix.AT_FDCWD, work, unix.AT_FDCWD, final, unix.RENAME_EXCHANGE); err != nil {
 		return fmt.Errorf("publishing %s: %w", final, err)
 	}
+	crash.Point("after-exchange") // the old snapshot sits at the temporary name
 	if ok, _ := btrfs.IsSubvolume(work); ok {
 		return btrfs.Delete(work)
 	}

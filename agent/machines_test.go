@@ -236,8 +236,8 @@ func TestEnumerate(t *testing.T) {
 	})
 
 	// The second run has nothing to do: no snapshot at all.
-	e2 := *e
-	e2.Snapshots = 0
+	e2 := &Enumerator{Root: e.Root, ToolchainName: e.ToolchainName, ToolchainID: e.ToolchainID,
+		AgentVersion: e.AgentVersion, Bootstrapper: e.Bootstrapper, Log: e.Log}
 	ms2, err := e2.Enumerate(context.Background())
 	if err != nil {
 		t.Fatal(err)

@@ -66,6 +66,7 @@ type Options struct {
 	Release       bool
 	Resume        bool
 
+	QEMU           string // QEMU binary (default qemu-system-x86_64 on PATH)
 	Network        string // "bridge" or "user"
 	Bridge         string
 	Accel          string // "auto", "kvm" or "tcg"

@@ -5,31 +5,34 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
-	"slices"
-	"sync"
+	"strings"
 	"time"
 
+	"github.com/build2/bbot-agent-go/agent/internal/crash"
+	"github.com/build2/bbot-agent-go/agent/journal"
+	"github.com/build2/bbot-agent-go/agent/result"
 	"github.com/build2/bbot-agent-go/manifest"
-	"github.com/build2/bbot-agent-go/tftp"
 )
 
 // ResultNames are the names a worker may upload its result manifest as.
 var ResultNames = []string{"manifest", "result.manifest"}
 
 // TaskDirs are the TFTP directories of one task: GET serves Get, PUT
-// writes Put (SPEC §5: <tftp>/build/<toolchain>/get and put).
-type TaskDirs struct{ Get, Put string }
+// writes Put (<tftp>/build/<toolchain>/get and put).
+type TaskDirs struct{ Root, Get, Put string }
 
 // NewTaskDirs returns the task directories under the TFTP root.
 func NewTaskDirs(tftpRoot, toolchain string) TaskDirs {
 	base := filepath.Join(tftpRoot, "build", toolchain)
-	return TaskDirs{Get: filepath.Join(base, "get"), Put: filepath.Join(base, "put")}
+	return TaskDirs{Root: tftpRoot, Get: filepath.Join(base, "get"), Put: filepath.Join(base, "put")}
 }
 
 // Create makes both directories empty (leftovers of a crashed run are
-// removed) and writes the worker's task as "manifest" and "task.manifest".
+// removed) and writes the worker's task as "manifest" and "task.manifest"
+// (--fake-machine).
 func (d TaskDirs) Create(task *manifest.Task) error {
 	if err := d.Remove(); err != nil {
 		return err
@@ -51,111 +54,239 @@ func (d TaskDirs) Create(task *manifest.Task) error {
 	return nil
 }
 
-// Remove deletes both directories.
+// Remove deletes both directories (never anything outside the TFTP root).
 func (d TaskDirs) Remove() error {
-	return errors.Join(os.RemoveAll(d.Get), os.RemoveAll(d.Put))
+	return errors.Join(removeOwned(d.Root, d.Get), removeOwned(d.Root, d.Put))
 }
 
-// EventQueue collects TFTP events without ever blocking a transfer and lets
-// one consumer wait for them.
-type EventQueue struct {
-	mu     sync.Mutex
-	events []tftp.Event
-	signal chan struct{}
-	// lastUpload is when the last completed upload was reported.
-	lastUpload time.Time
+// lockWait bounds the wait for a machine another process or slot holds
+// (usually enumeration cleaning it up); longer is a machine fault.
+var lockWait = 30 * time.Second
+
+// task is one task being performed: what the journal entry and the result
+// request need.
+type task struct {
+	resp  *manifest.TaskResponse
+	task  *manifest.Task
+	mach  *Machine
+	head  result.Head
+	rt    result.Task
+	entry *journal.Entry
+	dirs  TaskDirs
+	// timings, once the result is persisted.
+	timings *TaskTimings
 }
 
-func NewEventQueue() *EventQueue { return &EventQueue{signal: make(chan struct{}, 1)} }
-
-// Notify is a tftp.Mapping.Notify function.
-func (q *EventQueue) Notify(e tftp.Event) {
-	q.mu.Lock()
-	q.events = append(q.events, e)
-	if e.Kind == tftp.UploadCompleted {
-		q.lastUpload = e.Time
+// handle performs one task: the journal entry first (with the signed
+// interrupt result, before any snapshot), then the machine session, then
+// the outcome, written into the entry. It returns the settled entry (to be
+// sent) and the teardown to run in parallel with sending.
+func (a *Agent) handle(ctx context.Context, resp *manifest.TaskResponse, machines []*Machine, received time.Time) (*journal.Entry, func()) {
+	t := &task{resp: resp, task: resp.Task, dirs: NewTaskDirs(a.Opts.TFTP, a.Opts.ToolchainName)}
+	t.mach = findMachine(machines, t.task.Machine())
+	t.rt = result.Task{Name: t.task.Name(), Version: t.task.Version()}
+	machineID := ""
+	if t.mach != nil {
+		machineID = t.mach.Manifest.Machine.ID
 	}
-	q.mu.Unlock()
-	select {
-	case q.signal <- struct{}{}:
-	default:
+	t.head = result.Head{Session: resp.Session(), AgentChecksum: AgentChecksum(Version, a.Opts.ToolchainID, machineID)}
+	if ch := resp.Challenge(); ch != "" {
+		if a.Key == nil {
+			a.Log.Error("the controller sent a challenge but no --auth-key is set: the result will be dropped")
+		} else if sig, err := SignChallenge(a.Key, ch); err != nil {
+			a.Log.Error("signing the challenge", "error", err)
+		} else {
+			t.head.Challenge = sig
+		}
+	}
+	t.entry = &journal.Entry{URL: resp.ResultURL(), Session: t.head.Session, Challenge: t.head.Challenge,
+		AgentChecksum: t.head.AgentChecksum, Package: t.rt.Name, PackageVersion: t.rt.Version, Status: "interrupt", Put: t.dirs.Put}
+	if t.mach != nil {
+		t.entry.MachineDir = t.mach.Dir
+	}
+	var interrupt bytes.Buffer
+	if _, err := result.FromMemory(&interrupt, t.head, t.result("interrupt"),
+		"the agent stopped before the task completed; the build may be retried", result.MaxRequest); err != nil {
+		a.Log.Error("building the interrupt result", "error", err)
+	}
+	if err := a.Journal.Receive(t.entry, interrupt.Bytes()); err != nil {
+		// No journal, no snapshot: tell the controller at once, from
+		// memory, and back off until the state dir works again.
+		a.Log.Error("writing the task journal failed: reporting interrupt without performing the task", "error", err)
+		a.postOnce(ctx, t.entry.URL, interrupt.Bytes())
+		a.applyBackoff(decideOutcome(buildPhase, evJournalFault), "", "task journal: "+err.Error())
+		return nil, func() {}
+	}
+	crash.Point("after-journal")
+	switch {
+	case t.mach == nil:
+		a.settle(t, decideOutcome(buildPhase, evNotOffered), "task for machine "+t.task.Machine()+", which this agent did not offer")
+		return t.entry, func() {}
+	case a.Opts.FakeBuild:
+		a.settle(t, outcome{Status: "abort", Journaled: true}, "--fake-build: no machine was booted")
+		return t.entry, func() {}
+	}
+	a.status("building " + t.rt.Name + "/" + t.rt.Version + " on " + t.mach.Header().Name)
+	return t.entry, a.perform(ctx, t, received)
+}
+
+func findMachine(machines []*Machine, name string) *Machine {
+	for _, m := range machines {
+		if m.Header().Name == name {
+			return m
+		}
+	}
+	return nil
+}
+
+// result is an agent-made result for the task.
+func (t *task) result(status string) manifest.Result {
+	return manifest.Result{Name: t.rt.Name, Version: t.rt.Version, Status: status}
+}
+
+// settle writes an agent-made result with notes as the entry's final body.
+// If the state dir fails now, the entry keeps its interrupt body, which is
+// sent (and is right: the host failed).
+func (a *Agent) settle(t *task, o outcome, notes string) {
+	err := a.Journal.Settle(t.entry, o.State(), o.Status, notes, func(w io.Writer) error {
+		_, err := result.FromMemory(w, t.head, t.result(o.Status), notes, result.MaxRequest)
+		return err
+	})
+	if err != nil {
+		a.Log.Error("writing the result into the journal failed: the interrupt result stands", "error", err)
+		t.entry.State, t.entry.Status = journal.Sendable, "interrupt"
+		a.applyBackoff(decideOutcome(buildPhase, evHostFault), "", "journal: "+err.Error())
 	}
 }
 
-func (q *EventQueue) uploadTime() time.Time {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.lastUpload
+// perform runs the task's machine session and settles its outcome. It
+// returns the teardown.
+func (a *Agent) perform(ctx context.Context, t *task, received time.Time) func() {
+	lock, err := lockMachineWait(ctx, t.mach.Dir, lockWait)
+	if err != nil {
+		ev := evMachineFault
+		if ctx.Err() != nil {
+			ev = evInterrupted
+		}
+		o := decideOutcome(buildPhase, ev)
+		a.settle(t, o, err.Error())
+		a.applyBackoff(o, t.mach.Dir, err.Error())
+		return func() {}
+	}
+	var task bytes.Buffer
+	if err := WorkerTask(t.task, a.Opts.Trust, t.resp.AgentChecksum(), t.head.AgentChecksum).Serialize(&task); err != nil {
+		lock.Close()
+		a.settle(t, decideOutcome(buildPhase, evHostFault), "serializing the task: "+err.Error())
+		return func() {}
+	}
+	o := a.Opts
+	s := &session{v: a.VMs, mode: "build", mc: t.mach.Manifest.Machine, source: t.mach.Bootstrapped,
+		get: t.dirs.Get, put: t.dirs.Put, getFiles: map[string][]byte{"manifest": task.Bytes(), "task.manifest": task.Bytes()},
+		names: ResultNames, startup: o.BuildStartup, timeout: o.BuildTimeout, retries: o.BuildRetries,
+		maxFile: MaxTaskUpload, maxTotal: 4 * MaxTaskUpload, entry: t.entry.ID}
+	rep := s.run(ctx)
+	teardown := func() {
+		s.teardown()
+		lock.Close()
+	}
+	if rep.ev == evResult {
+		crash.Point("after-result-upload")
+		err := a.persistUpload(t, filepath.Join(t.dirs.Put, rep.name), "")
+		var gf *result.GuestFault
+		switch {
+		case errors.As(err, &gf):
+			rep = sessionReport{ev: evBadResult, why: "result: " + gf.Error()}
+		case err != nil:
+			rep = sessionReport{ev: evHostFault, why: "persisting the result: " + err.Error()}
+		default:
+			a.timings(t, received, s)
+			a.applyBackoff(decideOutcome(buildPhase, evResult), t.mach.Dir, "")
+			return teardown
+		}
+	}
+	oc := decideOutcome(buildPhase, rep.ev)
+	notes := rep.why + s.consoleNote()
+	a.settle(t, oc, notes)
+	if oc.Hold {
+		s.hold(ctx, rep.why)
+		// The outcome was final before the hold: SIGTERM only shortens it.
+		if err := a.Journal.Settle(t.entry, journal.Sendable, t.entry.Status, t.entry.Reason, nil); err != nil {
+			a.Log.Error("journal", "error", err)
+		}
+	}
+	a.applyBackoff(oc, t.mach.Dir, rep.why)
+	return teardown
 }
 
-// Next returns the next event, waiting until one comes or ctx ends.
-func (q *EventQueue) Next(ctx context.Context) (tftp.Event, error) { return q.wait(ctx, true) }
+// persistUpload turns the uploaded result into the entry's final body:
+// parsed, cut to brep's limit and written straight into the journal.
+func (a *Agent) persistUpload(t *task, path, notes string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return &result.GuestFault{Err: err}
+	}
+	defer f.Close()
+	crash.Point("before-persist")
+	var sum result.Summary
+	var werr error
+	err = a.Journal.Settle(t.entry, journal.Sendable, "", "", func(w io.Writer) error {
+		sum, werr = result.Write(w, f, filepath.Base(path), t.head, t.rt, notes, result.MaxRequest)
+		return werr
+	})
+	if werr != nil {
+		return werr // a guest fault: nothing was written
+	}
+	if err != nil {
+		return err
+	}
+	t.entry.Status = sum.Status
+	if err := a.Journal.Settle(t.entry, journal.Sendable, sum.Status, "", nil); err != nil {
+		return err
+	}
+	crash.Point("after-persist")
+	a.Log.Info("task done", "package", t.rt.Name, "status", sum.Status, "entry", t.entry.ID, "size", sum.Size)
+	return nil
+}
 
-// peek waits for an event without consuming it.
-func (q *EventQueue) peek(ctx context.Context) (tftp.Event, error) { return q.wait(ctx, false) }
+// timings logs the agent's own costs around a task.
+func (a *Agent) timings(t *task, received time.Time, s *session) {
+	tt := TaskTimings{Received: received, QEMUStarted: s.qemuStarted, Uploaded: s.uploaded, Persisted: time.Now()}
+	t.timings = &tt
+}
 
-func (q *EventQueue) wait(ctx context.Context, consume bool) (tftp.Event, error) {
-	for {
-		q.mu.Lock()
-		if len(q.events) > 0 {
-			e := q.events[0]
-			if consume {
-				q.events = q.events[1:]
-			}
-			q.mu.Unlock()
-			return e, nil
-		}
-		q.mu.Unlock()
-		select {
-		case <-q.signal:
-		case <-ctx.Done():
-			return tftp.Event{}, ctx.Err()
-		}
+// postOnce sends a result request from memory, once (the journal failed).
+func (a *Agent) postOnce(ctx context.Context, url string, body []byte) {
+	if url == "" {
+		return
+	}
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	status, err := a.Sender.PostBytes(pctx, url, body)
+	if err != nil || status/100 != 2 {
+		a.Log.Error("posting the interrupt result from memory failed", "status", status, "error", err)
 	}
 }
 
-// ErrStartupTimeout means the machine never talked to the TFTP server.
-var ErrStartupTimeout = errors.New("no TFTP request from the machine within the startup timeout")
-
-// ErrBuildTimeout means no result arrived within the build timeout.
-var ErrBuildTimeout = errors.New("no result uploaded within the build timeout")
-
-// WaitUpload waits for the first request (within startup; 0 = no limit)
-// and then for a completed upload of one of names (within total, counted
-// from the call). The upload's completion event ends the wait: there is no
-// polling. It returns the uploaded name.
-func WaitUpload(ctx context.Context, q *EventQueue, names []string, startup, total time.Duration) (string, error) {
-	deadline := time.Now().Add(total)
-	startDeadline := deadline
-	if startup > 0 && startup < total {
-		startDeadline = time.Now().Add(startup)
+// WithDiagnostics puts the agent's diagnostics into a result (for
+// --fake-request, which has no journal): as the log of a "configure" step
+// when the worker reported no steps, else appended to the last step's log.
+func WithDiagnostics(res manifest.Result, diagnostics string) manifest.Result {
+	if diagnostics == "" {
+		return res
 	}
-	alive := false
-	for {
-		d := deadline
-		if !alive {
-			d = startDeadline
-		}
-		waitCtx, cancel := context.WithDeadline(ctx, d)
-		e, err := q.Next(waitCtx)
-		cancel()
-		if err != nil {
-			switch {
-			case ctx.Err() != nil:
-				return "", ctx.Err()
-			case !alive:
-				return "", ErrStartupTimeout
-			}
-			return "", ErrBuildTimeout
-		}
-		alive = true
-		if e.Kind != tftp.UploadCompleted {
-			continue
-		}
-		if name, err := tftp.CleanName(e.Name); err == nil && slices.Contains(names, name) {
-			return name, nil
-		}
+	d := "bbot-agent: " + manifest.Sanitize(strings.TrimRight(diagnostics, "\n")) + "\n"
+	if len(res.Operations) == 0 {
+		res.Operations = []manifest.OperationResult{{Operation: "configure", Status: res.Status, Log: d}}
+		return res
 	}
+	ops := append([]manifest.OperationResult(nil), res.Operations...)
+	last := &ops[len(ops)-1]
+	if last.Log != "" && !strings.HasSuffix(last.Log, "\n") {
+		last.Log += "\n"
+	}
+	last.Log += d
+	res.Operations = ops
+	return res
 }
 
 // ReadResult parses the uploaded result leniently and forces the task's

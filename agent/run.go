@@ -4,15 +4,18 @@ import (
 	"context"
 	"crypto/rsa"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
+	"sync"
 	"time"
 
+	"github.com/build2/bbot-agent-go/agent/journal"
+	"github.com/build2/bbot-agent-go/agent/result"
 	"github.com/build2/bbot-agent-go/machine"
 	"github.com/build2/bbot-agent-go/manifest"
 )
@@ -30,7 +33,17 @@ type Agent struct {
 	VMs        *VMs
 	Enumerator *Enumerator
 	Client     *Client
-	Outbox     *Outbox
+	// Journal is this instance's task journal (opened by Run, Next and
+	// RunTask); Sender sends its entries.
+	Journal *journal.Journal
+	Sender  *journal.Sender
+
+	// Host-wide backoff after a host fault: no task is asked for until
+	// it passes.
+	backoffMu    sync.Mutex
+	backoffUntil time.Time
+	backoffDelay time.Duration
+	backoffWhy   string
 
 	// Rescan wakes the poll sleep early (SIGHUP).
 	Rescan <-chan struct{}
@@ -58,44 +71,149 @@ func (a *Agent) status(s string) {
 	}
 }
 
-// Recover cleans up after a crashed agent: a QEMU process recorded in the
-// run dir is killed and the task's TFTP directories are removed (stale
-// snapshots are removed by enumeration, under each machine's lock).
-func (a *Agent) Recover() {
-	pidFile := filepath.Join(a.Opts.RunDir, machine.PIDFileName)
-	if pid, err := machine.ReadPIDFile(pidFile); err == nil && pid > 0 {
-		cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-		if strings.Contains(string(cmdline), filepath.Join(a.Opts.RunDir, machine.QMPSocketName)) {
-			a.Log.Warn("killing QEMU left by a previous agent", "pid", pid)
-			syscall.Kill(pid, syscall.SIGKILL)
-			for i := 0; i < 100 && syscall.Kill(pid, 0) == nil; i++ {
-				time.Sleep(50 * time.Millisecond)
+// open creates the state and run directories, opens this instance's
+// journal and recovers what a crashed agent left: a VM still running, its
+// TFTP directories, stale admin files, and journal entries, which are
+// settled (a complete uploaded result is sent instead of the interrupt)
+// and sent.
+func (a *Agent) open(ctx context.Context) error {
+	for _, d := range []string{a.Opts.StateDir, a.Opts.RunDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return err
+		}
+	}
+	if a.Journal == nil {
+		j, err := journal.Open(journal.Dir(a.Opts.StateDir, 1))
+		if err != nil {
+			return err
+		}
+		a.Journal = j
+	}
+	a.killLeftovers()
+	if n, err := a.Journal.ImportLegacy(a.Opts.StateDir); err != nil {
+		a.Log.Error("importing results of the old outbox", "error", err)
+	} else if n > 0 {
+		a.Log.Info("imported results of the old outbox", "count", n)
+	}
+	journals := []*journal.Journal{a.Journal}
+	orphans, err := journal.Orphans(a.Opts.StateDir)
+	if err != nil {
+		a.Log.Error("recovering journals", "error", err)
+	}
+	journals = append(journals, orphans...)
+	for _, j := range journals {
+		a.recoverJournal(ctx, j)
+	}
+	return nil
+}
+
+// Close releases the journal once sends are done.
+func (a *Agent) Close() {
+	a.Sender.Wait()
+	if a.Journal != nil {
+		a.Journal.Close()
+		a.Journal = nil
+	}
+}
+
+// killLeftovers kills a VM recorded by a previous agent (checked by its
+// start time, so a reused pid is never hit) and removes stale run files.
+func (a *Agent) killLeftovers() {
+	run := a.Opts.RunDir
+	if r, err := readVMRecord(run); err == nil {
+		if killed, err := killRecorded(r.PID, r.StartTime); err != nil {
+			a.Log.Error("killing QEMU left by a previous agent", "pid", r.PID, "error", err)
+		} else if killed {
+			a.Log.Warn("killed QEMU left by a previous agent", "pid", r.PID, "snapshot", r.Snapshot)
+		}
+	}
+	removeVMRecord(run)
+	for _, n := range []string{machine.PIDFileName, machine.QMPSocketName, machine.AdminSocketName, SuspendedFile} {
+		os.Remove(filepath.Join(run, n))
+	}
+	// The TFTP directories are removed once the journal is recovered: a
+	// complete upload there is a result.
+}
+
+// recoverJournal settles and sends what j holds: received entries become
+// their uploaded result if one was completely uploaded, else the interrupt
+// they hold; held entries (their VM is gone now) are final as they are.
+func (a *Agent) recoverJournal(ctx context.Context, j *journal.Journal) {
+	entries, err := j.Entries()
+	if err != nil {
+		a.Log.Error("reading the task journal", "dir", j.Path(), "error", err)
+	}
+	for _, e := range entries {
+		if e.State == journal.Received {
+			a.recoverReceived(j, e)
+		}
+		if e.State != journal.Sendable {
+			if err := j.Settle(e, journal.Sendable, e.Status, e.Reason, nil); err != nil {
+				a.Log.Error("journal", "entry", e.ID, "error", err)
 			}
 		}
-		os.Remove(pidFile)
+		a.Log.Info("sending result left by an earlier run", "entry", e.ID, "package", e.Package, "status", e.Status)
+		a.Sender.Async(ctx, j, e, nil)
 	}
-	os.Remove(filepath.Join(a.Opts.RunDir, machine.QMPSocketName))
-	NewTaskDirs(a.Opts.TFTP, a.Opts.ToolchainName).Remove()
-	os.RemoveAll(filepath.Join(a.Opts.TFTP, "bootstrap", a.Opts.ToolchainName))
+	dirs := NewTaskDirs(a.Opts.TFTP, a.Opts.ToolchainName)
+	for _, d := range []string{dirs.Get, dirs.Put, filepath.Join(a.Opts.TFTP, "bootstrap", a.Opts.ToolchainName)} {
+		if err := removeOwned(a.Opts.TFTP, d); err != nil {
+			a.Log.Error("removing TFTP directory", "path", d, "error", err)
+		}
+	}
+}
+
+// recoverReceived settles an entry whose task was cut short by a crash.
+func (a *Agent) recoverReceived(j *journal.Journal, e *journal.Entry) {
+	if e.Put == "" {
+		return
+	}
+	for _, n := range ResultNames {
+		p := filepath.Join(e.Put, n)
+		f, err := os.Open(p)
+		if err != nil {
+			continue
+		}
+		defer f.Close()
+		head := result.Head{Session: e.Session, Challenge: e.Challenge, AgentChecksum: e.AgentChecksum}
+		var sum result.Summary
+		var werr error
+		err = j.Settle(e, journal.Sendable, "", "", func(w io.Writer) error {
+			sum, werr = result.Write(w, f, n, head, result.Task{Name: e.Package, Version: e.PackageVersion},
+				"the agent restarted after the result was uploaded", result.MaxRequest)
+			return werr
+		})
+		if err != nil {
+			a.Log.Warn("uploaded result left by a crashed agent is unusable; sending interrupt", "entry", e.ID, "error", err)
+			return
+		}
+		e.Status = sum.Status
+		j.Settle(e, journal.Sendable, sum.Status, "recovered from the uploaded result", nil)
+		a.Log.Info("recovered a result uploaded before the agent crashed", "entry", e.ID, "status", sum.Status)
+		return
+	}
 }
 
 // Run works until ctx ends (SIGTERM/SIGINT), then reports an interrupted
 // task as "interrupt" and returns nil.
 func (a *Agent) Run(ctx context.Context) error {
-	a.Recover()
-	pending, err := a.Outbox.Pending()
-	if err != nil {
+	if err := a.open(ctx); err != nil {
 		return err
 	}
-	for _, id := range pending {
-		a.Log.Info("sending result left from an earlier run", "id", id)
-		a.Outbox.SendAsync(ctx, id, nil)
-	}
+	defer a.Enumerator.WaitHolds()
 	if a.Ready != nil {
 		a.Ready()
 	}
 	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(os.Getpid())))
 	for ctx.Err() == nil {
+		if wait, why := a.backingOff(); wait > 0 {
+			a.status(fmt.Sprintf("backing off %s after a host fault: %s", wait.Round(time.Second), why))
+			select {
+			case <-ctx.Done():
+			case <-time.After(wait):
+			}
+			continue
+		}
 		a.status("enumerating machines")
 		machines, err := a.Enumerator.Enumerate(ctx)
 		if err != nil && ctx.Err() == nil {
@@ -124,19 +242,56 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
-// poll asks for a task and performs it; it reports whether there was one.
-func (a *Agent) poll(ctx context.Context, machines []*Machine) bool {
-	req := manifest.TaskRequest{
-		Agent:            a.Name,
-		ToolchainName:    a.Opts.ToolchainName,
-		ToolchainVersion: a.Opts.ToolchainVer,
-		Fingerprint:      a.Fingerprint,
+// hostBackoffMax caps the host-wide backoff.
+var hostBackoffMax = 10 * time.Minute
+
+// applyBackoff records an outcome's backoff: a machine fault withholds the
+// machine, a host fault the whole agent (base the poll interval, doubling,
+// capped), and anything else resets the host backoff.
+func (a *Agent) applyBackoff(o outcome, machineDir, why string) {
+	switch o.Backoff {
+	case machineBackoff:
+		if machineDir != "" {
+			a.Enumerator.Withhold(machineDir, why)
+		}
+	case hostBackoff:
+		a.backoffMu.Lock()
+		if a.backoffDelay == 0 {
+			a.backoffDelay = a.Opts.PollInterval
+		} else if a.backoffDelay *= 2; a.backoffDelay > hostBackoffMax {
+			a.backoffDelay = hostBackoffMax
+		}
+		a.backoffUntil, a.backoffWhy = time.Now().Add(a.backoffDelay), why
+		d := a.backoffDelay
+		a.backoffMu.Unlock()
+		a.Log.Error("host fault: backing off before asking for another task", "for", d, "why", why)
+	default:
+		a.backoffMu.Lock()
+		a.backoffDelay, a.backoffUntil = 0, time.Time{}
+		a.backoffMu.Unlock()
 	}
+}
+
+func (a *Agent) backingOff() (time.Duration, string) {
+	a.backoffMu.Lock()
+	defer a.backoffMu.Unlock()
+	return time.Until(a.backoffUntil), a.backoffWhy
+}
+
+// taskRequest offers the machines.
+func (a *Agent) taskRequest(machines []*Machine) manifest.TaskRequest {
+	req := manifest.TaskRequest{Agent: a.Name, ToolchainName: a.Opts.ToolchainName,
+		ToolchainVersion: a.Opts.ToolchainVer, Fingerprint: a.Fingerprint}
 	for _, m := range machines {
 		req.Machines = append(req.Machines, m.Header())
 	}
+	return req
+}
+
+// poll asks for a task and performs it; it reports whether there was one.
+func (a *Agent) poll(ctx context.Context, machines []*Machine) bool {
 	a.status("polling controllers")
-	resp, ctl, err := a.Client.RequestTask(ctx, req)
+	resp, ctl, err := a.Client.RequestTask(ctx, a.taskRequest(machines))
 	if err != nil || resp == nil {
 		if err != nil && ctx.Err() == nil {
 			a.Log.Error("requesting task", "error", err)
@@ -145,27 +300,45 @@ func (a *Agent) poll(ctx context.Context, machines []*Machine) bool {
 	}
 	received := time.Now()
 	a.Log.Info("task received", "controller", ctl.URL, "package", resp.Task.Name(), "version", resp.Task.Version(), "machine", resp.Task.Machine())
-	a.handle(ctx, resp, machines, received)
+	a.deliver(ctx, resp, machines, received)
 	return true
+}
+
+// deliver performs the task, sends its entry in parallel with the
+// teardown, and returns the entry (nil when the journal failed).
+func (a *Agent) deliver(ctx context.Context, resp *manifest.TaskResponse, machines []*Machine, received time.Time) *journal.Entry {
+	e, teardown := a.handle(ctx, resp, machines, received)
+	if e != nil {
+		sendCtx := ctx
+		if ctx.Err() != nil {
+			// Interrupted: one quick try now; the rest on the next start.
+			var cancel context.CancelFunc
+			sendCtx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+		}
+		a.Sender.Async(sendCtx, a.Journal, e, nil)
+	}
+	teardown() // in parallel with the POST
+	if ctx.Err() != nil {
+		a.Sender.Wait()
+	}
+	return e
 }
 
 // Next polls (enumerating first, sleeping the poll interval between
 // rounds) until a controller hands out a task, and returns it with the
 // machines offered. It is for --dump-task and --dump-result.
 func (a *Agent) Next(ctx context.Context) (*manifest.TaskResponse, []*Machine, error) {
-	a.Recover()
+	if err := a.open(ctx); err != nil {
+		return nil, nil, err
+	}
 	for {
 		machines, err := a.Enumerator.Enumerate(ctx)
 		if err != nil {
 			return nil, nil, err
 		}
 		if len(machines) > 0 {
-			req := manifest.TaskRequest{Agent: a.Name, ToolchainName: a.Opts.ToolchainName,
-				ToolchainVersion: a.Opts.ToolchainVer, Fingerprint: a.Fingerprint}
-			for _, m := range machines {
-				req.Machines = append(req.Machines, m.Header())
-			}
-			resp, _, err := a.Client.RequestTask(ctx, req)
+			resp, _, err := a.Client.RequestTask(ctx, a.taskRequest(machines))
 			if err != nil {
 				return nil, nil, err
 			}
@@ -193,105 +366,23 @@ func (a *Agent) WorkerTaskFor(resp *manifest.TaskResponse, machines []*Machine) 
 }
 
 // Handle performs the task, delivers its result (waiting for the
-// delivery attempt) and returns the result.
-func (a *Agent) Handle(ctx context.Context, resp *manifest.TaskResponse, machines []*Machine) manifest.Result {
-	res := a.handle(ctx, resp, machines, time.Now())
-	a.Outbox.Wait()
-	return res
-}
-
-// handle performs one task and reports its result.
-func (a *Agent) handle(ctx context.Context, resp *manifest.TaskResponse, machines []*Machine, received time.Time) manifest.Result {
-	task := resp.Task
-	var mach *Machine
-	for _, m := range machines {
-		if m.Header().Name == task.Machine() {
-			mach = m
-			break
-		}
+// delivery attempt) and returns the result (for --dump-result).
+func (a *Agent) Handle(ctx context.Context, resp *manifest.TaskResponse, machines []*Machine) (manifest.Result, error) {
+	var res manifest.Result
+	e, teardown := a.handle(ctx, resp, machines, time.Now())
+	defer teardown()
+	if e == nil {
+		return res, errors.New("the task journal could not be written")
 	}
-	var out Outcome
-	var teardown func()
-	checksum := AgentChecksum(Version, a.Opts.ToolchainID, "")
-	switch {
-	case mach == nil:
-		out = Outcome{Result: manifest.Result{Name: task.Name(), Version: task.Version(), Status: "abort"},
-			Diagnostics: "task for machine " + task.Machine() + ", which this agent did not offer"}
-	case a.Opts.FakeBuild:
-		out = Outcome{Result: manifest.Result{Name: task.Name(), Version: task.Version(), Status: "abort"},
-			Diagnostics: "--fake-build: no machine was booted"}
-	default:
-		checksum = AgentChecksum(Version, a.Opts.ToolchainID, mach.Manifest.Machine.ID)
-		a.status("building " + task.Name() + "/" + task.Version() + " on " + mach.Header().Name)
-		out, teardown = a.VMs.Perform(ctx, mach, task, WorkerTask(task, a.Opts.Trust, resp.AgentChecksum(), checksum))
-	}
-	res := WithDiagnostics(out)
-	rr, err := ResultRequestFor(resp, a.Key, checksum, res)
+	f, err := os.Open(a.Journal.BodyPath(e.ID))
 	if err != nil {
-		a.Log.Error("building the result request", "error", err)
+		return res, err
 	}
-	id, err := a.Outbox.Persist(resp.ResultURL(), rr)
-	if err != nil {
-		// Never lose the result: fall back to one without logs.
-		a.Log.Error("persisting the result, retrying without logs", "error", err)
-		rr.Result.Operations = nil
-		if id, err = a.Outbox.Persist(resp.ResultURL(), rr); err != nil {
-			a.Log.Error("persisting the result", "error", err)
-		}
-	}
-	tt := TaskTimings{Received: received, QEMUStarted: out.QEMUStarted, Uploaded: out.Uploaded, Persisted: time.Now()}
-	a.Log.Info("task done", "package", task.Name(), "status", res.Status, "result", id)
-	sendCtx := ctx
-	if ctx.Err() != nil {
-		// Interrupted: one quick try now; the rest on the next start.
-		var cancel context.CancelFunc
-		sendCtx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-	}
-	if id != "" {
-		a.Outbox.SendAsync(sendCtx, id, func(delivered bool) {
-			if !delivered || tt.QEMUStarted.IsZero() || tt.Uploaded.IsZero() {
-				return
-			}
-			tt.Answered = time.Now()
-			a.Log.Info("task timings", "package", task.Name(),
-				"response-to-qemu", tt.QEMUStarted.Sub(tt.Received), "guest-boot-to-result", tt.Uploaded.Sub(tt.QEMUStarted),
-				"upload-to-persisted", tt.Persisted.Sub(tt.Uploaded), "upload-to-answered", tt.Answered.Sub(tt.Uploaded))
-			if a.Timings != nil {
-				a.Timings(tt)
-			}
-		})
-	}
-	if teardown != nil {
-		teardown() // in parallel with the POST
-	}
-	if ctx.Err() != nil {
-		a.Outbox.Wait()
-	}
-	return res
-}
-
-// WithDiagnostics puts the agent's diagnostics into the result: as the log
-// of a "configure" step when the worker reported no steps (as brep's own
-// abort example does), else appended to the last step's log.
-func WithDiagnostics(out Outcome) manifest.Result {
-	res := out.Result
-	if out.Diagnostics == "" {
-		return res
-	}
-	d := "bbot-agent: " + manifest.Sanitize(strings.TrimRight(out.Diagnostics, "\n")) + "\n"
-	if len(res.Operations) == 0 {
-		res.Operations = []manifest.OperationResult{{Operation: "configure", Status: res.Status, Log: d}}
-		return res
-	}
-	ops := append([]manifest.OperationResult(nil), res.Operations...)
-	last := &ops[len(ops)-1]
-	if last.Log != "" && !strings.HasSuffix(last.Log, "\n") {
-		last.Log += "\n"
-	}
-	last.Log += d
-	res.Operations = ops
-	return res
+	rr, err := manifest.ParseResultRequest(f, "result request")
+	f.Close()
+	a.Sender.Async(ctx, a.Journal, e, nil)
+	a.Sender.Wait()
+	return rr.Result, err
 }
 
 // ErrNoMachine is returned when no machine can run a fake request.
@@ -299,28 +390,35 @@ var ErrNoMachine = errors.New("no usable machine for the task")
 
 // RunTask performs one task without a controller (--fake-request): it
 // enumerates (bootstrapping as needed), runs the task on the machine it
-// names and returns the result.
+// names through the same session and journal as a controller's task, and
+// returns the result. Nothing is sent.
 func (a *Agent) RunTask(ctx context.Context, task *manifest.Task) (manifest.Result, error) {
-	a.Recover()
+	if err := a.open(ctx); err != nil {
+		return manifest.Result{}, err
+	}
 	machines, err := a.Enumerator.Enumerate(ctx)
 	if err != nil {
 		return manifest.Result{}, err
 	}
-	var mach *Machine
-	for _, m := range machines {
-		if m.Header().Name == task.Machine() {
-			mach = m
-		}
-	}
-	if mach == nil {
+	if findMachine(machines, task.Machine()) == nil {
 		var names []string
 		for _, m := range machines {
 			names = append(names, m.Header().Name)
 		}
 		return manifest.Result{}, errors.Join(ErrNoMachine, errors.New("the task names "+task.Machine()+"; usable: "+strings.Join(names, ", ")))
 	}
-	checksum := AgentChecksum(Version, a.Opts.ToolchainID, mach.Manifest.Machine.ID)
-	out, teardown := a.VMs.Perform(ctx, mach, task, WorkerTask(task, a.Opts.Trust, "", checksum))
+	resp := &manifest.TaskResponse{Fields: manifest.Fields{{Name: "session", Value: "fake-request"}}, Task: task}
+	e, teardown := a.handle(ctx, resp, machines, time.Now())
 	teardown()
-	return WithDiagnostics(out), nil
+	if e == nil {
+		return manifest.Result{}, errors.New("the task journal could not be written")
+	}
+	defer a.Journal.Remove(e.ID)
+	f, err := os.Open(a.Journal.BodyPath(e.ID))
+	if err != nil {
+		return manifest.Result{}, err
+	}
+	defer f.Close()
+	rr, err := manifest.ParseResultRequest(f, "result request")
+	return rr.Result, err
 }

@@ -18,6 +18,7 @@ const SuspendedFile = "suspended.json"
 // Suspended is a held machine, for administrators.
 type Suspended struct {
 	PID         int       `json:"pid"`
+	StartTime   uint64    `json:"start-time"` // tells a reused pid apart
 	Snapshot    string    `json:"snapshot"`
 	ConsoleLog  string    `json:"console"`
 	AdminSocket string    `json:"qmp"`
@@ -30,7 +31,7 @@ func writeSuspended(runDir string, s Suspended) error {
 	if err != nil {
 		return err
 	}
-	return WriteFileAtomic(filepath.Join(runDir, SuspendedFile), append(data, '\n'), 0o644)
+	return WriteFileAtomic(filepath.Join(runDir, SuspendedFile), append(data, '\n'), 0o600)
 }
 
 // ReadSuspended returns the machine held in runDir, or nil when none is.
@@ -45,6 +46,11 @@ func ReadSuspended(runDir string) (*Suspended, error) {
 	var s Suspended
 	if err := json.Unmarshal(data, &s); err != nil {
 		return nil, fmt.Errorf("%s: %w", SuspendedFile, err)
+	}
+	// Left by a crashed agent: the QEMU it names is gone (or the pid is
+	// another process now). Acting on it would hit the next, healthy build.
+	if s.StartTime == 0 || processStartTime(s.PID) != s.StartTime {
+		return nil, nil
 	}
 	return &s, nil
 }

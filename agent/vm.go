@@ -12,19 +12,20 @@ import (
 	"strings"
 	"time"
 
-	"github.com/build2/bbot-agent-go/btrfs"
 	"github.com/build2/bbot-agent-go/machine"
 	"github.com/build2/bbot-agent-go/manifest"
 	"github.com/build2/bbot-agent-go/tftp"
 )
 
-// VMs runs machines for bootstraps and tasks: one TFTP server, whose
-// mapping is switched per machine, and the QEMU settings.
+// VMs runs machine sessions for bootstraps and tasks: the QEMU and TFTP
+// settings they share.
 type VMs struct {
 	Opts  *Options
 	Log   *slog.Logger
-	TFTP  *tftp.Server
 	Accel *machine.Accel
+
+	// bind is where a session binds its TFTP server (only while it runs).
+	bind string
 
 	// TFTPEndpoint is what the guest is told (bbot.tftp): 10.0.2.2:<port>
 	// with user networking, the bind address with bridge networking.
@@ -43,6 +44,7 @@ func (v *VMs) machineConfig(mc manifest.Machine, dir, mode string) machine.Confi
 	o := v.Opts
 	oem := []string{"bbot.tftp=" + v.TFTPEndpoint, "bbot.mode=" + mode}
 	cfg := machine.Config{
+		QEMU:          o.QEMU,
 		Name:          mc.Name,
 		Dir:           dir,
 		RunDir:        o.RunDir,
@@ -101,138 +103,58 @@ func BridgeAddresses(bridge string, num int) (bind, guest, gw string, err error)
 	return "", "", "", fmt.Errorf("bridge %s has no IPv4 address", bridge)
 }
 
-// boot starts a machine and waits for its first TFTP request, retrying a
-// mis-boot up to retries times. The mapping must already be installed.
-func (v *VMs) boot(ctx context.Context, mc manifest.Machine, dir, mode string, q *EventQueue, startup time.Duration, retries int) (*machine.Machine, error) {
-	for attempt := 0; ; attempt++ {
-		cfg := v.machineConfig(mc, dir, mode)
-		if v.Opts.Network == "bridge" {
-			if err := machine.CreateTap(cfg.Tap, v.Opts.Bridge); err != nil {
-				return nil, err
-			}
-		}
-		m, err := machine.Start(ctx, cfg, v.Log)
-		if err != nil {
-			v.dropTap()
-			return nil, err
-		}
-		err = WaitAlive(ctx, q, startup)
-		if err == nil {
-			v.Accel.Booted(cfg.Accel)
-			return m, nil
-		}
-		if !errors.Is(err, ErrStartupTimeout) {
-			m.ForceDown()
-			v.dropTap()
-			return nil, err
-		}
-		v.Accel.MisBooted(cfg.Accel)
-		v.Log.Warn("machine mis-booted", "machine", mc.Name, "accel", cfg.Accel, "attempt", attempt+1, "console", cfg.ConsolePath())
-		if attempt >= retries {
-			// Still running: the caller suspends it for inspection.
-			return m, fmt.Errorf("%w (%d attempts)", ErrStartupTimeout, attempt+1)
-		}
-		m.ForceDown()
-		v.dropTap()
-	}
-}
-
 func (v *VMs) dropTap() {
 	if v.Opts.Network == "bridge" {
 		machine.DeleteTap("bb" + strconv.Itoa(v.Opts.ToolchainNum))
 	}
 }
 
-// holdSuspended is the soft failure: pause the machine, tell the admin how
-// to reach it, and hold the slot until QEMU exits or the suspend timeout
-// passes (0 = forever) or ctx ends; then force it down.
-func (v *VMs) holdSuspended(ctx context.Context, m *machine.Machine, snapshot, why string) {
-	info := m.Info()
-	if err := m.Suspend(ctx); err != nil && !errors.Is(err, machine.ErrExited) {
-		v.Log.Error("suspending machine failed", "error", err)
-	}
-	select {
-	case <-m.Exited():
-		return
-	default:
-	}
-	v.Log.Warn("machine suspended for inspection: "+why,
-		"snapshot", snapshot, "console", info.ConsoleLog, "qmp", info.AdminSocket, "pid", info.PID,
-		"release", fmt.Sprintf("bbot-agent --run-dir %s --release (or kill %d)", v.Opts.RunDir, info.PID))
-	rec := Suspended{PID: info.PID, Snapshot: snapshot, ConsoleLog: info.ConsoleLog, AdminSocket: info.AdminSocket, Since: time.Now().UTC(), Reason: why}
-	if err := writeSuspended(v.Opts.RunDir, rec); err != nil {
-		v.Log.Error("recording the suspended machine", "error", err)
-	}
-	defer os.Remove(filepath.Join(v.Opts.RunDir, SuspendedFile))
-	if v.onSuspend != nil {
-		v.onSuspend(m)
-	}
-	var timeout <-chan time.Time
-	if v.Opts.SuspendTimeout > 0 {
-		t := time.NewTimer(v.Opts.SuspendTimeout)
-		defer t.Stop()
-		timeout = t.C
-	}
-	select {
-	case <-m.Exited():
-		v.Log.Info("suspended machine released", "snapshot", snapshot)
-	case <-timeout:
-		v.Log.Warn("suspend timeout passed, releasing machine", "snapshot", snapshot)
-	case <-ctx.Done():
-	}
-	m.ForceDown()
-}
+// MaxBootstrapUpload caps the bootstrap manifest a machine uploads.
+const MaxBootstrapUpload = 1 << 20
 
-// Bootstrap boots the work snapshot in bootstrap mode: GET from
-// toolchains/<tc>/, PUT into bootstrap/<tc>/ (SPEC §4).
+// Bootstrap runs the bootstrap session in the work snapshot (SPEC §4): GET
+// from toolchains/<tc>/, PUT into bootstrap/<tc>/. The bootstrap counts
+// only if the guest powered itself off after its upload (or on the power
+// button) and the agent was not interrupted. A guest fault is returned as
+// a *heldBootstrap, which holds the machine until it is released.
 func (v *VMs) Bootstrap(ctx context.Context, req BootstrapRequest) (manifest.Bootstrap, error) {
 	o := v.Opts
-	get := filepath.Join(o.TFTP, "toolchains", o.ToolchainName)
-	put := filepath.Join(o.TFTP, "bootstrap", o.ToolchainName)
-	os.RemoveAll(put)
-	if err := os.MkdirAll(put, 0o755); err != nil {
-		return manifest.Bootstrap{}, err
-	}
-	defer os.RemoveAll(put)
-	if err := os.MkdirAll(get, 0o755); err != nil {
-		return manifest.Bootstrap{}, err
-	}
-	mp, err := tftp.NewMapping(get, put)
-	if err != nil {
-		return manifest.Bootstrap{}, err
-	}
-	defer mp.Close()
-	q := NewEventQueue()
-	mp.Notify, mp.Log = q.Notify, v.Log
-	v.TFTP.SetHandler(mp)
-	defer v.TFTP.SetHandler(nil)
-
-	m, err := v.boot(ctx, req.Machine, req.Snapshot, "bootstrap", q, o.BootstrapStartup, o.BootstrapRetries)
-	if err != nil {
-		if m != nil { // retries exhausted: soft fail
-			v.holdSuspended(ctx, m, req.Snapshot, "bootstrap: "+err.Error())
-			m.ForceDown()
-			v.dropTap()
+	s := &session{v: v, mode: "bootstrap", mc: req.Machine, source: req.Image, snapshot: req.Snapshot, fixed: true,
+		get: filepath.Join(o.TFTP, "toolchains", o.ToolchainName), put: filepath.Join(o.TFTP, "bootstrap", o.ToolchainName),
+		names: []string{"manifest"}, startup: o.BootstrapStartup, timeout: o.BootstrapTimeout, retries: o.BootstrapRetries,
+		maxFile: MaxBootstrapUpload, maxTotal: 16 * MaxBootstrapUpload}
+	rep := s.run(ctx)
+	if rep.ev == evResult {
+		// The worker powers off by itself; give it time, then press the
+		// button. Forced down, it may not have finished writing its disk.
+		wctx, cancel := context.WithTimeout(ctx, 300*time.Second)
+		err := s.m.Wait(wctx)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			rep = sessionReport{ev: evInterrupted, why: "interrupted while the bootstrapped machine powered off"}
+		case errors.Is(err, context.DeadlineExceeded):
+			if err := s.m.Shutdown(ctx, 60*time.Second); err != nil {
+				rep = sessionReport{ev: evForcedOff, why: "the machine did not power off after its bootstrap upload: " + err.Error()}
+			}
 		}
-		return manifest.Bootstrap{}, err
-	}
-	defer v.dropTap()
-	defer m.ForceDown()
-	name, err := WaitUploadOrExit(ctx, q, []string{"manifest"}, o.BootstrapTimeout, m.Exited())
-	if err != nil {
-		if errors.Is(err, ErrBuildTimeout) {
-			v.holdSuspended(ctx, m, req.Snapshot, "bootstrap timed out")
+		if ctx.Err() != nil {
+			rep = sessionReport{ev: evInterrupted, why: "interrupted while the bootstrapped machine powered off"}
 		}
-		return manifest.Bootstrap{}, fmt.Errorf("bootstrap: %w", err)
 	}
-	// The worker powers off by itself; give it time, then press the
-	// button, then force.
-	wctx, cancel := context.WithTimeout(ctx, 300*time.Second)
-	if m.Wait(wctx) != nil && ctx.Err() == nil {
-		m.Shutdown(ctx, 60*time.Second)
+	oc := decideOutcome(bootstrapPhase, rep.ev)
+	if oc.Hold {
+		why := "bootstrap: " + rep.why
+		return manifest.Bootstrap{}, &heldBootstrap{why: why, hold: func(hctx context.Context) {
+			s.hold(hctx, why)
+			s.teardown()
+		}}
 	}
-	cancel()
-	f, err := os.Open(filepath.Join(put, name))
+	defer s.teardown()
+	if !oc.Publish {
+		return manifest.Bootstrap{}, &bootstrapError{ev: rep.ev, why: rep.why}
+	}
+	f, err := os.Open(filepath.Join(s.put, rep.name))
 	if err != nil {
 		return manifest.Bootstrap{}, err
 	}
@@ -240,43 +162,29 @@ func (v *VMs) Bootstrap(ctx context.Context, req BootstrapRequest) (manifest.Boo
 	return manifest.ParseBootstrap(f, "bootstrap manifest")
 }
 
+// bootstrapError is a failed bootstrap that holds nothing.
+type bootstrapError struct {
+	ev  event
+	why string
+}
+
+func (e *bootstrapError) Error() string { return "bootstrap " + e.ev.String() + ": " + e.why }
+
+// heldBootstrap is a bootstrap guest fault: the machine is kept for
+// inspection. Enumeration runs hold in the background, holding only that
+// machine's lock, never the poll loop.
+type heldBootstrap struct {
+	why  string
+	hold func(ctx context.Context)
+}
+
+func (e *heldBootstrap) Error() string { return e.why + " (machine held for inspection)" }
+
 // MaxTaskUpload caps one file a build machine uploads.
 const MaxTaskUpload = 64 << 20
 
 // ErrMachineExited means the machine powered off without a result.
 var ErrMachineExited = errors.New("machine exited without uploading a result")
-
-// WaitUploadOrExit waits for one of names to be uploaded, the machine to
-// exit (ErrMachineExited) or the timeout (ErrBuildTimeout).
-func WaitUploadOrExit(ctx context.Context, q *EventQueue, names []string, timeout time.Duration, exited <-chan struct{}) (string, error) {
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() {
-		select {
-		case <-exited:
-			cancel()
-		case <-wctx.Done():
-		}
-	}()
-	name, err := WaitUpload(wctx, q, names, 0, timeout)
-	if err != nil && ctx.Err() == nil && isClosed(exited) {
-		// The upload may have completed just before the power-off.
-		if n, ok := q.completed(names); ok {
-			return n, nil
-		}
-		return "", ErrMachineExited
-	}
-	return name, err
-}
-
-func isClosed(c <-chan struct{}) bool {
-	select {
-	case <-c:
-		return true
-	default:
-		return false
-	}
-}
 
 // WaitAlive waits for the first TFTP request (the machine booted).
 func WaitAlive(ctx context.Context, q *EventQueue, startup time.Duration) error {
@@ -297,126 +205,12 @@ func (q *EventQueue) completed(names []string) (string, bool) {
 	defer q.mu.Unlock()
 	for _, e := range q.events {
 		if e.Kind == tftp.UploadCompleted {
-			if n, err := tftp.CleanName(e.Name); err == nil {
-				for _, want := range names {
-					if n == want {
-						return n, true
-					}
-				}
+			if n, err := tftp.CleanName(e.Name); err == nil && containsString(names, n) {
+				return n, true
 			}
 		}
 	}
 	return "", false
-}
-
-// Outcome is what performing a task produced.
-type Outcome struct {
-	Result manifest.Result
-	// QEMUStarted and Uploaded time the task (zero when not reached).
-	QEMUStarted, Uploaded time.Time
-	// Diagnostics are the agent's own notes (timeouts, parse errors), added
-	// to the result as a log when the worker gave none.
-	Diagnostics string
-}
-
-// Perform runs the task in a fresh snapshot of the bootstrapped machine
-// (SPEC §5) and returns the result. The machine is torn down by the
-// returned function, which the caller runs in parallel with reporting.
-func (v *VMs) Perform(ctx context.Context, mach *Machine, task, workerTask *manifest.Task) (Outcome, func()) {
-	o := v.Opts
-	out := Outcome{Result: manifest.Result{Name: task.Name(), Version: task.Version(), Status: "abort"}}
-	noop := func() {}
-
-	lock, err := LockMachine(mach.Dir)
-	if err != nil || lock == nil {
-		out.Diagnostics = fmt.Sprintf("machine %s is busy or cannot be locked: %v", mach.Dir, err)
-		return out, noop
-	}
-	snapshot := TempName(mach.Bootstrapped)
-	if err := btrfs.Snapshot(mach.Bootstrapped, snapshot, false); err != nil {
-		lock.Close()
-		out.Diagnostics = "snapshot failed: " + err.Error()
-		return out, noop
-	}
-	dirs := NewTaskDirs(o.TFTP, o.ToolchainName)
-	var m *machine.Machine
-	teardown := func() {
-		if m != nil {
-			m.ForceDown()
-		}
-		v.dropTap()
-		v.TFTP.SetHandler(nil)
-		if err := dirs.Remove(); err != nil {
-			v.Log.Error("removing task directories", "error", err)
-		}
-		if err := btrfs.Delete(snapshot); err != nil {
-			v.Log.Error("deleting task snapshot", "path", snapshot, "error", err)
-		}
-		lock.Close()
-	}
-	if err := dirs.Create(workerTask); err != nil {
-		out.Diagnostics = "creating TFTP directories: " + err.Error()
-		return out, teardown
-	}
-	mp, err := tftp.NewMapping(dirs.Get, dirs.Put)
-	if err != nil {
-		out.Diagnostics = err.Error()
-		return out, teardown
-	}
-	// A result request must stay below brep's 15 MiB; much larger uploads
-	// are a misbehaving worker, cut short.
-	mp.MaxFileSize, mp.MaxTotal = MaxTaskUpload, 4*MaxTaskUpload
-	q := NewEventQueue()
-	mp.Notify, mp.Log = q.Notify, v.Log
-	v.TFTP.SetHandler(mp)
-	closeMapping := func() { v.TFTP.SetHandler(nil); mp.Close() }
-
-	mc := mach.Manifest.Machine
-	m, err = v.boot(ctx, mc, snapshot, "build", q, o.BuildStartup, o.BuildRetries)
-	if err != nil {
-		closeMapping()
-		out.Diagnostics = "machine did not start: " + err.Error()
-		if ctx.Err() != nil {
-			out.Result.Status = "interrupt"
-		} else if errors.Is(err, ErrStartupTimeout) && m != nil {
-			v.holdSuspended(ctx, m, snapshot, out.Diagnostics)
-		}
-		return out, teardown
-	}
-	out.QEMUStarted = m.Info().Started
-	name, err := WaitUploadOrExit(ctx, q, ResultNames, o.BuildTimeout, m.Exited())
-	switch {
-	case err == nil:
-		out.Uploaded = q.uploadTime()
-		res, perr := ReadResult(filepath.Join(dirs.Put, name), task)
-		out.Result = res
-		if perr != nil {
-			out.Diagnostics = "result: " + perr.Error()
-		}
-	case errors.Is(err, ErrBuildTimeout):
-		out.Result.Status = "abort"
-		out.Diagnostics = fmt.Sprintf("build timeout (%s) passed without a result", o.BuildTimeout)
-	case errors.Is(err, ErrMachineExited):
-		out.Result.Status = "abnormal"
-		out.Diagnostics = err.Error()
-	default: // interrupted
-		out.Result.Status = "interrupt"
-		out.Diagnostics = err.Error()
-	}
-	closeMapping()
-	if (out.Result.Status == "abort" || out.Result.Status == "abnormal") && ctx.Err() == nil {
-		v.holdSuspended(ctx, m, snapshot, out.Diagnostics)
-		if ctx.Err() != nil {
-			out.Result.Status = "interrupt"
-		}
-	}
-	if ctx.Err() != nil {
-		out.Result.Status = "interrupt" // SIGTERM/SIGINT: the build was cut short
-	}
-	if out.Diagnostics != "" {
-		out.Diagnostics += "\nconsole log (" + m.Info().ConsoleLog + "), last lines:\n" + consoleTail(m.Info().ConsoleLog, 20)
-	}
-	return out, teardown
 }
 
 // consoleTail returns the last lines of a console log for diagnostics.

@@ -312,8 +312,13 @@ func (m *Machine) Resume(ctx context.Context) error {
 	return nil
 }
 
+// ErrForcedDown is returned by Shutdown when the guest did not power off
+// on the button and had to be forced down (a bootstrap is then not
+// published: the guest may not have finished writing its disk).
+var ErrForcedDown = errors.New("machine had to be forced down")
+
 // Shutdown presses the ACPI power button and waits up to grace for the
-// guest to power off, then forces the machine down.
+// guest to power off, then forces the machine down (ErrForcedDown).
 func (m *Machine) Shutdown(ctx context.Context, grace time.Duration) error {
 	select {
 	case <-m.exited:
@@ -331,10 +336,13 @@ func (m *Machine) Shutdown(ctx context.Context, grace time.Duration) error {
 			m.log.Warn("machine ignored the power button, forcing it down", "name", m.cfg.Name, "grace", grace)
 		case <-ctx.Done():
 		}
-	} else if !errors.Is(err, ErrExited) {
+	} else if errors.Is(err, ErrExited) {
+		return nil
+	} else {
 		m.log.Warn("power button press failed", "name", m.cfg.Name, "error", err)
 	}
-	return m.ForceDown()
+	m.ForceDown()
+	return ErrForcedDown
 }
 
 // ForceDown ends QEMU: QMP quit, then SIGKILL, and always reaps it.

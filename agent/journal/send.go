@@ -153,6 +153,24 @@ func (s *Sender) post(ctx context.Context, j *Journal, e *Entry, abort bool) (in
 	return resp.StatusCode, text, nil
 }
 
+// PostBytes POSTs a request from memory once, without redirects (when the
+// journal cannot be written).
+func (s *Sender) PostBytes(ctx context.Context, url string, body []byte) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Content-Type", "text/manifest")
+	client := *s.Client
+	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}
+
 // Backoff returns the n-th retry delay: growing from min, capped at max,
 // with 0.5-1.5x jitter.
 func Backoff(n int, min, max time.Duration) time.Duration {

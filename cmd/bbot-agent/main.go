@@ -239,11 +239,11 @@ func dumpTask(o *agent.Options, stdout io.Writer, log *slog.Logger) error {
 // dumpMachines enumerates (and bootstraps) the machines and prints the
 // header of each usable one, as the task request would carry them.
 func dumpMachines(ctx context.Context, o *agent.Options, stdout io.Writer, log *slog.Logger) error {
-	a, cleanup, err := agent.New(o, log)
+	a, err := agent.New(o, log)
 	if err != nil {
 		return &exitError{1, err}
 	}
-	defer cleanup()
+	defer a.Close()
 	ms, err := a.Enumerator.Enumerate(ctx)
 	if err != nil {
 		return &exitError{1, err}

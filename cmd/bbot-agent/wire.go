@@ -18,11 +18,11 @@ func realTask(ctx context.Context, o *agent.Options, stdout io.Writer, log *slog
 	if err != nil {
 		return &exitError{1, err}
 	}
-	a, cleanup, err := agent.New(o, log)
+	a, err := agent.New(o, log)
 	if err != nil {
 		return &exitError{1, err}
 	}
-	defer cleanup()
+	defer a.Close()
 	res, err := a.RunTask(ctx, task)
 	if err != nil {
 		return &exitError{1, err}
@@ -34,11 +34,11 @@ func realTask(ctx context.Context, o *agent.Options, stdout io.Writer, log *slog
 // With --dump-task or --dump-result it handles one task, prints it and
 // exits.
 func daemon(ctx context.Context, o *agent.Options, stdout io.Writer, log *slog.Logger) error {
-	a, cleanup, err := agent.New(o, log)
+	a, err := agent.New(o, log)
 	if err != nil {
 		return &exitError{1, err}
 	}
-	defer cleanup()
+	defer a.Close()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -63,7 +63,10 @@ func daemon(ctx context.Context, o *agent.Options, stdout io.Writer, log *slog.L
 		if o.DumpTask {
 			return a.WorkerTaskFor(resp, machines).Serialize(stdout)
 		}
-		res := a.Handle(ctx, resp, machines)
+		res, err := a.Handle(ctx, resp, machines)
+		if err != nil {
+			return &exitError{1, err}
+		}
 		return res.Serialize(stdout)
 	}
 	log.Info("bbot-agent started", "version", agent.Version, "toolchain", o.ToolchainName, "controllers", len(o.Controllers), "tftp", a.VMs.TFTPEndpoint)

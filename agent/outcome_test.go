@@ -1,0 +1,48 @@
+package agent
+
+import "testing"
+
+func TestDecideOutcome(t *testing.T) {
+	tests := []struct {
+		p       phase
+		ev      event
+		status  string
+		hold    bool
+		backoff backoffScope
+		publish bool
+	}{
+		// A worker's own result, abort included, is reported as is.
+		{buildPhase, evResult, "", false, noBackoff, false},
+		{buildPhase, evStartupExhausted, "abort", true, noBackoff, false},
+		{buildPhase, evTimeout, "abort", true, noBackoff, false},
+		{buildPhase, evNoResult, "abnormal", true, noBackoff, false},
+		{buildPhase, evBadResult, "abnormal", true, noBackoff, false},
+		{buildPhase, evMachineFault, "interrupt", false, machineBackoff, false},
+		{buildPhase, evHostFault, "interrupt", false, hostBackoff, false},
+		{buildPhase, evInterrupted, "interrupt", false, noBackoff, false},
+		{buildPhase, evNotOffered, "abort", false, noBackoff, false},
+		{buildPhase, evJournalFault, "interrupt", false, hostBackoff, false},
+		{bootstrapPhase, evResult, "", false, noBackoff, true},
+		{bootstrapPhase, evTimeout, "abort", true, machineBackoff, false},
+		{bootstrapPhase, evStartupExhausted, "abort", true, machineBackoff, false},
+		{bootstrapPhase, evForcedOff, "abnormal", false, machineBackoff, false},
+		{bootstrapPhase, evVersion, "abnormal", false, machineBackoff, false},
+		{bootstrapPhase, evInterrupted, "interrupt", false, noBackoff, false},
+		{bootstrapPhase, evHostFault, "interrupt", false, hostBackoff, false},
+	}
+	for _, tc := range tests {
+		o := decideOutcome(tc.p, tc.ev)
+		if o.Status != tc.status || o.Hold != tc.hold || o.Backoff != tc.backoff || o.Publish != tc.publish {
+			t.Errorf("phase %d %v: got %+v", tc.p, tc.ev, o)
+		}
+		if tc.status == "interrupt" && o.Hold {
+			t.Errorf("%v: an interrupt is never held", tc.ev)
+		}
+		if (o.State() == "held") != o.Hold {
+			t.Errorf("%v: state %s with hold %v", tc.ev, o.State(), o.Hold)
+		}
+	}
+	if len(eventNames) != int(evJournalFault)+1 {
+		t.Errorf("eventNames out of date")
+	}
+}

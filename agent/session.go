@@ -1,0 +1,386 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/build2/bbot-agent-go/agent/internal/crash"
+	"github.com/build2/bbot-agent-go/btrfs"
+	"github.com/build2/bbot-agent-go/machine"
+	"github.com/build2/bbot-agent-go/manifest"
+	"github.com/build2/bbot-agent-go/tftp"
+)
+
+// session is one machine session, for a bootstrap or a build: named steps
+// (snapshot, bind TFTP, dirs and mapping, tap, QEMU start, wait alive, wait
+// result), each registering its undo. A mis-boot retry undoes everything
+// and runs the steps again: a new snapshot, mapping and event queue. The
+// session only reports what happened (an event); decideOutcome says what
+// becomes of it.
+type session struct {
+	v    *VMs
+	mode string // "bootstrap" or "build"
+	mc   manifest.Machine
+
+	// source is snapshotted to snapshot (a fresh name per attempt unless
+	// fixed is set: the bootstrap's work snapshot keeps its name).
+	source, snapshot string
+	fixed            bool
+	// get is served, put receives; getFiles, if set, are written into get,
+	// which the session then owns (build); otherwise get is the admin's
+	// toolchain directory, only read.
+	get, put string
+	getFiles map[string][]byte
+	names    []string // result names in put
+	startup  time.Duration
+	timeout  time.Duration
+	retries  int
+	maxFile  int64
+	maxTotal int64
+	entry    string // journal entry id, for the VM record
+
+	undo        []func()
+	attempts    int
+	accel       string // of the current attempt
+	m           *machine.Machine
+	q           *EventQueue
+	qemuStarted time.Time
+	uploaded    time.Time
+}
+
+// sessionReport is what a session ended with. The machine, if still
+// running, is s.m; nothing is torn down until s.teardown.
+type sessionReport struct {
+	ev   event
+	why  string
+	name string // the uploaded result's name in put (evResult)
+}
+
+func (s *session) push(f func()) { s.undo = append(s.undo, f) }
+
+// teardown undoes every step in reverse: force the VM down, close the
+// mapping (aborting transfers in flight), unbind TFTP, remove the dirs,
+// delete the snapshot.
+func (s *session) teardown() {
+	for i := len(s.undo) - 1; i >= 0; i-- {
+		s.undo[i]()
+	}
+	s.undo = nil
+	s.m = nil
+}
+
+// run performs the steps and waits for the result (or the first fault).
+func (s *session) run(ctx context.Context) sessionReport {
+	for attempt := 0; ; attempt++ {
+		if rep, ok := s.start(ctx); !ok {
+			s.teardown()
+			return rep
+		}
+		err := WaitAlive(ctx, s.q, s.startup)
+		if err == nil {
+			s.v.Accel.Booted(s.accel)
+			break
+		}
+		if ctx.Err() != nil {
+			return sessionReport{ev: evInterrupted, why: "interrupted while the machine was starting"}
+		}
+		s.v.Accel.MisBooted(s.accel)
+		s.v.Log.Warn("machine mis-booted", "machine", s.mc.Name, "attempt", attempt+1, "console", s.m.Info().ConsoleLog)
+		if attempt >= s.retries {
+			// Still running: the caller holds it for inspection.
+			return sessionReport{ev: evStartupExhausted, why: fmt.Sprintf("%v (%d attempts)", ErrStartupTimeout, attempt+1)}
+		}
+		s.teardown()
+	}
+	return s.waitResult(ctx)
+}
+
+// start runs the steps up to a started QEMU.
+func (s *session) start(ctx context.Context) (sessionReport, bool) {
+	v := s.v
+	host := func(step string, err error) (sessionReport, bool) {
+		return sessionReport{ev: evHostFault, why: step + ": " + err.Error()}, false
+	}
+	// A fixed snapshot (the bootstrap's work snapshot, taken and owned by
+	// enumeration) is used as it is the first time and taken afresh for
+	// each retry; other snapshots are the session's own.
+	s.attempts++
+	if !s.fixed {
+		s.snapshot = TempName(s.source)
+	}
+	if !s.fixed || s.attempts > 1 {
+		if ok, _ := btrfs.IsSubvolume(s.snapshot); ok {
+			if err := btrfs.Delete(s.snapshot); err != nil {
+				return sessionReport{ev: evMachineFault, why: "deleting the mis-booted snapshot: " + err.Error()}, false
+			}
+		}
+		if err := btrfs.Snapshot(s.source, s.snapshot, false); err != nil {
+			return sessionReport{ev: evMachineFault, why: "snapshot: " + err.Error()}, false
+		}
+	}
+	if !s.fixed {
+		snap := s.snapshot
+		s.push(func() {
+			if err := btrfs.Delete(snap); err != nil {
+				v.Log.Error("deleting snapshot", "path", snap, "error", err)
+			}
+		})
+	}
+	if s.mode == "build" {
+		crash.Point("after-task-snapshot")
+	}
+
+	conn, err := tftp.Listen(v.bind)
+	if err != nil {
+		return host("binding TFTP", err)
+	}
+	srv := &tftp.Server{ErrorLog: v.Log}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(conn) }()
+	s.push(func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+		<-served
+	})
+
+	if err := s.makeDirs(); err != nil {
+		return host("TFTP directories", err)
+	}
+	mp, err := tftp.NewMapping(s.get, s.put)
+	if err != nil {
+		return host("TFTP mapping", err)
+	}
+	mp.MaxFileSize, mp.MaxTotal = s.maxFile, s.maxTotal
+	s.q = NewEventQueue()
+	mp.Notify, mp.Log = s.q.Notify, v.Log
+	srv.SetHandler(mp)
+	s.push(func() { srv.SetHandler(nil); mp.Close() })
+
+	cfg := v.machineConfig(s.mc, s.snapshot, s.mode)
+	s.accel = cfg.Accel
+	if v.Opts.Network == "bridge" {
+		if err := machine.CreateTap(cfg.Tap, v.Opts.Bridge); err != nil {
+			return host("tap", err)
+		}
+		s.push(v.dropTap)
+	}
+	m, err := machine.Start(ctx, cfg, v.Log)
+	if err != nil {
+		if ctx.Err() != nil {
+			return sessionReport{ev: evInterrupted, why: "interrupted while starting QEMU"}, false
+		}
+		return host("starting QEMU", err)
+	}
+	s.m = m
+	info := m.Info()
+	s.qemuStarted = info.Started
+	if err := writeVMRecord(v.Opts.RunDir, vmRecord{PID: info.PID, StartTime: processStartTime(info.PID),
+		Snapshot: s.snapshot, Entry: s.entry, Mode: s.mode}); err != nil {
+		m.ForceDown()
+		return host("recording the VM", err)
+	}
+	s.push(func() {
+		m.ForceDown()
+		removeVMRecord(v.Opts.RunDir)
+		if s.mode == "build" {
+			crash.Point("during-teardown") // VM down, snapshot not yet deleted
+		}
+	})
+	if s.mode == "build" {
+		crash.Point("after-qemu-start")
+	}
+	return sessionReport{}, true
+}
+
+// makeDirs creates empty TFTP directories (leftovers of a crash are
+// removed) and registers their removal. Only directories the agent owns
+// are removed: the put dir always, the get dir when the session wrote it.
+func (s *session) makeDirs() error {
+	dirs := []string{s.put}
+	if s.getFiles != nil {
+		dirs = append(dirs, s.get)
+	}
+	for _, d := range dirs {
+		if err := removeOwned(s.v.Opts.TFTP, d); err != nil {
+			return err
+		}
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+		s.push(func() {
+			if err := removeOwned(s.v.Opts.TFTP, d); err != nil {
+				s.v.Log.Error("removing TFTP directory", "path", d, "error", err)
+			}
+		})
+	}
+	if s.getFiles == nil {
+		return os.MkdirAll(s.get, 0o755)
+	}
+	for name, data := range s.getFiles {
+		if err := WriteFileAtomic(filepath.Join(s.get, name), data, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// waitResult waits for one of the result names to be uploaded completely,
+// the machine to power off, a refused or failed upload, or the timeout.
+func (s *session) waitResult(ctx context.Context) sessionReport {
+	deadline := time.Now().Add(s.timeout)
+	wctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	exited := s.m.Exited()
+	for {
+		e, err := s.q.nextOrExit(wctx, exited)
+		switch {
+		case errors.Is(err, errExited):
+			if n, ok := s.q.completed(s.names); ok { // uploaded just before the power-off
+				s.uploaded = s.q.uploadTime()
+				return sessionReport{ev: evResult, name: n}
+			}
+			return sessionReport{ev: evNoResult, why: ErrMachineExited.Error()}
+		case err != nil && ctx.Err() != nil:
+			return sessionReport{ev: evInterrupted, why: "interrupted while waiting for the result"}
+		case err != nil:
+			return sessionReport{ev: evTimeout, why: fmt.Sprintf("%s timeout (%s) passed without a result", s.mode, s.timeout)}
+		}
+		name, nerr := tftp.CleanName(e.Name)
+		wanted := nerr == nil && containsString(s.names, name)
+		switch {
+		case e.Kind == tftp.UploadCompleted && wanted:
+			s.uploaded = e.Time
+			return sessionReport{ev: evResult, name: name}
+		case e.Kind == tftp.TransferFailed && e.Op == tftp.Put && e.Fault == tftp.FaultHost:
+			// The host could not store what the guest sent (ENOSPC, EIO):
+			// not the guest's fault.
+			return sessionReport{ev: evHostFault, why: fmt.Sprintf("storing the upload of %s failed on the host: %v", e.Name, e.Cause)}
+		case e.Kind == tftp.TransferFailed && e.Op == tftp.Put && wanted && e.Fault == tftp.FaultRefused:
+			return sessionReport{ev: evBadResult, why: fmt.Sprintf("result upload %s refused: %v", e.Name, e.Cause)}
+		}
+	}
+}
+
+func containsString(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+var errExited = errors.New("machine exited")
+
+// nextOrExit returns the next event, or errExited once exited is closed
+// and no event is queued.
+func (q *EventQueue) nextOrExit(ctx context.Context, exited <-chan struct{}) (tftp.Event, error) {
+	for {
+		q.mu.Lock()
+		if len(q.events) > 0 {
+			e := q.events[0]
+			q.events = q.events[1:]
+			q.mu.Unlock()
+			return e, nil
+		}
+		q.mu.Unlock()
+		select {
+		case <-q.signal:
+		case <-exited:
+			q.mu.Lock()
+			n := len(q.events)
+			q.mu.Unlock()
+			if n == 0 {
+				return tftp.Event{}, errExited
+			}
+		case <-ctx.Done():
+			return tftp.Event{}, ctx.Err()
+		}
+	}
+}
+
+// hold is the soft failure: pause the machine, tell the admin how to reach
+// it, and hold until QEMU exits, the suspend timeout passes (0 = forever)
+// or ctx ends. The caller then tears the session down.
+func (s *session) hold(ctx context.Context, why string) {
+	v, m := s.v, s.m
+	if m == nil {
+		return
+	}
+	info := m.Info()
+	if err := m.Suspend(ctx); err != nil && !errors.Is(err, machine.ErrExited) {
+		v.Log.Error("suspending machine failed", "error", err)
+	}
+	select {
+	case <-m.Exited():
+		return
+	default:
+	}
+	v.Log.Warn("machine suspended for inspection: "+why,
+		"snapshot", s.snapshot, "console", info.ConsoleLog, "qmp", info.AdminSocket, "pid", info.PID,
+		"release", fmt.Sprintf("bbot-agent --run-dir %s --release (or kill %d)", v.Opts.RunDir, info.PID))
+	rec := Suspended{PID: info.PID, StartTime: processStartTime(info.PID), Snapshot: s.snapshot, ConsoleLog: info.ConsoleLog,
+		AdminSocket: info.AdminSocket, Since: time.Now().UTC(), Reason: why}
+	if err := writeSuspended(v.Opts.RunDir, rec); err != nil {
+		v.Log.Error("recording the suspended machine", "error", err)
+	}
+	defer os.Remove(filepath.Join(v.Opts.RunDir, SuspendedFile))
+	if v.onSuspend != nil {
+		v.onSuspend(m)
+	}
+	crash.Point("while-held")
+	var timeout <-chan time.Time
+	if v.Opts.SuspendTimeout > 0 {
+		t := time.NewTimer(v.Opts.SuspendTimeout)
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case <-m.Exited():
+		v.Log.Info("suspended machine released", "snapshot", s.snapshot)
+	case <-timeout:
+		v.Log.Warn("suspend timeout passed, releasing machine", "snapshot", s.snapshot)
+	case <-ctx.Done():
+	}
+	m.ForceDown()
+}
+
+// consoleTail of the session's machine, for diagnostics.
+func (s *session) consoleNote() string {
+	if s.m == nil {
+		return ""
+	}
+	p := s.m.Info().ConsoleLog
+	return "\nconsole log (" + p + "), last lines:\n" + consoleTail(p, 20)
+}
+
+// tftpBind is where sessions bind the TFTP server and what the guest is
+// told, from the options.
+func tftpBind(o *Options, port string) (bind, endpoint, guest, gw string, err error) {
+	bind = o.TFTPAddress
+	switch o.Network {
+	case "user":
+		if bind == "" {
+			bind = "127.0.0.1"
+		}
+		return net.JoinHostPort(bind, port), "10.0.2.2:" + port, "", "", nil // QEMU user networking's host
+	default:
+		b, guest, gw, err := BridgeAddresses(o.Bridge, o.ToolchainNum)
+		if err != nil && !o.FakeBootstrap && !o.FakeBuild {
+			return "", "", "", "", fmt.Errorf("--bridge %s: %w (use --network user without a bridge)", o.Bridge, err)
+		}
+		if bind == "" {
+			bind = b
+		}
+		if bind == "" {
+			bind = "127.0.0.1" // no bridge, and only fake sessions: nobody connects
+		}
+		return net.JoinHostPort(bind, port), net.JoinHostPort(bind, port), guest, gw, nil
+	}
+}
