@@ -38,6 +38,7 @@ type Server struct {
 	queue    []*manifest.Task
 	forced   []*manifest.Task  // handed out whatever machines were offered
 	issued   map[string]issued // session -> what was handed out
+	sessions []string          // every session handed out, in order
 	results  []Result
 	requests []manifest.TaskRequest
 	drops    []string
@@ -116,6 +117,13 @@ func (s *Server) Results() []Result {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]Result(nil), s.results...)
+}
+
+// Sessions returns every session handed out, in order.
+func (s *Server) Sessions() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.sessions...)
 }
 
 // Requests returns the task requests received.
@@ -257,6 +265,7 @@ func (s *Server) buildTask(w http.ResponseWriter, r *http.Request) {
 			challenge = hex.EncodeToString(sum[:])
 		}
 		s.issued[session] = issued{task: task, challenge: challenge}
+		s.sessions = append(s.sessions, session)
 	}
 	s.mu.Unlock()
 

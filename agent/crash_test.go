@@ -1,0 +1,254 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/build2/bbot-agent-go/agent/controllertest"
+	"github.com/build2/bbot-agent-go/agent/internal/crash"
+	"github.com/build2/bbot-agent-go/agent/journal"
+)
+
+// crashChildEnv names the options file of a child agent run by
+// TestCrashPoints (the test binary re-executed as the agent).
+const crashChildEnv = "BBOT_CRASH_CHILD"
+
+type childOptions struct {
+	Opts Options
+	Ver  string
+}
+
+// TestCrashChild is the child agent: it runs until it kills itself at its
+// crash point (or is killed).
+func TestCrashChild(t *testing.T) {
+	path := os.Getenv(crashChildEnv)
+	if path == "" {
+		return // only run as TestCrashPoints' child
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var co childOptions
+	if err := json.Unmarshal(data, &co); err != nil {
+		t.Fatal(err)
+	}
+	co.Opts.ToolchainVer = mustVersion(t, co.Ver)
+	a, err := New(&co.Opts, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Client.Min, a.Client.Max = 10*time.Millisecond, 50*time.Millisecond
+	a.Sender.Min, a.Sender.Max = 10*time.Millisecond, 100*time.Millisecond
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	a.Run(ctx)
+	a.Close()
+	t.Fatal("child agent ended without reaching its crash point")
+}
+
+// TestCrashPoints SIGKILLs the agent at every named crash point with real
+// QEMU, btrfs and the strict test controller, restarts it without the
+// crash point and checks: exactly one accepted result per issued session
+// (interrupt while nothing was uploaded, the real result once it was, the
+// held outcome for a held machine), no temporary snapshot, no process of
+// ours, no TFTP task files, nothing held, an empty journal.
+func TestCrashPoints(t *testing.T) {
+	srv := controllertest.New()
+	defer srv.Close()
+	e := newE2E(t, Controller{URL: srv.TaskURL()})
+	e.opts.BuildTimeout = 60 * time.Second
+	cases := []struct {
+		point   string
+		pkg     string // "" = no task: the point is in a bootstrap
+		status  string
+		reboot  bool // change the toolchain id first: a re-bootstrap
+		timeout time.Duration
+	}{
+		{point: "before-publish", reboot: true},
+		{point: "after-exchange", reboot: true},
+		{point: "after-journal", pkg: "hello", status: "interrupt"},
+		{point: "after-task-snapshot", pkg: "hello", status: "interrupt"},
+		{point: "after-qemu-start", pkg: "hello", status: "interrupt"},
+		{point: "after-result-upload", pkg: "hello", status: "success"},
+		{point: "before-persist", pkg: "hello", status: "success"},
+		{point: "after-persist", pkg: "hello", status: "success"},
+		{point: "after-post", pkg: "hello", status: "success"},
+		{point: "during-teardown", pkg: "hello", status: "success"},
+		{point: "while-held", pkg: "hang", status: "abort", timeout: 8 * time.Second},
+	}
+	covered := map[string]bool{}
+	for i, tc := range cases {
+		covered[tc.point] = true
+		t.Run(tc.point, func(t *testing.T) {
+			if tc.reboot {
+				e.opts.ToolchainID = "tc-crash-" + tc.point
+			}
+			e.opts.BuildTimeout = 60 * time.Second
+			if tc.timeout > 0 {
+				e.opts.BuildTimeout = tc.timeout
+			}
+			before := len(srv.Sessions())
+			if tc.pkg != "" {
+				srv.QueueTask(tc.pkg, testMachine)
+			}
+			runCrashChild(t, e, tc.point, i)
+
+			// Restarted without the crash point: recovery, then normal work.
+			if tc.pkg == "" {
+				srv.QueueTask("hello", testMachine) // proves the machine is usable
+			}
+			a, err := New(&e.opts, testLog(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			a.Client.Min, a.Client.Max = 10*time.Millisecond, 50*time.Millisecond
+			a.Sender.Min, a.Sender.Max = 10*time.Millisecond, 100*time.Millisecond
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- a.Run(ctx) }()
+			deadline := time.Now().Add(150 * time.Second)
+			for time.Now().Before(deadline) && !allAnswered(srv, before) {
+				time.Sleep(100 * time.Millisecond)
+			}
+			time.Sleep(500 * time.Millisecond) // a duplicate, if any, would arrive now
+			cancel()
+			<-done
+			a.Close()
+
+			sessions := srv.Sessions()[before:]
+			if len(sessions) != 1 {
+				t.Fatalf("%d sessions issued, want 1", len(sessions))
+			}
+			var got []string
+			for _, r := range srv.Results() {
+				if r.Request.Session == sessions[0] {
+					got = append(got, r.Request.Result.Status)
+				}
+			}
+			want := tc.status
+			if tc.pkg == "" {
+				want = "success"
+			}
+			if len(got) != 1 || got[0] != want {
+				t.Errorf("session %s: results %v, want exactly [%s]", sessions[0], got, want)
+			}
+			checkNothingLeft(t, e)
+		})
+	}
+	for _, p := range crash.Points {
+		if !covered[p] {
+			t.Errorf("crash point %s is not tested", p)
+		}
+	}
+}
+
+// allAnswered: every session handed out since before has a result.
+func allAnswered(srv *controllertest.Server, before int) bool {
+	sessions := srv.Sessions()[before:]
+	if len(sessions) == 0 {
+		return false
+	}
+	answered := map[string]bool{}
+	for _, r := range srv.Results() {
+		answered[r.Request.Session] = true
+	}
+	for _, s := range sessions {
+		if !answered[s] {
+			return false
+		}
+	}
+	return true
+}
+
+// runCrashChild runs the agent as a child process with the crash point set
+// and waits for it to kill itself there.
+func runCrashChild(t *testing.T, e *e2e, point string, n int) {
+	t.Helper()
+	opts := e.opts
+	ver := opts.ToolchainVer.String()
+	data, err := json.Marshal(childOptions{Opts: opts, Ver: ver})
+	if err != nil {
+		t.Fatal(err)
+	}
+	optsFile := filepath.Join(t.TempDir(), "opts.json")
+	os.WriteFile(optsFile, data, 0o600)
+	logFile := filepath.Join(t.TempDir(), "child.log")
+	out, _ := os.Create(logFile)
+	defer out.Close()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.v")
+	cmd.Env = append(os.Environ(), crashChildEnv+"="+optsFile, crash.Env+"="+point)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	select {
+	case err = <-waited:
+	case <-time.After(180 * time.Second):
+		cmd.Process.Kill()
+		<-waited
+		log, _ := os.ReadFile(logFile)
+		t.Fatalf("the child never reached crash point %s:\n%s", point, tail(string(log), 3000))
+	}
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		log, _ := os.ReadFile(logFile)
+		t.Fatalf("child ended with %v, not SIGKILL at %s:\n%s", err, point, tail(string(log), 3000))
+	}
+	log, _ := os.ReadFile(logFile)
+	if !strings.Contains(string(log), "crash point "+point) {
+		t.Fatalf("child killed, but not at %s", point)
+	}
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// checkNothingLeft: no QEMU of ours, no temporary snapshot, no TFTP task
+// files, nothing held, an empty journal.
+func checkNothingLeft(t *testing.T, e *e2e) {
+	t.Helper()
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		if data, err := os.ReadFile(p); err == nil && strings.Contains(string(data), e.opts.RunDir) {
+			t.Errorf("process left running: %s", strings.ReplaceAll(string(data), "\x00", " "))
+		}
+	}
+	filepath.WalkDir(e.opts.Machines, func(p string, d os.DirEntry, err error) error {
+		if err == nil && strings.Contains(d.Name(), "~") {
+			t.Errorf("temporary snapshot left: %s", p)
+		}
+		return nil
+	})
+	for _, d := range []string{filepath.Join(e.opts.TFTP, "build", "e2e"), filepath.Join(e.opts.TFTP, "bootstrap", "e2e")} {
+		if ents, err := os.ReadDir(d); err == nil && len(ents) > 0 {
+			t.Errorf("TFTP files left in %s: %v", d, ents)
+		}
+	}
+	if s, err := ReadSuspended(e.opts.RunDir); s != nil || err != nil {
+		t.Errorf("--suspended shows %+v, %v", s, err)
+	}
+	j, err := journal.Open(journal.Dir(e.opts.StateDir, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	if es, _ := j.Entries(); len(es) != 0 {
+		t.Errorf("journal entries left: %+v", es)
+	}
+}
