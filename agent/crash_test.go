@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -113,11 +114,19 @@ func TestCrashPoints(t *testing.T) {
 			}
 			a.Client.Min, a.Client.Max = 10*time.Millisecond, 50*time.Millisecond
 			a.Sender.Min, a.Sender.Max = 10*time.Millisecond, 100*time.Millisecond
+			// Recovered and back to normal: one full round (enumeration,
+			// clean-up, poll) reached idle.
+			var idle atomic.Bool
+			a.Status = func(s string) {
+				if s == "idle" {
+					idle.Store(true)
+				}
+			}
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error, 1)
 			go func() { done <- a.Run(ctx) }()
 			deadline := time.Now().Add(150 * time.Second)
-			for time.Now().Before(deadline) && !allAnswered(srv, before) {
+			for time.Now().Before(deadline) && !(idle.Load() && allAnswered(srv, before)) {
 				time.Sleep(100 * time.Millisecond)
 			}
 			time.Sleep(500 * time.Millisecond) // a duplicate, if any, would arrive now

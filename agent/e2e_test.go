@@ -29,6 +29,7 @@ type e2e struct {
 	t         testing.TB
 	root      string
 	onSuspend func(*machine.Machine)
+	onStatus  func(string)
 	opts      Options
 	agent     *Agent
 	stop      func()
@@ -88,6 +89,7 @@ func (e *e2e) start() {
 	a.Client.Min, a.Client.Max = 10*time.Millisecond, 50*time.Millisecond
 	a.Sender.Min, a.Sender.Max = 10*time.Millisecond, 100*time.Millisecond
 	a.VMs.onSuspend = e.onSuspend
+	a.Status = e.onStatus
 	e.agent = a
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

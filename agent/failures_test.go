@@ -1,0 +1,169 @@
+package agent
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/build2/bbot-agent-go/agent/controllertest"
+	"github.com/build2/bbot-agent-go/machine"
+	"github.com/build2/bbot-agent-go/machine/machinetest"
+)
+
+// TestWorkerAbortNotHeld: a worker that reports abort itself is reported
+// as is, at once, and the machine is not held: the next task runs.
+func TestWorkerAbortNotHeld(t *testing.T) {
+	srv := controllertest.New()
+	defer srv.Close()
+	srv.QueueTask("worker-abort", testMachine) // the test guest aborts unknown packages
+	srv.QueueTask("hello", testMachine)
+	e := newE2E(t, Controller{URL: srv.TaskURL()})
+	e.opts.SuspendTimeout = 0 // a hold would last forever
+	var held atomic.Int32
+	e.onSuspend = func(*machine.Machine) { held.Add(1) }
+	e.start()
+	rs := srv.WaitResults(2, 180*time.Second)
+	e.shutdown()
+	got := statuses(rs)
+	if got["worker-abort"] != "abort" || got["hello"] != "success" {
+		t.Errorf("statuses %v", got)
+	}
+	if held.Load() != 0 {
+		t.Errorf("a worker's own abort held the machine")
+	}
+}
+
+// TestHeldOutcomeSurvivesSIGTERM: a guest fault's outcome is final when
+// the machine is held; SIGTERM ends the hold early but the result stays
+// abort (an interrupt would make brep re-queue a build that hangs again).
+func TestHeldOutcomeSurvivesSIGTERM(t *testing.T) {
+	srv := controllertest.New()
+	defer srv.Close()
+	srv.QueueTask("hang", testMachine)
+	e := newE2E(t, Controller{URL: srv.TaskURL()})
+	e.opts.BuildTimeout, e.opts.SuspendTimeout = 8*time.Second, 0
+	held := make(chan struct{}, 1)
+	e.onSuspend = func(*machine.Machine) { held <- struct{}{} }
+	e.start()
+	select {
+	case <-held:
+	case <-time.After(180 * time.Second):
+		t.Fatal("machine not held")
+	}
+	e.shutdown() // SIGINT while held
+	rs := srv.Results()
+	if len(rs) != 1 || rs[0].Request.Result.Status != "abort" {
+		t.Fatalf("results %+v, want one abort", rs)
+	}
+}
+
+// TestHostFaultBacksOff: a QEMU that fails to start is a host fault: the
+// task is reported interrupt (re-queued by brep, never abort) and the agent
+// backs off instead of draining the queue.
+func TestHostFaultBacksOff(t *testing.T) {
+	srv := controllertest.New()
+	defer srv.Close()
+	e := newE2E(t, Controller{URL: srv.TaskURL()})
+	qemu := filepath.Join(t.TempDir(), "qemu-system-x86_64")
+	os.WriteFile(qemu, []byte("#!/bin/sh\necho 'qemu: broken on purpose' >&2\nexit 1\n"), 0o755)
+	e.opts.PollInterval = 2 * time.Second
+	var mu sync.Mutex
+	var status []string
+	e.onStatus = func(s string) { mu.Lock(); status = append(status, s); mu.Unlock() }
+	// Bootstrap with the real QEMU first; then break it.
+	e.start()
+	deadline := time.Now().Add(120 * time.Second)
+	for time.Now().Before(deadline) {
+		if ms, _ := filepath.Glob(filepath.Join(e.opts.Machines, "vol", "busybox", "busybox-e2e")); len(ms) == 1 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	e.shutdown()
+	e.opts.QEMU = qemu
+	for i := 0; i < 6; i++ {
+		srv.QueueTask("hello", testMachine)
+	}
+	e.stop = nil
+	e.start()
+	time.Sleep(7 * time.Second)
+	e.shutdown()
+	rs := srv.Results()
+	for _, r := range rs {
+		if r.Request.Result.Status != "interrupt" {
+			t.Errorf("host fault reported as %s", r.Request.Result.Status)
+		}
+	}
+	// Backoff 2 s, then 4 s (±jitter on the poll only): at most 3 tasks in 7 s.
+	if len(rs) == 0 || len(rs) > 3 {
+		t.Errorf("%d tasks taken in 7 s with a broken QEMU, want 1..3", len(rs))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(strings.Join(status, "\n"), "backing off") {
+		t.Errorf("STATUS never said it backs off: %q", status)
+	}
+}
+
+// TestFullStateDir: with the state dir full, no journal entry can be
+// written: the task is not performed (no snapshot, no VM), interrupt is
+// POSTed once from memory, and the agent backs off.
+func TestFullStateDir(t *testing.T) {
+	machinetest.Require(t, os.Geteuid() == 0, "needs root to mount a tmpfs")
+	srv := controllertest.New()
+	defer srv.Close()
+	e := newE2E(t, Controller{URL: srv.TaskURL()})
+	state := filepath.Join(t.TempDir(), "state")
+	os.MkdirAll(state, 0o700)
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", state).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", state).Run() })
+	e.opts.StateDir = state
+	e.opts.PollInterval = time.Second
+	var mu sync.Mutex
+	var status []string
+	e.onStatus = func(s string) { mu.Lock(); status = append(status, s); mu.Unlock() }
+	e.start()
+	deadline := time.Now().Add(120 * time.Second)
+	for time.Now().Before(deadline) {
+		mu.Lock()
+		idle := len(status) > 0 && status[len(status)-1] == "idle"
+		mu.Unlock()
+		if idle {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// Fill it up.
+	f, _ := os.Create(filepath.Join(state, "filler"))
+	buf := make([]byte, 4096)
+	for {
+		if _, err := f.Write(buf); err != nil {
+			break
+		}
+	}
+	f.Close()
+	console := filepath.Join(e.opts.RunDir, "console.log")
+	fi0, _ := os.Stat(console)
+	srv.QueueTask("hello", testMachine)
+	rs := srv.WaitResults(1, 30*time.Second)
+	time.Sleep(time.Second)
+	e.shutdown()
+	if len(rs) != 1 || rs[0].Request.Result.Status != "interrupt" {
+		t.Fatalf("results %+v, want one interrupt", rs)
+	}
+	if fi, err := os.Stat(console); err == nil && (fi0 == nil || !fi.ModTime().Equal(fi0.ModTime())) {
+		t.Error("a VM was started without a journal entry")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(strings.Join(status, "\n"), "backing off") {
+		t.Errorf("STATUS never said it backs off: %q", status)
+	}
+}
