@@ -101,8 +101,8 @@ func (e *OptionError) Error() string {
 // Validate checks option values and fills the defaults that depend on other
 // options (the state and run directories).
 func (o *Options) Validate() error {
-	if o.ToolchainName == "" || strings.ContainsAny(o.ToolchainName, "/~ \t\n") {
-		return &OptionError{"toolchain-name", o.ToolchainName, "must be non-empty without '/', '~' or whitespace"}
+	if err := ValidateToolchainName(o.ToolchainName); err != nil {
+		return err
 	}
 	if o.ToolchainNum < 1 || o.ToolchainNum > 99 {
 		return &OptionError{"toolchain-num", strconv.Itoa(o.ToolchainNum), "must be between 1 and 99"}
@@ -159,6 +159,40 @@ func (o *Options) Validate() error {
 	}
 	if len(o.Controllers) == 0 && o.FakeRequest == "" && !o.DumpMachines && !o.AdminCommand() {
 		return errors.New("no controller URL specified")
+	}
+	return nil
+}
+
+// MaxToolchainName is the longest --toolchain-name accepted: it becomes part
+// of file names (<machine>-<toolchain>~<random>), which are limited to 255
+// bytes.
+const MaxToolchainName = 64
+
+// toolchainName is the --toolchain-name character set: ASCII letters, digits
+// and '_', '.', '+', '-', starting with a letter or digit.
+var toolchainName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.+-]*$`)
+
+// protocolLike matches names that would collide with the admin's machine
+// names: <machine>-<P> is the link to the image and <machine>-<P>.<R> the
+// image itself (BootstrapProtocol is P), so all-digit names and names
+// starting with digits and a dot are refused.
+var protocolLike = regexp.MustCompile(`^[0-9]+(\.|$)`)
+
+// ValidateToolchainName checks a --toolchain-name value: it names the
+// bootstrapped snapshot <machine>-<toolchain> beside the admin's images and
+// the TFTP directories the agent creates and deletes, so it must stay one
+// harmless path component.
+func ValidateToolchainName(name string) error {
+	bad := func(reason string) error { return &OptionError{"toolchain-name", name, reason} }
+	switch {
+	case name == "":
+		return &OptionError{"toolchain-name", "", "must not be empty"}
+	case len(name) > MaxToolchainName:
+		return bad(fmt.Sprintf("longer than %d characters", MaxToolchainName))
+	case !toolchainName.MatchString(name):
+		return bad("only letters, digits and '_', '.', '+', '-' allowed, starting with a letter or digit")
+	case protocolLike.MatchString(name):
+		return bad("must not be a number or start with digits and '.' (names <machine>-" + BootstrapProtocol + " and <machine>-" + BootstrapProtocol + ".<R> are the machine's own)")
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/build2/bbot-agent-go/manifest"
 )
@@ -78,5 +79,72 @@ func TestWorkerTask(t *testing.T) {
 	}
 	if AgentChecksum("1", "2", "3") == AgentChecksum("1", "23", "") {
 		t.Errorf("checksum inputs are not separated")
+	}
+}
+
+func TestValidateToolchainName(t *testing.T) {
+	tests := []struct {
+		name string
+		ok   bool
+	}{
+		{"default", true},
+		{"gcc-13", true},
+		{"clang_17.0", true},
+		{"x1", true},
+		{"a+b", true},
+		{"1x", true}, // digits then a letter: neither <P> nor <P>.<R>
+		{strings.Repeat("a", MaxToolchainName), true},
+
+		{"", false},
+		{".", false},
+		{"..", false},
+		{"1", false},   // the bootstrap protocol: <machine>-1 is the admin's link
+		{"1.0", false}, // <machine>-1.0 is an admin's image
+		{"12", false},
+		{"1.x", false},
+		{"007", false},
+		{"a/b", false},
+		{"a~b", false},
+		{"a b", false},
+		{"a\tb", false},
+		{"a\nb", false},
+		{"-x", false},
+		{".hidden", false},
+		{"_x", false},
+		{"ça", false},
+		{"tc\u00e9", false},
+		{strings.Repeat("a", MaxToolchainName+1), false},
+		{strings.Repeat("a", 300), false},
+	}
+	for _, tc := range tests {
+		err := ValidateToolchainName(tc.name)
+		if (err == nil) != tc.ok {
+			t.Errorf("%q: got %v, want ok=%v", tc.name, err, tc.ok)
+		}
+		if err != nil && !strings.Contains(err.Error(), "--toolchain-name") {
+			t.Errorf("%q: error does not name the option: %v", tc.name, err)
+		}
+		// Validate applies the same rule.
+		o := validOptions()
+		o.ToolchainName = tc.name
+		if err := o.Validate(); (err == nil) != tc.ok {
+			t.Errorf("Validate with %q: got %v, want ok=%v", tc.name, err, tc.ok)
+		}
+	}
+}
+
+// validOptions are valid options (cmd/bbot-agent's defaults) with a
+// controller.
+func validOptions() Options {
+	return Options{
+		ToolchainName: "default", ToolchainNum: 1, TFTPPort: 23400,
+		BootstrapStartup: 300 * time.Second, BootstrapTimeout: 3600 * time.Second, BootstrapRetries: 2,
+		BuildStartup: 60 * time.Second, BuildTimeout: 5400 * time.Second, BuildRetries: 2,
+		CPU: 2, RAM: 2097152,
+		ConnectTimeout: 60 * time.Second, RequestTimeout: 300 * time.Second, RequestRetries: 4,
+		Verbose: 1, Network: "bridge", Accel: "auto",
+		PollInterval: 60 * time.Second, ResultTTL: 10800 * time.Second,
+		StateDir: "/s", RunDir: "/r",
+		Controllers: []Controller{{URL: "http://x/"}},
 	}
 }

@@ -20,12 +20,12 @@ var ResultNames = []string{"manifest", "result.manifest"}
 
 // TaskDirs are the TFTP directories of one task: GET serves Get, PUT
 // writes Put (SPEC §5: <tftp>/build/<toolchain>/get and put).
-type TaskDirs struct{ Get, Put string }
+type TaskDirs struct{ Root, Get, Put string }
 
 // NewTaskDirs returns the task directories under the TFTP root.
 func NewTaskDirs(tftpRoot, toolchain string) TaskDirs {
 	base := filepath.Join(tftpRoot, "build", toolchain)
-	return TaskDirs{Get: filepath.Join(base, "get"), Put: filepath.Join(base, "put")}
+	return TaskDirs{Root: tftpRoot, Get: filepath.Join(base, "get"), Put: filepath.Join(base, "put")}
 }
 
 // Create makes both directories empty (leftovers of a crashed run are
@@ -51,9 +51,9 @@ func (d TaskDirs) Create(task *manifest.Task) error {
 	return nil
 }
 
-// Remove deletes both directories.
+// Remove deletes both directories (only inside Root).
 func (d TaskDirs) Remove() error {
-	return errors.Join(os.RemoveAll(d.Get), os.RemoveAll(d.Put))
+	return errors.Join(removeOwned(d.Root, d.Get), removeOwned(d.Root, d.Put))
 }
 
 // EventQueue collects TFTP events without ever blocking a transfer and lets

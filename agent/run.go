@@ -75,8 +75,11 @@ func (a *Agent) Recover() {
 		os.Remove(pidFile)
 	}
 	os.Remove(filepath.Join(a.Opts.RunDir, machine.QMPSocketName))
-	NewTaskDirs(a.Opts.TFTP, a.Opts.ToolchainName).Remove()
-	os.RemoveAll(filepath.Join(a.Opts.TFTP, "bootstrap", a.Opts.ToolchainName))
+	err := errors.Join(NewTaskDirs(a.Opts.TFTP, a.Opts.ToolchainName).Remove(),
+		removeOwned(a.Opts.TFTP, filepath.Join(a.Opts.TFTP, "bootstrap", a.Opts.ToolchainName)))
+	if err != nil {
+		a.Log.Warn("removing leftover TFTP directories", "error", err)
+	}
 }
 
 // Run works until ctx ends (SIGTERM/SIGINT), then reports an interrupted

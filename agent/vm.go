@@ -189,11 +189,13 @@ func (v *VMs) Bootstrap(ctx context.Context, req BootstrapRequest) (manifest.Boo
 	o := v.Opts
 	get := filepath.Join(o.TFTP, "toolchains", o.ToolchainName)
 	put := filepath.Join(o.TFTP, "bootstrap", o.ToolchainName)
-	os.RemoveAll(put)
+	if err := removeOwned(o.TFTP, put); err != nil {
+		return manifest.Bootstrap{}, err
+	}
 	if err := os.MkdirAll(put, 0o755); err != nil {
 		return manifest.Bootstrap{}, err
 	}
-	defer os.RemoveAll(put)
+	defer removeOwned(o.TFTP, put)
 	if err := os.MkdirAll(get, 0o755); err != nil {
 		return manifest.Bootstrap{}, err
 	}

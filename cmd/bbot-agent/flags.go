@@ -116,7 +116,7 @@ func flags(o *agent.Options, toolchainVer *string, trust *cli.StringSlice) []cli
 		str("machines", "machine volumes `DIR`ectory", &o.Machines),
 		str("tftp", "TFTP root `DIR`ectory", &o.TFTP),
 		num("tftp-port", "TFTP base `PORT`; the server listens on this plus --toolchain-num", &o.TFTPPort),
-		str("toolchain-name", "toolchain `NAME` (no '/', '~' or whitespace)", &o.ToolchainName),
+		str("toolchain-name", "toolchain `NAME`: letters, digits, _ . + -, starting with a letter or digit, at most 64, not a number or <digits>.*", &o.ToolchainName),
 		num("toolchain-num", "toolchain `NUM`ber 1..99, offsets ports and interfaces", &o.ToolchainNum),
 		&cli.StringFlag{Name: "toolchain-ver", Usage: "toolchain standard `VERSION`", Value: agent.Version, Destination: toolchainVer},
 		str("toolchain-id", "toolchain `ID`; a change re-bootstraps every machine", &o.ToolchainID),
