@@ -148,3 +148,72 @@ func validOptions() Options {
 		Controllers: []Controller{{URL: "http://x/"}},
 	}
 }
+
+// TestValidateRanges: every numeric option is accepted at its Ranges min and
+// max and refused just outside, with an error naming it; every Ranges entry
+// is covered.
+func TestValidateRanges(t *testing.T) {
+	secs := func(p func(*Options) *time.Duration) func(*Options, int64) {
+		return func(o *Options, v int64) { *p(o) = time.Duration(v) * time.Second }
+	}
+	set := map[string]func(*Options, int64){
+		"tftp-port":         func(o *Options, v int64) { o.TFTPPort = int(v) },
+		"toolchain-num":     func(o *Options, v int64) { o.ToolchainNum = int(v); o.TFTPPort = 1 },
+		"bootstrap-retries": func(o *Options, v int64) { o.BootstrapRetries = int(v) },
+		"build-retries":     func(o *Options, v int64) { o.BuildRetries = int(v) },
+		"request-retries":   func(o *Options, v int64) { o.RequestRetries = int(v) },
+		"cpu":               func(o *Options, v int64) { o.CPU = int(v) },
+		"ram":               func(o *Options, v int64) { o.RAM = uint64(v) },
+		"verbose":           func(o *Options, v int64) { o.Verbose = int(v) },
+		"bootstrap-startup": secs(func(o *Options) *time.Duration { return &o.BootstrapStartup }),
+		"bootstrap-timeout": secs(func(o *Options) *time.Duration { return &o.BootstrapTimeout }),
+		"build-startup":     secs(func(o *Options) *time.Duration { return &o.BuildStartup }),
+		"build-timeout":     secs(func(o *Options) *time.Duration { return &o.BuildTimeout }),
+		"connect-timeout":   secs(func(o *Options) *time.Duration { return &o.ConnectTimeout }),
+		"request-timeout":   secs(func(o *Options) *time.Duration { return &o.RequestTimeout }),
+		"poll-interval":     secs(func(o *Options) *time.Duration { return &o.PollInterval }),
+		"result-ttl":        secs(func(o *Options) *time.Duration { return &o.ResultTTL }),
+		"suspend-timeout":   secs(func(o *Options) *time.Duration { return &o.SuspendTimeout }),
+	}
+	if len(set) != len(Ranges) {
+		t.Errorf("%d options tested, %d in Ranges", len(set), len(Ranges))
+	}
+	for name, r := range Ranges {
+		f, ok := set[name]
+		if !ok {
+			t.Errorf("--%s: not tested", name)
+			continue
+		}
+		for _, c := range []struct {
+			v  int64
+			ok bool
+		}{{r.Min - 1, false}, {r.Min, true}, {r.Max, true}, {r.Max + 1, false}} {
+			o := validOptions()
+			f(&o, c.v)
+			err := o.Validate()
+			if (err == nil) != c.ok {
+				t.Errorf("--%s %d: got %v, want ok=%v", name, c.v, err, c.ok)
+			}
+			if err != nil && !strings.Contains(err.Error(), "--"+name+" ") {
+				t.Errorf("--%s %d: error does not name the option: %v", name, c.v, err)
+			}
+		}
+	}
+	// The port limit moves with --toolchain-num: the sum is the port.
+	for _, c := range []struct {
+		port, num int
+		ok        bool
+	}{{65436, 99, true}, {65437, 99, false}, {65534, 1, true}, {0, 99, false}} {
+		o := validOptions()
+		o.TFTPPort, o.ToolchainNum = c.port, c.num
+		if err := o.Validate(); (err == nil) != c.ok {
+			t.Errorf("--tftp-port %d --toolchain-num %d: got %v, want ok=%v", c.port, c.num, err, c.ok)
+		}
+	}
+	// A RAM value beyond int64 does not wrap into the range.
+	o := validOptions()
+	o.RAM = 1<<63 + 65536
+	if err := o.Validate(); err == nil {
+		t.Errorf("--ram %d accepted", o.RAM)
+	}
+}
