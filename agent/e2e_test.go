@@ -156,7 +156,6 @@ func statuses(rs []controllertest.Result) map[string]string {
 // TestEndToEnd: bootstrap, then several tasks in fresh snapshots through a
 // strict controller that authenticates the agent.
 func TestEndToEnd(t *testing.T) {
-	requireShared(t)
 	srv := controllertest.New()
 	defer srv.Close()
 	key, err := LoadKey(filepath.Join(protocolDir, "test-agent-key.pem"))

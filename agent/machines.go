@@ -376,7 +376,7 @@ func RemoveTemporaries(dir, machine, toolchain string, log *slog.Logger) error {
 		if ok, _ := btrfs.IsSubvolume(p); ok {
 			err = btrfs.Delete(p)
 		} else {
-			err = os.RemoveAll(p)
+			err = removeOwned(dir, p)
 		}
 		if err != nil {
 			return err
@@ -485,7 +485,7 @@ func publish(work, final string) error {
 	if ok, _ := btrfs.IsSubvolume(work); ok {
 		return btrfs.Delete(work)
 	}
-	return os.RemoveAll(work)
+	return removeOwned(filepath.Dir(final), work)
 }
 
 func readMachine(path string) (manifest.Machine, error) {

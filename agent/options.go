@@ -85,6 +85,42 @@ type Controller struct {
 	Priority int
 }
 
+// MaxSeconds bounds every duration option: a week. Longer time limits,
+// intervals or holds are mistakes (a unit confusion), and time arithmetic on
+// them stays far from overflowing.
+const MaxSeconds = 7 * 24 * 3600
+
+// Range is an option's accepted values, inclusive.
+type Range struct{ Min, Max int64 }
+
+func (r Range) String() string { return fmt.Sprintf("%d..%d", r.Min, r.Max) }
+
+// Ranges are the accepted values of the numeric options, by option name;
+// durations are in seconds. --tftp-port is also limited by --toolchain-num
+// (their sum is the port). cmd/bbot-agent shows them in --help.
+var Ranges = map[string]Range{
+	"tftp-port":     {1, 65534},
+	"toolchain-num": {1, 99}, // bbot's limit: it offsets ports and interface names
+	// Each bootstrap or build retry is a whole VM start (up to its startup
+	// timeout); each request retry waits up to a backoff maximum: 100 keeps
+	// the worst case to hours, not forever, and above bbot's usual values.
+	"bootstrap-retries": {0, 100},
+	"build-retries":     {0, 100},
+	"request-retries":   {0, 100},
+	"cpu":               {1, 1024},        // QEMU's -smp limit on x86 is of this order
+	"ram":               {65536, 1 << 30}, // KiB: 64 MiB (machine.Config's minimum) .. 1 TiB
+	"verbose":           {0, 6},
+	"bootstrap-startup": {1, MaxSeconds},
+	"bootstrap-timeout": {1, MaxSeconds},
+	"build-startup":     {1, MaxSeconds},
+	"build-timeout":     {1, MaxSeconds},
+	"connect-timeout":   {1, MaxSeconds},
+	"request-timeout":   {1, MaxSeconds},
+	"poll-interval":     {1, MaxSeconds},
+	"result-ttl":        {1, MaxSeconds},
+	"suspend-timeout":   {0, MaxSeconds}, // 0: hold forever
+}
+
 // OptionError is a bad option value; it names the option.
 type OptionError struct {
 	Option string
@@ -102,23 +138,25 @@ func (e *OptionError) Error() string {
 // Validate checks option values and fills the defaults that depend on other
 // options (the state and run directories).
 func (o *Options) Validate() error {
-	if o.ToolchainName == "" || strings.ContainsAny(o.ToolchainName, "/~ \t\n") {
-		return &OptionError{"toolchain-name", o.ToolchainName, "must be non-empty without '/', '~' or whitespace"}
+	if err := ValidateToolchainName(o.ToolchainName); err != nil {
+		return err
 	}
-	if o.ToolchainNum < 1 || o.ToolchainNum > 99 {
-		return &OptionError{"toolchain-num", strconv.Itoa(o.ToolchainNum), "must be between 1 and 99"}
+	for _, n := range []struct {
+		name string
+		v    int
+	}{{"toolchain-num", o.ToolchainNum}, {"verbose", o.Verbose}, {"cpu", o.CPU},
+		{"bootstrap-retries", o.BootstrapRetries}, {"build-retries", o.BuildRetries},
+		{"request-retries", o.RequestRetries}} {
+		if r := Ranges[n.name]; int64(n.v) < r.Min || int64(n.v) > r.Max {
+			return &OptionError{n.name, strconv.Itoa(n.v), "must be between " + strconv.FormatInt(r.Min, 10) + " and " + strconv.FormatInt(r.Max, 10)}
+		}
 	}
-	if port := o.TFTPPort + o.ToolchainNum; o.TFTPPort < 1 || port > 65535 {
-		return &OptionError{"tftp-port", strconv.Itoa(o.TFTPPort), "port plus toolchain number must be within 1..65535"}
+	// The server listens on --tftp-port plus --toolchain-num.
+	if o.TFTPPort < 1 || o.TFTPPort > 65535-o.ToolchainNum {
+		return &OptionError{"tftp-port", strconv.Itoa(o.TFTPPort), "must be between 1 and 65535 minus --toolchain-num (" + strconv.Itoa(65535-o.ToolchainNum) + ")"}
 	}
-	if o.Verbose < 0 || o.Verbose > 6 {
-		return &OptionError{"verbose", strconv.Itoa(o.Verbose), "must be between 0 and 6"}
-	}
-	if o.CPU < 1 {
-		return &OptionError{"cpu", strconv.Itoa(o.CPU), "must be at least 1"}
-	}
-	if o.RAM < 65536 {
-		return &OptionError{"ram", strconv.FormatUint(o.RAM, 10), "must be at least 65536 KiB"}
+	if r := Ranges["ram"]; o.RAM < uint64(r.Min) || o.RAM > uint64(r.Max) {
+		return &OptionError{"ram", strconv.FormatUint(o.RAM, 10), "must be between " + strconv.FormatInt(r.Min, 10) + " and " + strconv.FormatInt(r.Max, 10) + " KiB"}
 	}
 	switch o.Network {
 	case "bridge", "user":
@@ -136,9 +174,13 @@ func (o *Options) Validate() error {
 	}{{"bootstrap-startup", o.BootstrapStartup}, {"bootstrap-timeout", o.BootstrapTimeout},
 		{"build-startup", o.BuildStartup}, {"build-timeout", o.BuildTimeout},
 		{"connect-timeout", o.ConnectTimeout}, {"request-timeout", o.RequestTimeout},
-		{"poll-interval", o.PollInterval}, {"result-ttl", o.ResultTTL}} {
-		if d.v <= 0 {
-			return &OptionError{d.name, "0", "must be positive"}
+		{"poll-interval", o.PollInterval}, {"result-ttl", o.ResultTTL},
+		{"suspend-timeout", o.SuspendTimeout}} {
+		r := Ranges[d.name]
+		// Min is 0 or 1: positive, allowing the sub-second values Go
+		// callers may set.
+		if d.v < 0 || (r.Min > 0 && d.v == 0) || d.v > time.Duration(r.Max)*time.Second {
+			return &OptionError{d.name, strconv.FormatInt(int64(d.v/time.Second), 10), "must be between " + strconv.FormatInt(r.Min, 10) + " and " + strconv.FormatInt(r.Max, 10) + " seconds"}
 		}
 	}
 	for _, fp := range o.Trust {
@@ -160,6 +202,40 @@ func (o *Options) Validate() error {
 	}
 	if len(o.Controllers) == 0 && o.FakeRequest == "" && !o.DumpMachines && !o.AdminCommand() {
 		return errors.New("no controller URL specified")
+	}
+	return nil
+}
+
+// MaxToolchainName is the longest --toolchain-name accepted: it becomes part
+// of file names (<machine>-<toolchain>~<random>), which are limited to 255
+// bytes.
+const MaxToolchainName = 64
+
+// toolchainName is the --toolchain-name character set: ASCII letters, digits
+// and '_', '.', '+', '-', starting with a letter or digit.
+var toolchainName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.+-]*$`)
+
+// protocolLike matches names that would collide with the admin's machine
+// names: <machine>-<P> is the link to the image and <machine>-<P>.<R> the
+// image itself (BootstrapProtocol is P), so all-digit names and names
+// starting with digits and a dot are refused.
+var protocolLike = regexp.MustCompile(`^[0-9]+(\.|$)`)
+
+// ValidateToolchainName checks a --toolchain-name value: it names the
+// bootstrapped snapshot <machine>-<toolchain> beside the admin's images and
+// the TFTP directories the agent creates and deletes, so it must stay one
+// harmless path component.
+func ValidateToolchainName(name string) error {
+	bad := func(reason string) error { return &OptionError{"toolchain-name", name, reason} }
+	switch {
+	case name == "":
+		return &OptionError{"toolchain-name", "", "must not be empty"}
+	case len(name) > MaxToolchainName:
+		return bad(fmt.Sprintf("longer than %d characters", MaxToolchainName))
+	case !toolchainName.MatchString(name):
+		return bad("only letters, digits and '_', '.', '+', '-' allowed, starting with a letter or digit")
+	case protocolLike.MatchString(name):
+		return bad("must not be a number or start with digits and '.' (names <machine>-" + BootstrapProtocol + " and <machine>-" + BootstrapProtocol + ".<R> are the machine's own)")
 	}
 	return nil
 }

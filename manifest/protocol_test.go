@@ -8,12 +8,11 @@ import (
 	"testing"
 )
 
-var protocolDir = filepath.Join("..", "..", "shared", "conformance", "protocol")
+var protocolDir = filepath.Join("..", "testdata", "conformance", "protocol")
 
 // TestProtocolSamplesRoundTrip parses every brep sample into its typed
 // manifest and requires the re-serialization to be byte-identical.
 func TestProtocolSamplesRoundTrip(t *testing.T) {
-	requireDir(t, protocolDir)
 	files, _ := filepath.Glob(filepath.Join(protocolDir, "*.manifest"))
 	if len(files) == 0 {
 		t.Fatal("no protocol samples")
@@ -68,8 +67,10 @@ func TestProtocolSamplesRoundTrip(t *testing.T) {
 // TestProtocolSamplesParsed compares the generic parse of every sample with
 // libbutl's parse of it (parsed/NAME.out).
 func TestProtocolSamplesParsed(t *testing.T) {
-	requireDir(t, protocolDir)
 	files, _ := filepath.Glob(filepath.Join(protocolDir, "*.manifest"))
+	if len(files) == 0 {
+		t.Fatal("no protocol samples")
+	}
 	for _, f := range files {
 		data, err := os.ReadFile(f)
 		if err != nil {
@@ -86,7 +87,6 @@ func TestProtocolSamplesParsed(t *testing.T) {
 }
 
 func TestTaskResponseValues(t *testing.T) {
-	requireDir(t, protocolDir)
 	data, err := os.ReadFile(filepath.Join(protocolDir, "task-response.manifest"))
 	if err != nil {
 		t.Fatal(err)

@@ -105,36 +105,37 @@ func flags(o *agent.Options, toolchainVer *string, trust *cli.StringSlice) []cli
 	boolean := func(name, usage string, p *bool) cli.Flag {
 		return &cli.BoolFlag{Name: name, Usage: usage, Destination: p}
 	}
+	// Numeric options show their agent.Ranges.
 	num := func(name, usage string, p *int) cli.Flag {
-		return &cli.GenericFlag{Name: name, Usage: usage, Value: decimal{p}}
+		return &cli.GenericFlag{Name: name, Usage: usage + " (" + agent.Ranges[name].String() + ")", Value: decimal{p}}
 	}
 	secs := func(name, usage string, p *time.Duration) cli.Flag {
-		return &cli.GenericFlag{Name: name, Usage: usage + " (in `SECONDS`)", Value: seconds{p}}
+		return &cli.GenericFlag{Name: name, Usage: usage + " (in `SECONDS`, " + agent.Ranges[name].String() + ")", Value: seconds{p}}
 	}
 	return []cli.Flag{
 		// bbot's options.
 		str("machines", "machine volumes `DIR`ectory", &o.Machines),
 		str("tftp", "TFTP root `DIR`ectory", &o.TFTP),
-		num("tftp-port", "TFTP base `PORT`; the server listens on this plus --toolchain-num", &o.TFTPPort),
-		str("toolchain-name", "toolchain `NAME` (no '/', '~' or whitespace)", &o.ToolchainName),
-		num("toolchain-num", "toolchain `NUM`ber 1..99, offsets ports and interfaces", &o.ToolchainNum),
+		&cli.GenericFlag{Name: "tftp-port", Usage: "TFTP base `PORT` (1..65535 minus --toolchain-num); the server listens on this plus --toolchain-num", Value: decimal{&o.TFTPPort}},
+		str("toolchain-name", "toolchain `NAME`: letters, digits, _ . + -, starting with a letter or digit, at most 64, not a number or <digits>.*", &o.ToolchainName),
+		num("toolchain-num", "toolchain `NUM`ber, offsets ports and interfaces", &o.ToolchainNum),
 		&cli.StringFlag{Name: "toolchain-ver", Usage: "toolchain standard `VERSION`", Value: agent.Version, Destination: toolchainVer},
 		str("toolchain-id", "toolchain `ID`; a change re-bootstraps every machine", &o.ToolchainID),
 		secs("bootstrap-startup", "wait this long for a bootstrapping machine's first TFTP request", &o.BootstrapStartup),
 		secs("bootstrap-timeout", "bootstrap time limit", &o.BootstrapTimeout),
-		num("bootstrap-retries", "bootstrap mis-boot retries (`N`)", &o.BootstrapRetries),
+		num("bootstrap-retries", "up to `N` bootstrap mis-boot retries", &o.BootstrapRetries),
 		secs("build-startup", "wait this long for a build machine's first TFTP request", &o.BuildStartup),
 		secs("build-timeout", "build time limit", &o.BuildTimeout),
-		num("build-retries", "build mis-boot retries (`N`)", &o.BuildRetries),
+		num("build-retries", "up to `N` build mis-boot retries", &o.BuildRetries),
 		num("cpu", "virtual `CPU`s per machine", &o.CPU),
-		&cli.GenericFlag{Name: "ram", Usage: "machine RAM in `KiB`", Value: kib{&o.RAM}},
+		&cli.GenericFlag{Name: "ram", Usage: "machine RAM in `KiB` (" + agent.Ranges["ram"].String() + ")", Value: kib{&o.RAM}},
 		secs("connect-timeout", "controller connection timeout", &o.ConnectTimeout),
 		secs("request-timeout", "controller request timeout", &o.RequestTimeout),
-		num("request-retries", "controller request retries (`N`)", &o.RequestRetries),
+		num("request-retries", "up to `N` controller request retries", &o.RequestRetries),
 		&cli.StringSliceFlag{Name: "trust", Usage: "repository certificate `FINGERPRINT` to trust instead of the task's (repeatable)", Destination: trust},
 		str("auth-key", "RSA private key `PEM` file for controller authentication", &o.AuthKey),
 		boolean("systemd-daemon", "log for systemd (priority prefixes, no timestamps)", &o.SystemdDaemon),
-		num("verbose", "diagnostics `LEVEL` 0..6", &o.Verbose),
+		num("verbose", "diagnostics `LEVEL`", &o.Verbose),
 		boolean("fake-bootstrap", "record a bootstrap without booting the machine", &o.FakeBootstrap),
 		boolean("fake-build", "produce an abort result without booting the machine", &o.FakeBuild),
 		str("fake-machine", "machine header manifest `FILE`; serve TFTP with no VM", &o.FakeMachine),
