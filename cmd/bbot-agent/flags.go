@@ -144,6 +144,7 @@ func flags(o *agent.Options, toolchainVer *string, trust *cli.StringSlice) []cli
 		boolean("dump-task", "print the task the worker would get and exit", &o.DumpTask),
 		boolean("dump-result", "print the result manifest and exit", &o.DumpResult),
 		// Ours.
+		str("qemu", "QEMU `BINARY` (default qemu-system-x86_64 on PATH)", &o.QEMU),
 		str("network", "machine networking: `bridge` or user", &o.Network),
 		str("bridge", "host bridge `IF`ace for --network bridge", &o.Bridge),
 		str("accel", "QEMU accelerator: `auto`, kvm or tcg", &o.Accel),
