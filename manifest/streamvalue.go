@@ -178,17 +178,24 @@ func (p *Parser) fastRun(sink *valueSink) {
 			n = s.r.Buffered()
 		}
 		buf, _ := s.r.Peek(n)
+		plain := func(b byte) bool { return b >= 0x20 && b <= 0x7E && b != '\\' || b == '\t' }
 		k := 0
 		for k < len(buf) {
 			b := buf[k]
-			if (b < 0x20 || b > 0x7E || b == '\\') && b != '\t' {
+			if plain(b) {
+				s.column++
+			} else if b == '\n' && k+1 < len(buf) && plain(buf[k+1]) {
+				// A newline not followed by a backslash (or a CR) is
+				// plain value text too.
+				s.line++
+				s.column = 1
+			} else {
 				break
 			}
 			k++
 		}
 		sink.addRun(buf[:k])
 		s.r.Discard(k)
-		s.column += uint64(k)
 		if k < len(buf) {
 			return
 		}

@@ -49,6 +49,7 @@ func TestNextToMatchesNext(t *testing.T) {
 		": 1\na: \\\\\n",
 		": 1\na:\\\n\\\n",
 		": 1\na:\\",
+		": 1\na:\\\n" + strings.Repeat("l1 x\nl2\t\n\\\\y\n", 5000) + "\n\\\nb: c\n",
 	}
 	alpha := []string{"a", "b", " ", "\t", "\\", "\n", "\r", ":", "#", "\xc3\xa9", "\xff", "\x01", "\n\\\n", ":\\\n", "xyzxyzxyz"}
 	rng := rand.New(rand.NewPCG(1, 2))

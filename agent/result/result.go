@@ -575,12 +575,12 @@ func (pl *plan) write(dst io.Writer, src io.ReadSeeker, srcName string) (Summary
 	}
 	last := len(sc.ops) - 1
 	var slack int64 // planned bytes not used by logs written so far
-	emit := func(i int, v string, planned int64) error {
+	emit := func(i int, v string, _ int64) error {
 		v = pl.withNotes(i, v)
 		if v == "" {
 			return nil
 		}
-		slack += planned - pairSize(sc.ops[i].name+"-log", v)
+		// planned is exact for a log that is not cut: slack is unchanged.
 		return s.Next(sc.ops[i].name+"-log", v)
 	}
 	notesSize := int64(0)

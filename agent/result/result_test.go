@@ -405,3 +405,44 @@ func fileSize(b *testing.B, p string) int64 {
 }
 
 var _ = io.Discard
+
+// TestPeakRSSHelper measures one 64 MiB Write in a process of its own:
+// BBOT_RESULT_RSS=file go test -run PeakRSSHelper creates the upload when
+// file does not exist, and otherwise runs Write on it (measure that run,
+// e.g. with /usr/bin/time -v).
+func TestPeakRSSHelper(t *testing.T) {
+	src := os.Getenv("BBOT_RESULT_RSS")
+	if src == "" {
+		t.Skip("BBOT_RESULT_RSS not set")
+	}
+	if _, err := os.Stat(src); err != nil {
+		r := manyLogs(200, 64<<10)
+		r.Operations = append(r.Operations, manifest.OperationResult{Operation: "test", Status: "error", Log: logText(64<<20-200*(64<<10), "t")})
+		if os.Getenv("BBOT_RESULT_RSS_ONE") != "" {
+			r = manyLogs(1, 64<<20) // one log: the cut copy is near 15 MiB
+		}
+		if err := os.WriteFile(src, upload(t, r), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	f, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	out, err := os.Create(src + ".request")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	start := time.Now()
+	sum, err := Write(out, f, "manifest", head, Task{"a", "1"}, "note", MaxRequest)
+	if err == nil {
+		err = out.Sync()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%+v in %v", sum, time.Since(start))
+}

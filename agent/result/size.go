@@ -38,6 +38,14 @@ func (c *chunkSim) process(to int) {
 	v, end := c.win, len(c.win)
 	for i := c.pos; i < to; i++ {
 		b := v[i]
+		// Fast path: plain ASCII before column 76 can neither break nor
+		// be broken before (a blank may, and needs the look-ahead).
+		if b < 0x80 && b != ' ' && b != '\t' && c.col < 76 {
+			c.n++
+			c.col++
+			c.prev = b
+			continue
+		}
 		if c.prev != '\\' && b&0xC0 != 0x80 {
 			brk := false
 			if b == ' ' || b == '\t' {
