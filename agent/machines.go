@@ -118,12 +118,14 @@ type Enumerator struct {
 	// Snapshots counts the snapshots taken (for tests and benchmarks).
 	Snapshots int
 
+	// OnHostFault, if set, learns of a host-wide fault met while
+	// bootstrapping (the whole agent backs off, not just the machine).
+	OnHostFault func(why string)
+
 	// Machines that failed (bootstrap, snapshot, lock) wait out their own
-	// backoff; held bootstraps run in the background.
+	// backoff.
 	mu      sync.Mutex
 	waiting map[string]*machineWait
-	holds   sync.WaitGroup
-	holdCtx context.Context
 }
 
 // machineWait is one machine's backoff.
@@ -169,10 +171,6 @@ func (e *Enumerator) succeeded(dir string) {
 	delete(e.waiting, dir)
 	e.mu.Unlock()
 }
-
-// WaitHolds waits for background bootstrap holds (they end with the
-// context given to Enumerate).
-func (e *Enumerator) WaitHolds() { e.holds.Wait() }
 
 func (e *Enumerator) log() *slog.Logger {
 	if e.Log == nil {
@@ -236,10 +234,7 @@ func isDir(parent string, ent fs.DirEntry) bool {
 }
 
 // machineLock is a held machine flock.
-type machineLock struct {
-	f      *os.File
-	handed bool
-}
+type machineLock struct{ f *os.File }
 
 // LockMachine takes the machine directory's flock without waiting. It
 // returns (nil, nil) when another process or slot holds it.
@@ -281,17 +276,6 @@ func lockMachineWait(ctx context.Context, dir string, wait time.Duration) (*mach
 // Close releases the flock.
 func (l *machineLock) Close() error { return l.f.Close() }
 
-// handOver gives the lock to a background holder: release no longer
-// closes it.
-func (l *machineLock) handOver() { l.handed = true }
-
-// release closes the lock unless it was handed over.
-func (l *machineLock) release() {
-	if !l.handed {
-		l.f.Close()
-	}
-}
-
 // machine examines one machine directory; nil means nothing usable.
 func (e *Enumerator) machine(ctx context.Context, dir string) (*Machine, error) {
 	name := filepath.Base(dir)
@@ -303,7 +287,7 @@ func (e *Enumerator) machine(ctx context.Context, dir string) (*Machine, error) 
 		e.Log.Info("machine is busy, skipping", "machine", dir)
 		return nil, nil
 	}
-	defer lock.release() // releases the flock, unless a held bootstrap took it
+	defer lock.Close() // releases the flock
 
 	if err := RemoveTemporaries(dir, name, e.ToolchainName, e.Log); err != nil {
 		return nil, err
@@ -347,7 +331,7 @@ func (e *Enumerator) machine(ctx context.Context, dir string) (*Machine, error) 
 		return nil, nil
 	}
 	e.Log.Info("bootstrapping machine", "machine", dir, "reason", reason)
-	bm, err := e.bootstrap(ctx, dir, image, bootstrapped, mc, lock)
+	bm, err := e.bootstrap(ctx, dir, image, bootstrapped, mc)
 	if err != nil {
 		if ctx.Err() == nil {
 			e.Withhold(dir, "bootstrap failed: "+err.Error())
@@ -395,7 +379,7 @@ func TempName(base string) string {
 // bootstrap snapshots the image, runs the bootstrap step and publishes the
 // result as the new bootstrapped snapshot. A held bootstrap takes over the
 // machine's lock and work snapshot until the hold ends.
-func (e *Enumerator) bootstrap(ctx context.Context, dir, image, bootstrapped string, mc manifest.Machine, lock *machineLock) (manifest.BootstrappedMachine, error) {
+func (e *Enumerator) bootstrap(ctx context.Context, dir, image, bootstrapped string, mc manifest.Machine) (manifest.BootstrappedMachine, error) {
 	var bm manifest.BootstrappedMachine
 	work := TempName(bootstrapped)
 	if err := btrfs.Snapshot(image, work, false); err != nil {
@@ -411,9 +395,8 @@ func (e *Enumerator) bootstrap(ctx context.Context, dir, image, bootstrapped str
 		}
 	}
 	published := false
-	held := false
 	defer func() {
-		if !published && !held {
+		if !published {
 			deleteWork()
 		}
 	}()
@@ -421,16 +404,15 @@ func (e *Enumerator) bootstrap(ctx context.Context, dir, image, bootstrapped str
 	b, err := e.Bootstrapper.Bootstrap(ctx, BootstrapRequest{Machine: mc, Image: image, Snapshot: work})
 	var hb *heldBootstrap
 	if errors.As(err, &hb) {
-		held = true
-		lock.handOver()
-		e.holds.Add(1)
-		go func() {
-			defer e.holds.Done()
-			hb.hold(ctx)
-			deleteWork()
-			lock.Close()
-		}()
+		// The hold uses the slot's run files, TFTP port and tap: until
+		// slots give each hold its own, it holds the slot (and this
+		// machine's lock) here, as a held build does.
+		hb.hold(ctx)
 		return bm, err
+	}
+	var be *bootstrapError
+	if errors.As(err, &be) && be.host && e.OnHostFault != nil {
+		e.OnHostFault(be.Error())
 	}
 	if err != nil {
 		return bm, err

@@ -264,7 +264,8 @@ func TestBootstrapFailures(t *testing.T) {
 	m := makeMachine(t, vol, "m", "id-m")
 	for _, b := range []Bootstrapper{
 		failingBootstrapper{errors.New("machine did not boot")},
-		versionBootstrapper{mustVersion(t, "0.1.0")}, // older than ours: never a loop
+		versionBootstrapper{mustVersion(t, "0.1.0")},  // older than ours: never a loop
+		versionBootstrapper{mustVersion(t, "0.99.0")}, // newer than --toolchain-ver: not published
 	} {
 		e := &Enumerator{Root: root, ToolchainName: "tc", ToolchainID: "tcid",
 			AgentVersion: mustVersion(t, Version), Bootstrapper: b, Log: testLog(t)}
@@ -273,7 +274,12 @@ func TestBootstrapFailures(t *testing.T) {
 			t.Fatal(err)
 		}
 		if len(ms) != 0 {
-			t.Errorf("%T: failed bootstrap offered %d machines", b, len(ms))
+			t.Errorf("%T %v: failed bootstrap offered %d machines", b, b, len(ms))
+		}
+		// A failed machine waits out its own backoff: not retried at once.
+		e.Bootstrapper = FakeBootstrapper{}
+		if ms, _ := e.Enumerate(context.Background()); len(ms) != 0 {
+			t.Errorf("%v: failed machine retried at once", b)
 		}
 		entries, _ := os.ReadDir(m)
 		for _, ent := range entries {

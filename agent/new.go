@@ -47,7 +47,8 @@ func New(o *Options, log *slog.Logger) (*Agent, error) {
 		boot = FakeBootstrapper{}
 	}
 	a.Enumerator = &Enumerator{Root: o.Machines, ToolchainName: o.ToolchainName, ToolchainID: o.ToolchainID,
-		AgentVersion: o.ToolchainVer, Bootstrapper: boot, Log: log}
+		AgentVersion: o.ToolchainVer, Bootstrapper: boot, Log: log,
+		OnHostFault: func(why string) { a.applyBackoff(decideOutcome(bootstrapPhase, evHostFault), "", why) }}
 
 	httpClient := &http.Client{
 		Timeout: o.RequestTimeout,

@@ -200,7 +200,7 @@ func (a *Agent) perform(ctx context.Context, t *task, received time.Time) func()
 			rep = sessionReport{ev: evHostFault, why: "persisting the result: " + err.Error()}
 		default:
 			a.timings(t, received, s)
-			a.applyBackoff(decideOutcome(buildPhase, evResult), t.mach.Dir, "")
+			a.resetBackoff()
 			return teardown
 		}
 	}

@@ -200,7 +200,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.open(ctx); err != nil {
 		return err
 	}
-	defer a.Enumerator.WaitHolds()
 	if a.Ready != nil {
 		a.Ready()
 	}
@@ -247,7 +246,7 @@ var hostBackoffMax = 10 * time.Minute
 
 // applyBackoff records an outcome's backoff: a machine fault withholds the
 // machine, a host fault the whole agent (base the poll interval, doubling,
-// capped), and anything else resets the host backoff.
+// capped). Only a delivered worker result resets it (resetBackoff).
 func (a *Agent) applyBackoff(o outcome, machineDir, why string) {
 	switch o.Backoff {
 	case machineBackoff:
@@ -265,11 +264,14 @@ func (a *Agent) applyBackoff(o outcome, machineDir, why string) {
 		d := a.backoffDelay
 		a.backoffMu.Unlock()
 		a.Log.Error("host fault: backing off before asking for another task", "for", d, "why", why)
-	default:
-		a.backoffMu.Lock()
-		a.backoffDelay, a.backoffUntil = 0, time.Time{}
-		a.backoffMu.Unlock()
 	}
+}
+
+// resetBackoff ends the host-wide backoff: a task went well.
+func (a *Agent) resetBackoff() {
+	a.backoffMu.Lock()
+	a.backoffDelay, a.backoffUntil = 0, time.Time{}
+	a.backoffMu.Unlock()
 }
 
 func (a *Agent) backingOff() (time.Duration, string) {

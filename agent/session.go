@@ -247,6 +247,10 @@ func (s *session) waitResult(ctx context.Context) sessionReport {
 			}
 			return sessionReport{ev: evNoResult, why: ErrMachineExited.Error()}
 		case err != nil && ctx.Err() != nil:
+			if n, ok := s.q.completed(s.names); ok { // uploaded just as SIGTERM came
+				s.uploaded = s.q.uploadTime()
+				return sessionReport{ev: evResult, name: n}
+			}
 			return sessionReport{ev: evInterrupted, why: "interrupted while waiting for the result"}
 		case err != nil:
 			return sessionReport{ev: evTimeout, why: fmt.Sprintf("%s timeout (%s) passed without a result", s.mode, s.timeout)}

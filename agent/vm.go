@@ -137,6 +137,9 @@ func (v *VMs) Bootstrap(ctx context.Context, req BootstrapRequest) (manifest.Boo
 			if err := s.m.Shutdown(ctx, 60*time.Second); err != nil {
 				rep = sessionReport{ev: evForcedOff, why: "the machine did not power off after its bootstrap upload: " + err.Error()}
 			}
+		case err != nil:
+			// QEMU died (crashed, killed): not a power-off by the guest.
+			rep = sessionReport{ev: evForcedOff, why: "QEMU ended abnormally after the bootstrap upload: " + err.Error()}
 		}
 		if ctx.Err() != nil {
 			rep = sessionReport{ev: evInterrupted, why: "interrupted while the bootstrapped machine powered off"}
@@ -152,7 +155,7 @@ func (v *VMs) Bootstrap(ctx context.Context, req BootstrapRequest) (manifest.Boo
 	}
 	defer s.teardown()
 	if !oc.Publish {
-		return manifest.Bootstrap{}, &bootstrapError{ev: rep.ev, why: rep.why}
+		return manifest.Bootstrap{}, &bootstrapError{ev: rep.ev, why: rep.why, host: oc.Backoff == hostBackoff}
 	}
 	f, err := os.Open(filepath.Join(s.put, rep.name))
 	if err != nil {
@@ -164,15 +167,15 @@ func (v *VMs) Bootstrap(ctx context.Context, req BootstrapRequest) (manifest.Boo
 
 // bootstrapError is a failed bootstrap that holds nothing.
 type bootstrapError struct {
-	ev  event
-	why string
+	ev   event
+	why  string
+	host bool // a host-wide fault: the agent backs off
 }
 
 func (e *bootstrapError) Error() string { return "bootstrap " + e.ev.String() + ": " + e.why }
 
 // heldBootstrap is a bootstrap guest fault: the machine is kept for
-// inspection. Enumeration runs hold in the background, holding only that
-// machine's lock, never the poll loop.
+// inspection; enumeration runs hold, then withholds the machine.
 type heldBootstrap struct {
 	why  string
 	hold func(ctx context.Context)
