@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +13,7 @@ import (
 	"time"
 
 	"github.com/build2/bbot-agent-go/agent/controllertest"
+	"github.com/build2/bbot-agent-go/btrfs"
 	"github.com/build2/bbot-agent-go/machine"
 	"github.com/build2/bbot-agent-go/machine/machinetest"
 )
@@ -160,6 +163,96 @@ func TestFullStateDir(t *testing.T) {
 	}
 	if fi, err := os.Stat(console); err == nil && (fi0 == nil || !fi.ModTime().Equal(fi0.ModTime())) {
 		t.Error("a VM was started without a journal entry")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(strings.Join(status, "\n"), "backing off") {
+		t.Errorf("STATUS never said it backs off: %q", status)
+	}
+}
+
+// TestBootstrapForcedOffNotPublished: a worker that uploads its bootstrap
+// manifest but never powers off (power button ignored) is forced down; its
+// bootstrap is not published, the machine is withheld, nothing is left.
+func TestBootstrapForcedOffNotPublished(t *testing.T) {
+	e := newE2E(t)
+	tc := filepath.Join(e.opts.TFTP, "toolchains", "e2e", "toolchain")
+	os.WriteFile(tc, []byte(": 1\nbbot-version: "+Version+"\ntest-hang-version: 1.0.0\n"), 0o644)
+	a, err := New(&e.opts, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.VMs.powerOffWait, a.VMs.powerButtonGrace = 2*time.Second, 2*time.Second
+	ms, err := a.Enumerator.Enumerate(context.Background())
+	if err != nil || len(ms) != 0 {
+		t.Fatalf("%d machines offered after a forced power-off, %v", len(ms), err)
+	}
+	if _, err := os.Stat(filepath.Join(e.opts.Machines, "vol", "busybox", "busybox-e2e")); err == nil {
+		t.Error("bootstrap published after a forced power-off")
+	}
+	if !a.Enumerator.withheld(filepath.Join(e.opts.Machines, "vol", "busybox")) {
+		t.Error("machine not withheld after a failed bootstrap")
+	}
+}
+
+// TestMisbootRetryFreshSnapshot: each mis-boot retry boots a fresh
+// snapshot: what the first attempt wrote into its snapshot is gone.
+func TestMisbootRetryFreshSnapshot(t *testing.T) {
+	e := newE2E(t)
+	img := filepath.Join(e.opts.Machines, "vol", "busybox", "busybox-1.0")
+	btrfs.SetReadOnly(img, false)
+	os.WriteFile(filepath.Join(img, "manifest"), []byte(": 1\nid: broken\nname: "+testMachine+"\nsummary: s\ntype: kvm\n"), 0o644)
+	btrfs.SetReadOnly(img, true)
+	e.opts.BootstrapStartup, e.opts.BootstrapRetries, e.opts.SuspendTimeout = 3*time.Second, 1, time.Second
+	a, err := New(&e.opts, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var boots []string
+	a.VMs.onBoot = func(snapshot string, attempt int) {
+		_, err := os.Stat(filepath.Join(snapshot, "dirty"))
+		boots = append(boots, fmt.Sprintf("attempt %d dirty=%v", attempt, err == nil))
+		os.WriteFile(filepath.Join(snapshot, "dirty"), []byte("left by an attempt\n"), 0o644)
+	}
+	a.Enumerator.Enumerate(context.Background())
+	if len(boots) != 2 || boots[0] != "attempt 1 dirty=false" || boots[1] != "attempt 2 dirty=false" {
+		t.Errorf("boots %v: want two attempts, each on a clean snapshot", boots)
+	}
+}
+
+// TestHostWriteFailure: the host cannot store the guest's upload (the TFTP
+// task dirs on a full filesystem): a host fault, reported interrupt at
+// once (not after the build timeout), the machine not held, the agent
+// backing off.
+func TestHostWriteFailure(t *testing.T) {
+	machinetest.Require(t, os.Geteuid() == 0, "needs root to mount a tmpfs")
+	srv := controllertest.New()
+	defer srv.Close()
+	e := newE2E(t, Controller{URL: srv.TaskURL()})
+	e.opts.BuildTimeout = 120 * time.Second
+	build := filepath.Join(e.opts.TFTP, "build", "e2e")
+	os.MkdirAll(build, 0o755)
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", build).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", build).Run() })
+	var held atomic.Int32
+	e.onSuspend = func(*machine.Machine) { held.Add(1) }
+	var mu sync.Mutex
+	var status []string
+	e.onStatus = func(s string) { mu.Lock(); status = append(status, s); mu.Unlock() }
+	srv.QueueTask("huge", testMachine) // 1 GiB upload: ENOSPC at 1 MiB
+	e.start()
+	rs := srv.WaitResults(1, 100*time.Second)
+	e.shutdown()
+	if len(rs) != 1 || rs[0].Request.Result.Status != "interrupt" {
+		t.Fatalf("results %+v, want one interrupt", rs)
+	}
+	if !strings.Contains(rs[0].Request.Result.Operations[0].Log, "failed on the host") {
+		t.Errorf("diagnostics %q", rs[0].Request.Result.Operations[0].Log)
+	}
+	if held.Load() != 0 {
+		t.Error("a host fault held the machine")
 	}
 	mu.Lock()
 	defer mu.Unlock()

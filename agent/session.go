@@ -45,6 +45,8 @@ type session struct {
 	entry    string // journal entry id, for the VM record
 
 	undo        []func()
+	served      chan struct{} // closed when the TFTP server stops
+	serveErr    error         // why it stopped, if not shut down (read after served)
 	attempts    int
 	accel       string // of the current attempt
 	m           *machine.Machine
@@ -140,8 +142,16 @@ func (s *session) start(ctx context.Context) (sessionReport, bool) {
 		return host("binding TFTP", err)
 	}
 	srv := &tftp.Server{ErrorLog: v.Log}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(conn) }()
+	served := make(chan struct{})
+	s.serveErr = nil
+	s.served = served
+	go func() {
+		err := srv.Serve(conn)
+		if !errors.Is(err, tftp.ErrServerClosed) {
+			s.serveErr = err
+		}
+		close(served)
+	}()
 	s.push(func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -169,6 +179,9 @@ func (s *session) start(ctx context.Context) (sessionReport, bool) {
 			return host("tap", err)
 		}
 		s.push(v.dropTap)
+	}
+	if v.onBoot != nil {
+		v.onBoot(s.snapshot, s.attempts)
 	}
 	m, err := machine.Start(ctx, cfg, v.Log)
 	if err != nil {
@@ -236,9 +249,23 @@ func (s *session) waitResult(ctx context.Context) sessionReport {
 	deadline := time.Now().Add(s.timeout)
 	wctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
+	// A TFTP server that dies under the session is the host's fault, not
+	// a silent guest's.
+	serverDied := make(chan struct{})
+	go func() {
+		select {
+		case <-s.served:
+			close(serverDied)
+			cancel()
+		case <-wctx.Done():
+		}
+	}()
 	exited := s.m.Exited()
 	for {
 		e, err := s.q.nextOrExit(wctx, exited)
+		if err != nil && isClosed(serverDied) && ctx.Err() == nil {
+			return sessionReport{ev: evHostFault, why: fmt.Sprintf("the TFTP server stopped: %v", s.serveErr)}
+		}
 		switch {
 		case errors.Is(err, errExited):
 			if n, ok := s.q.completed(s.names); ok { // uploaded just before the power-off
@@ -281,6 +308,15 @@ func containsString(list []string, s string) bool {
 }
 
 var errExited = errors.New("machine exited")
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
 
 // nextOrExit returns the next event, or errExited once exited is closed
 // and no event is queued.

@@ -37,6 +37,14 @@ type VMs struct {
 	// onSuspend, if set, is told about each machine held after a soft
 	// failure (tests inspect it).
 	onSuspend func(*machine.Machine)
+	// onBoot, if set, is told each attempt's snapshot before QEMU starts
+	// (tests check that a retry boots a fresh one).
+	onBoot func(snapshot string, attempt int)
+
+	// After its bootstrap upload a worker powers off by itself within
+	// powerOffWait; then the power button is pressed and it has
+	// powerButtonGrace (zero: the defaults below; tests shorten them).
+	powerOffWait, powerButtonGrace time.Duration
 }
 
 // machineConfig is the QEMU configuration for one boot.
@@ -127,14 +135,18 @@ func (v *VMs) Bootstrap(ctx context.Context, req BootstrapRequest) (manifest.Boo
 	if rep.ev == evResult {
 		// The worker powers off by itself; give it time, then press the
 		// button. Forced down, it may not have finished writing its disk.
-		wctx, cancel := context.WithTimeout(ctx, 300*time.Second)
+		wait, grace := v.powerOffWait, v.powerButtonGrace
+		if wait == 0 {
+			wait, grace = 300*time.Second, 60*time.Second
+		}
+		wctx, cancel := context.WithTimeout(ctx, wait)
 		err := s.m.Wait(wctx)
 		cancel()
 		switch {
 		case ctx.Err() != nil:
 			rep = sessionReport{ev: evInterrupted, why: "interrupted while the bootstrapped machine powered off"}
 		case errors.Is(err, context.DeadlineExceeded):
-			if err := s.m.Shutdown(ctx, 60*time.Second); err != nil {
+			if err := s.m.Shutdown(ctx, grace); err != nil {
 				rep = sessionReport{ev: evForcedOff, why: "the machine did not power off after its bootstrap upload: " + err.Error()}
 			}
 		case err != nil:
