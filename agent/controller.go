@@ -23,12 +23,16 @@ const MaxTaskRequest = 100 << 10
 // Client asks controllers for tasks.
 type Client struct {
 	Controllers []Controller
-	HTTP        *http.Client
-	Retries     int // per controller, on network errors and 5xx
+	HTTP        *http.Client // its Timeout is the per-request timeout (--request-timeout)
+	Retries     int          // retry rounds per poll, on network errors, 429 and 5xx
 	Log         *slog.Logger
 	Rand        *rand.Rand
-	Min, Max    time.Duration // retry backoff bounds
+	Min, Max    time.Duration // backoff bounds between retry rounds
 }
+
+// DefaultRequestTimeout bounds one request when the HTTP client has no
+// Timeout of its own (bbot's --request-timeout default).
+const DefaultRequestTimeout = 300 * time.Second
 
 // apiError is a failed exchange; retryable for network errors, 429, 5xx.
 type apiError struct {
@@ -41,8 +45,33 @@ func (e *apiError) Unwrap() error   { return e.err }
 func (e *apiError) Retryable() bool { return e.retryable }
 
 // RequestTask offers the machines to the controllers, higher priority
-// first, random among equals, and returns the first task found (nil, nil
-// when nobody has work).
+// first, random among equals, and returns the first task found (nil, nil,
+// nil when nobody has work or every controller failed; failures are
+// logged). An error is returned only for a bad request or when ctx ends.
+//
+// A poll runs in rounds. Round 0 asks every controller once, in priority
+// order; the first task ends the poll. Controllers that failed in a
+// retryable way (network errors, timeouts, 429, 5xx) are collected; a
+// non-retryable failure (another 4xx, an answer that is not a task
+// response) is not retried in this poll. Only when round 0 brought no task
+// are the collected controllers retried, still in priority order, for up
+// to Retries more rounds with a backoff (journal.Backoff(round-1, Min,
+// Max)) between rounds; a controller leaves the set once it answers.
+//
+// Tradeoff: a task from a lower-priority controller in round 0 is taken
+// even if a higher-priority one failed and might have had work after a
+// retry. A hung or failing top controller must not starve the farm: it now
+// delays the others by at most one request timeout per poll, where retrying
+// it first cost request timeout x (retries+1) (about 25 minutes by default).
+//
+// The whole poll is bounded by a deadline of (len(Controllers)+1) x T +
+// 2 x Max, where T is HTTP.Timeout (DefaultRequestTimeout when unset): round
+// 0 needs at most one T per controller, and the retry rounds together get
+// one more T plus room for the backoffs. By default (T 300 s, Max 60 s) a
+// poll of one hung controller ends after about 12 minutes whatever Retries
+// is. A retry round whose backoff would pass the deadline is not started.
+// Reaching the deadline ends the poll like "no task"; ctx ending ends it at
+// once with ctx's error.
 func (c *Client) RequestTask(ctx context.Context, req manifest.TaskRequest) (*manifest.TaskResponse, *Controller, error) {
 	var b bytes.Buffer
 	if err := req.Serialize(&b); err != nil {
@@ -52,47 +81,85 @@ func (c *Client) RequestTask(ctx context.Context, req manifest.TaskRequest) (*ma
 		return nil, nil, fmt.Errorf("task request is %d bytes, over brep's limit", b.Len())
 	}
 	body := b.Bytes()
-	for _, ctl := range OrderControllers(c.Controllers, c.Rand) {
-		resp, err := c.ask(ctx, ctl, body)
-		if ctx.Err() != nil {
-			return nil, nil, ctx.Err()
+	ctls := OrderControllers(c.Controllers, c.Rand)
+	deadline := time.Now().Add(c.pollBound(len(ctls)))
+	pctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+
+	pending := ctls // asked in this round, in priority order
+	for round := 0; len(pending) > 0 && round <= c.Retries; round++ {
+		if round > 0 {
+			d := journal.Backoff(round-1, c.Min, c.Max)
+			if time.Until(deadline) <= d {
+				c.Log.Warn("poll time bound reached, not retrying", "controllers", len(pending), "round", round)
+				return nil, nil, nil
+			}
+			t := time.NewTimer(d)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil, nil, ctx.Err()
+			case <-t.C:
+			}
 		}
-		if err != nil {
-			c.Log.Warn("controller failed", "url", ctl.URL, "error", err)
-			continue
+		var failed []Controller
+		for _, ctl := range pending {
+			resp, err := c.ask(pctx, ctl, body)
+			if ctx.Err() != nil {
+				return nil, nil, ctx.Err()
+			}
+			if err != nil {
+				if pctx.Err() != nil {
+					c.Log.Warn("poll time bound reached", "url", ctl.URL, "round", round, "error", err)
+					return nil, nil, nil
+				}
+				var ae *apiError
+				retry := errors.As(err, &ae) && ae.Retryable()
+				c.Log.Warn("controller failed", "url", ctl.URL, "round", round, "retryable", retry, "error", err)
+				if retry {
+					failed = append(failed, ctl)
+				}
+				continue
+			}
+			if resp.Session() == "" {
+				c.Log.Debug("no task", "url", ctl.URL)
+				continue
+			}
+			return resp, &ctl, nil
 		}
-		if resp.Session() == "" {
-			c.Log.Debug("no task", "url", ctl.URL)
-			continue
-		}
-		return resp, &ctl, nil
+		pending = failed
 	}
 	return nil, nil, nil
 }
 
-// ask POSTs the request to one controller, retrying what is retryable.
-func (c *Client) ask(ctx context.Context, ctl Controller, body []byte) (*manifest.TaskResponse, error) {
-	var last error
-	for attempt := 0; attempt <= c.Retries; attempt++ {
-		if attempt > 0 {
-			select {
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			case <-time.After(journal.Backoff(attempt-1, c.Min, c.Max)):
-			}
-		}
-		resp, err := c.post(ctx, ctl.URL, body)
-		if err == nil {
-			return resp, nil
-		}
-		last = err
-		var ae *apiError
-		if !errors.As(err, &ae) || !ae.Retryable() {
-			return nil, err
-		}
-		c.Log.Debug("retrying controller", "url", ctl.URL, "attempt", attempt+1, "error", err)
+// requestTimeout is the per-request timeout.
+func (c *Client) requestTimeout() time.Duration {
+	if c.HTTP != nil && c.HTTP.Timeout > 0 {
+		return c.HTTP.Timeout
 	}
-	return nil, last
+	return DefaultRequestTimeout
+}
+
+// pollBound is the longest a poll of n controllers may take (see
+// RequestTask).
+func (c *Client) pollBound(n int) time.Duration {
+	// The largest backoff journal.Backoff gives before jitter.
+	min, max := c.Min, c.Max
+	if min <= 0 {
+		min = time.Second
+	}
+	if max < min {
+		max = min
+	}
+	return time.Duration(n+1)*c.requestTimeout() + 2*max
+}
+
+// ask POSTs the request to one controller once, within the request
+// timeout.
+func (c *Client) ask(ctx context.Context, ctl Controller, body []byte) (*manifest.TaskResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.requestTimeout())
+	defer cancel()
+	return c.post(ctx, ctl.URL, body)
 }
 
 func (c *Client) post(ctx context.Context, url string, body []byte) (*manifest.TaskResponse, error) {
@@ -101,7 +168,11 @@ func (c *Client) post(ctx context.Context, url string, body []byte) (*manifest.T
 		return nil, &apiError{err, false}
 	}
 	req.Header.Set("Content-Type", "text/manifest")
-	resp, err := c.HTTP.Do(req)
+	hc := c.HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		return nil, &apiError{err, true}
 	}

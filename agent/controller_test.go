@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -122,4 +123,214 @@ func TestResultRequestFor(t *testing.T) {
 	if _, err := ResultRequestFor(resp, nil, "x", manifest.Result{}); err == nil || !strings.Contains(err.Error(), "auth-key") {
 		t.Errorf("challenge without key: %v", err)
 	}
+}
+
+// pollLog records which controller was asked, in order, across servers.
+type pollLog struct {
+	mu    sync.Mutex
+	asked []string
+}
+
+func (l *pollLog) add(name string) {
+	l.mu.Lock()
+	l.asked = append(l.asked, name)
+	l.mu.Unlock()
+}
+
+func (l *pollLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.asked, ",")
+}
+
+func (l *pollLog) count(name string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, a := range l.asked {
+		if a == name {
+			n++
+		}
+	}
+	return n
+}
+
+// pollServer is a controller named name whose n-th request is answered by
+// fault (see controllertest.Server.Fault); hang makes every request block
+// until the test ends.
+func pollServer(t *testing.T, log *pollLog, name string, hang bool, fault func(n int) int) *controllertest.Server {
+	srv := controllertest.New()
+	t.Cleanup(srv.Close)
+	done := make(chan struct{})
+	t.Cleanup(func() { close(done) }) // runs before srv.Close
+	srv.Fault = func(r *http.Request, n int) int {
+		log.add(name)
+		if hang {
+			<-done
+			return 500
+		}
+		if fault != nil {
+			return fault(n)
+		}
+		return 0
+	}
+	return srv
+}
+
+// pollTimeout is the request timeout of the poll tests.
+const pollTimeout = 300 * time.Millisecond
+
+func pollClient(t *testing.T, ctls ...Controller) *Client {
+	c := testClient(t, ctls...)
+	c.HTTP.Timeout = pollTimeout
+	c.Retries = 4
+	return c
+}
+
+// A hung top-priority controller costs one request timeout, not
+// timeout x (retries+1): the lower controller's task is taken in round 0.
+func TestClientHungTopController(t *testing.T) {
+	var log pollLog
+	hung := pollServer(t, &log, "hung", true, nil)
+	low := pollServer(t, &log, "low", false, nil)
+	low.QueueTask("low-task", "x86_64-linux_test")
+	c := pollClient(t, Controller{URL: hung.TaskURL(), Priority: 9}, Controller{URL: low.TaskURL(), Priority: 1})
+	start := time.Now()
+	resp, ctl, err := c.RequestTask(context.Background(), testRequest(t))
+	elapsed := time.Since(start)
+	if err != nil || resp == nil || resp.Task.Name() != "low-task" || ctl.Priority != 1 {
+		t.Fatalf("got %v from %v (%v)", resp, ctl, err)
+	}
+	if got := log.String(); got != "hung,low" {
+		t.Errorf("asked %s, want hung,low", got)
+	}
+	// One timeout plus slack; retrying the hung one would take 5 timeouts.
+	if elapsed > 3*pollTimeout {
+		t.Errorf("poll took %v, want about one request timeout (%v)", elapsed, pollTimeout)
+	}
+}
+
+// A flaky controller is retried in later rounds, after the other failed
+// ones of the round, in priority order, and its task comes back.
+func TestClientFlakyRetried(t *testing.T) {
+	flaky := func(n int) int {
+		if n <= 2 {
+			return 503
+		}
+		return 0
+	}
+	t.Run("alone", func(t *testing.T) {
+		var log pollLog
+		srv := pollServer(t, &log, "flaky", false, flaky)
+		srv.QueueTask("hello", "x86_64-linux_test")
+		c := pollClient(t, Controller{URL: srv.TaskURL()})
+		resp, _, err := c.RequestTask(context.Background(), testRequest(t))
+		if err != nil || resp == nil || resp.Task.Name() != "hello" {
+			t.Fatalf("got %v (%v)", resp, err)
+		}
+		if got := log.String(); got != "flaky,flaky,flaky" {
+			t.Errorf("asked %s", got)
+		}
+	})
+	t.Run("by rounds", func(t *testing.T) {
+		var log pollLog
+		high := pollServer(t, &log, "high", false, flaky)
+		high.QueueTask("high-task", "x86_64-linux_test")
+		low := pollServer(t, &log, "low", false, func(int) int { return 503 })
+		c := pollClient(t, Controller{URL: low.TaskURL(), Priority: 1}, Controller{URL: high.TaskURL(), Priority: 5})
+		resp, ctl, err := c.RequestTask(context.Background(), testRequest(t))
+		if err != nil || resp == nil || resp.Task.Name() != "high-task" || ctl.Priority != 5 {
+			t.Fatalf("got %v from %v (%v)", resp, ctl, err)
+		}
+		// Retrying high first (the old way) would ask high,high,high.
+		if got := log.String(); got != "high,low,high,low,high" {
+			t.Errorf("asked %s, want high,low,high,low,high", got)
+		}
+	})
+}
+
+// 4xx and garbage are not retried in the poll; 503 is, Retries times.
+func TestClientNotRetried(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		fault int
+	}{{"400", 400}, {"garbage", -2}} {
+		t.Run(tc.name, func(t *testing.T) {
+			var log pollLog
+			bad := pollServer(t, &log, "bad", false, func(int) int { return tc.fault })
+			bad.QueueTask("hello", "x86_64-linux_test")
+			busy := pollServer(t, &log, "busy", false, func(int) int { return 503 })
+			c := pollClient(t, Controller{URL: bad.TaskURL(), Priority: 2}, Controller{URL: busy.TaskURL(), Priority: 1})
+			resp, _, err := c.RequestTask(context.Background(), testRequest(t))
+			if err != nil || resp != nil {
+				t.Fatalf("got %v (%v)", resp, err)
+			}
+			if got := log.String(); got != "bad,busy,busy,busy,busy,busy" {
+				t.Errorf("asked %s, want bad once, busy 1 + 4 times", got)
+			}
+		})
+	}
+}
+
+// With every controller hung the poll still ends, within its bound of
+// (controllers+1) timeouts + 2 x Max, not retries x controllers timeouts.
+func TestClientPollBounded(t *testing.T) {
+	var log pollLog
+	a := pollServer(t, &log, "a", true, nil)
+	b := pollServer(t, &log, "b", true, nil)
+	c := pollClient(t, Controller{URL: a.TaskURL(), Priority: 2}, Controller{URL: b.TaskURL(), Priority: 1})
+	bound := c.pollBound(2) // 3 x 300 ms + 10 ms
+	start := time.Now()
+	resp, _, err := c.RequestTask(context.Background(), testRequest(t))
+	elapsed := time.Since(start)
+	if err != nil || resp != nil {
+		t.Fatalf("got %v (%v)", resp, err)
+	}
+	if log.count("a") < 1 || log.count("b") < 1 {
+		t.Errorf("round 0 did not ask every controller: %s", log.String())
+	}
+	// The old per-controller retries took 2 x 5 x 300 ms = 3 s.
+	if elapsed > bound+time.Second {
+		t.Errorf("poll took %v, bound %v", elapsed, bound)
+	}
+}
+
+// Cancelling ctx ends a poll at once, in a request or between rounds.
+func TestClientPollCancel(t *testing.T) {
+	t.Run("in a request", func(t *testing.T) {
+		var log pollLog
+		a := pollServer(t, &log, "a", true, nil)
+		b := pollServer(t, &log, "b", true, nil)
+		c := pollClient(t, Controller{URL: a.TaskURL()}, Controller{URL: b.TaskURL()})
+		c.HTTP.Timeout = time.Hour
+		ctx, cancel := context.WithCancel(context.Background())
+		time.AfterFunc(100*time.Millisecond, cancel)
+		start := time.Now()
+		_, _, err := c.RequestTask(ctx, testRequest(t))
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("got %v", err)
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Errorf("cancelled poll took %v", d)
+		}
+		if got := log.String(); got != "a" && got != "b" {
+			t.Errorf("asked %s after the cancel", got)
+		}
+	})
+	t.Run("between rounds", func(t *testing.T) {
+		var log pollLog
+		srv := pollServer(t, &log, "busy", false, func(int) int { return 503 })
+		c := pollClient(t, Controller{URL: srv.TaskURL()})
+		c.Min, c.Max = time.Hour, time.Hour
+		ctx, cancel := context.WithCancel(context.Background())
+		time.AfterFunc(100*time.Millisecond, cancel)
+		start := time.Now()
+		_, _, err := c.RequestTask(ctx, testRequest(t))
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("got %v", err)
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Errorf("cancelled poll took %v", d)
+		}
+	})
 }
