@@ -10,9 +10,15 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"strings"
 )
+
+// KeyFileExposed reports whether a key file with this mode is open to its
+// group or to others (any of the 0o077 bits): the key signs the agent's
+// challenge responses, so only its owner should read it.
+func KeyFileExposed(mode fs.FileMode) bool { return mode.Perm()&0o077 != 0 }
 
 // LoadKey reads an RSA private key in PEM (PKCS#1 or PKCS#8).
 func LoadKey(path string) (*rsa.PrivateKey, error) {

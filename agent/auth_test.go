@@ -63,3 +63,19 @@ func TestLoadKeyErrors(t *testing.T) {
 		t.Error("missing key accepted")
 	}
 }
+
+// TestKeyFileExposed: any group or other permission bit on the --auth-key
+// file is reported; the owner's bits and the file type are not.
+func TestKeyFileExposed(t *testing.T) {
+	for mode, want := range map[os.FileMode]bool{
+		0o600: false, 0o400: false, 0o700: false, 0o000: false,
+		0o640: true, 0o644: true, 0o604: true, 0o620: true, 0o602: true,
+		0o610: true, 0o601: true, 0o666: true, 0o777: true,
+		os.ModeSymlink | 0o600: false, os.ModeSetuid | 0o600: false,
+		os.ModeSticky | 0o644: true,
+	} {
+		if got := KeyFileExposed(mode); got != want {
+			t.Errorf("%v: got %v, want %v", mode, got, want)
+		}
+	}
+}

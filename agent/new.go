@@ -1,11 +1,13 @@
 package agent
 
 import (
+	"fmt"
 	"log/slog"
 	mathrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -18,7 +20,8 @@ import (
 )
 
 // New builds the agent from the options. It does no I/O beyond reading
-// the --auth-key: directories, the journal and the TFTP port are taken by
+// the --auth-key (warning if its mode lets others read it) and looking up
+// --qemu-user: directories, the journal and the TFTP port are taken by
 // Run (and the one-shot modes) when a session needs them.
 func New(o *Options, log *slog.Logger) (*Agent, error) {
 	a := &Agent{Opts: o, Log: log, Version: agentVersion()}
@@ -29,9 +32,20 @@ func New(o *Options, log *slog.Logger) (*Agent, error) {
 			return nil, &OptionError{Option: "auth-key", Value: o.AuthKey, Reason: err.Error()}
 		}
 		a.Key = key
+		if fi, err := os.Stat(o.AuthKey); err == nil && KeyFileExposed(fi.Mode()) {
+			log.Warn("the --auth-key file is accessible to its group or others; make it readable by its owner only (chmod 600)",
+				"path", o.AuthKey, "mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
+		}
 		if a.Fingerprint, err = Fingerprint(&key.PublicKey); err != nil {
 			return nil, err
 		}
+	}
+	if u := o.QEMURunAs(); u != "" {
+		if _, err := user.Lookup(u); err != nil {
+			return nil, &OptionError{Option: "qemu-user", Value: u, Reason: err.Error()}
+		}
+	} else if os.Geteuid() == 0 {
+		log.Warn("--qemu-user is empty: QEMU runs as root (still under -sandbox)")
 	}
 
 	vms := &VMs{Opts: o, Log: log, Accel: &machine.Accel{Requested: o.Accel, StateFile: filepath.Join(o.StateDir, "accel"), Log: log}}

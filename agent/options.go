@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/url"
+	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -15,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/build2/bbot-agent-go/machine"
 	"github.com/build2/bbot-agent-go/manifest"
 )
 
@@ -67,6 +69,7 @@ type Options struct {
 	Resume        bool
 
 	QEMU           string // QEMU binary (default qemu-system-x86_64 on PATH)
+	QEMUUser       string // -runas user when the agent is root; "" keeps QEMU root
 	Network        string // "bridge" or "user"
 	Bridge         string
 	Accel          string // "auto", "kvm" or "tcg"
@@ -183,6 +186,9 @@ func (o *Options) Validate() error {
 			return &OptionError{d.name, strconv.FormatInt(int64(d.v/time.Second), 10), "must be between " + strconv.FormatInt(r.Min, 10) + " and " + strconv.FormatInt(r.Max, 10) + " seconds"}
 		}
 	}
+	if o.QEMUUser != "" && !machine.ValidUserName(o.QEMUUser) {
+		return &OptionError{"qemu-user", o.QEMUUser, "expected a user name: letters, digits and '_', '.', '-', starting with a letter or '_', at most 32"}
+	}
 	for _, fp := range o.Trust {
 		if !validTrust(fp) {
 			return &OptionError{"trust", fp, "expected a SHA256 fingerprint (XX:XX:... in hex) or 'yes'"}
@@ -238,6 +244,16 @@ func ValidateToolchainName(name string) error {
 		return bad("must not be a number or start with digits and '.' (names <machine>-" + BootstrapProtocol + " and <machine>-" + BootstrapProtocol + ".<R> are the machine's own)")
 	}
 	return nil
+}
+
+// QEMURunAs is the user QEMU switches to (-runas): --qemu-user when the
+// agent runs as root, none otherwise (an unprivileged QEMU cannot setuid,
+// and already runs as the agent's user).
+func (o *Options) QEMURunAs() string {
+	if os.Geteuid() != 0 {
+		return ""
+	}
+	return o.QEMUUser
 }
 
 // AdminCommand reports whether an admin command was asked for.

@@ -2,10 +2,13 @@ package agent
 
 import (
 	"math/rand/v2"
+	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/build2/bbot-agent-go/machine"
 	"github.com/build2/bbot-agent-go/manifest"
 )
 
@@ -215,5 +218,48 @@ func TestValidateRanges(t *testing.T) {
 	o.RAM = 1<<63 + 65536
 	if err := o.Validate(); err == nil {
 		t.Errorf("--ram %d accepted", o.RAM)
+	}
+}
+
+// TestValidateQEMUUser: --qemu-user takes a plain user name or nothing;
+// QEMU gets it as -runas only when the agent is root, and always runs
+// under -sandbox.
+func TestValidateQEMUUser(t *testing.T) {
+	for u, ok := range map[string]bool{
+		"": true, "nobody": true, "bbot-qemu": true, "_q.1": true,
+		"0:0": false, "65534": false, "-root": false, "a,b": false, "a b": false,
+		strings.Repeat("u", 33): false,
+	} {
+		o := validOptions()
+		o.QEMUUser = u
+		err := o.Validate()
+		if (err == nil) != ok {
+			t.Errorf("--qemu-user %q: got %v, want ok=%v", u, err, ok)
+		}
+		if err != nil && !strings.Contains(err.Error(), "--qemu-user ") {
+			t.Errorf("--qemu-user %q: error does not name the option: %v", u, err)
+		}
+	}
+
+	o := validOptions()
+	o.QEMUUser, o.Network, o.Accel = "nobody", "user", "tcg"
+	want := ""
+	if os.Geteuid() == 0 {
+		want = "nobody"
+	}
+	if got := o.QEMURunAs(); got != want {
+		t.Errorf("QEMURunAs as uid %d: %q, want %q", os.Geteuid(), got, want)
+	}
+	v := &VMs{Opts: &o, Accel: &machine.Accel{Requested: o.Accel}, TFTPEndpoint: "10.0.2.2:23401"}
+	cfg := v.machineConfig(manifest.Machine{MachineHeader: manifest.MachineHeader{Name: "m"}}, t.TempDir(), "build")
+	if !cfg.Sandbox || cfg.RunAs != want {
+		t.Errorf("machine config: Sandbox %v, RunAs %q", cfg.Sandbox, cfg.RunAs)
+	}
+	args, err := cfg.Args()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(args, "-sandbox") || slices.Contains(args, "-runas") != (want != "") {
+		t.Errorf("argv: %s", machine.CommandLine(args))
 	}
 }

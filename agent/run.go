@@ -81,6 +81,11 @@ func (a *Agent) open(ctx context.Context) error {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return err
 		}
+		// An existing directory keeps its mode (it may be shared):
+		// warn, since it holds QMP sockets or signed challenges.
+		if fi, err := os.Stat(d); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			a.Log.Warn("directory is accessible to its group or others; make it 0700", "dir", d, "mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
+		}
 	}
 	if a.Journal == nil {
 		j, err := journal.Open(journal.Dir(a.Opts.StateDir, 1))

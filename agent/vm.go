@@ -63,6 +63,8 @@ func (v *VMs) machineConfig(mc manifest.Machine, dir, mode string) machine.Confi
 		MAC:           mc.MAC,
 		Options:       mc.Options,
 		ConsoleLogMax: machine.DefaultConsoleLogMax,
+		Sandbox:       true,
+		RunAs:         o.QEMURunAs(),
 	}
 	if o.Network == "bridge" {
 		cfg.Tap = "bb" + strconv.Itoa(o.ToolchainNum)

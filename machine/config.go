@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 )
@@ -36,6 +37,25 @@ type Config struct {
 
 	ConsoleLog    string // default <RunDir>/console.log
 	ConsoleLogMax int64  // bytes kept (the tail); default 16 MiB
+
+	// Sandbox runs QEMU under its seccomp filter: -sandbox on with
+	// obsolete, spawn and resourcecontrol denied, and elevateprivileges
+	// denied unless RunAs needs setuid (QEMU 7.2 dies of SIGSYS on its
+	// -runas setuid under elevateprivileges=deny).
+	Sandbox bool
+	// RunAs, a user name, is QEMU's -runas: QEMU starts as the caller
+	// (root) and switches to this user's uid, gid and groups at the end of
+	// its initialisation. Everything on the command line is opened before
+	// the switch: the QMP sockets and the pid file in RunDir (created as
+	// root; QEMU can no longer unlink them, Start's owner removes them),
+	// the kernel, initrd and disk (read as root: nothing in Dir needs to be
+	// owned by or readable for the user), /dev/kvm and the tap. Afterwards
+	// QEMU opens nothing; the console is its stdout. The uid change also
+	// clears the parent-death signal (Pdeathsig) and makes the process
+	// non-dumpable (other processes of the user cannot ptrace it or read
+	// its memory, but they can signal it): a dedicated user is better than
+	// nobody. Not for unprivileged callers: QEMU cannot setuid.
+	RunAs string
 }
 
 // Socket and file names inside RunDir; short, because a UNIX socket path
@@ -111,11 +131,41 @@ func (c *Config) Validate() error {
 	if c.Disk != "" && (filepath.IsAbs(c.Disk) || strings.Contains(c.Disk, ",")) {
 		return fmt.Errorf("machine: disk %q must be a plain relative path", c.Disk)
 	}
-	if _, err := SplitOptions(c.Options); err != nil {
+	if c.RunAs != "" && !ValidUserName(c.RunAs) {
+		return fmt.Errorf("machine: bad user name %q", c.RunAs)
+	}
+	opts, err := SplitOptions(c.Options)
+	if err != nil {
 		return err
+	}
+	// The manifest's options must not undo the sandbox or the user switch
+	// (QEMU merges -sandbox options and the last -runas wins).
+	for _, w := range opts {
+		opt := w
+		if strings.HasPrefix(opt, "--") {
+			opt = opt[1:] // QEMU takes --opt for -opt
+		}
+		switch opt {
+		case "-sandbox":
+			if c.Sandbox {
+				return fmt.Errorf("machine options: %s conflicts with the agent's sandbox", w)
+			}
+		case "-runas", "-run-with":
+			if c.RunAs != "" {
+				return fmt.Errorf("machine options: %s conflicts with the agent's -runas", w)
+			}
+		}
 	}
 	return nil
 }
+
+// userName is a portable user name (POSIX's portable filename characters,
+// not starting with '-' or a digit, so it is neither an option nor QEMU's
+// <uid>:<gid> form), at most 32 bytes like Linux's utmp.
+var userName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]{0,31}$`)
+
+// ValidUserName reports whether s is acceptable as RunAs.
+func ValidUserName(s string) bool { return userName.MatchString(s) }
 
 func validMAC(s string) bool {
 	parts := strings.Split(s, ":")
@@ -185,7 +235,19 @@ func (c *Config) Args() ([]string, error) {
 		a = append(a, "-drive", "file="+c.Disk+",if=virtio,format=raw")
 	}
 	opts, _ := SplitOptions(c.Options)
-	return append(a, opts...), nil
+	a = append(a, opts...)
+	// Last, after the manifest's options (which Validate has checked).
+	if c.Sandbox {
+		elevate := "deny"
+		if c.RunAs != "" {
+			elevate = "allow" // -runas's setgid/setuid
+		}
+		a = append(a, "-sandbox", "on,obsolete=deny,elevateprivileges="+elevate+",spawn=deny,resourcecontrol=deny")
+	}
+	if c.RunAs != "" {
+		a = append(a, "-runas", c.RunAs)
+	}
+	return a, nil
 }
 
 // SplitOptions splits the manifest's options like a POSIX shell would

@@ -41,6 +41,13 @@ func TestArgsGolden(t *testing.T) {
 			c.Options = `-device virtio-rng-pci -append 'console=ttyS0 a="b c"'`
 		},
 		"user-tcg-no-options": func(c *Config) { c.Options = ""; c.OEMStrings = []string{"comma,in=value"} },
+		// The agent's sandbox: as root with -runas (setuid allowed) ...
+		"user-kvm-sandbox-runas": func(c *Config) { c.Accel = "kvm"; c.Sandbox = true; c.RunAs = "bbot-qemu" },
+		// ... and unprivileged (no setuid).
+		"bridge-tcg-sandbox": func(c *Config) {
+			c.Network, c.Tap = "bridge", "bb2"
+			c.Sandbox = true
+		},
 	}
 	for name, mod := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -82,12 +89,41 @@ func TestValidate(t *testing.T) {
 		"disk":             func(c *Config) { c.Disk = "/etc/disk.img" },
 		"quote":            func(c *Config) { c.Options = `-append "unterminated` },
 		"no dir":           func(c *Config) { c.Dir = "" },
+		"runas option":     func(c *Config) { c.RunAs = "-root" },
+		"runas uid:gid":    func(c *Config) { c.RunAs = "0:0" },
+		"runas comma":      func(c *Config) { c.RunAs = "a,b" },
+		"runas long":       func(c *Config) { c.RunAs = strings.Repeat("u", 33) },
+		"runas digits":     func(c *Config) { c.RunAs = "65534" },
+		"sandbox off":      func(c *Config) { c.Sandbox = true; c.Options += " -sandbox off" },
+		"sandbox --":       func(c *Config) { c.Sandbox = true; c.Options += " --sandbox off" },
+		"runas root":       func(c *Config) { c.RunAs = "nobody"; c.Options += " -runas root" },
+		"run-with":         func(c *Config) { c.RunAs = "nobody"; c.Options += " -run-with user=root" },
 	}
 	for name, mod := range bad {
 		c := baseConfig()
 		mod(&c)
 		if _, err := c.Args(); err == nil {
 			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+// TestValidateAllows: the manifest may bring its own -sandbox or -runas
+// when the agent sets none, and user names follow useradd's usual forms.
+func TestValidateAllows(t *testing.T) {
+	good := map[string]func(*Config){
+		"own sandbox": func(c *Config) { c.Options += " -sandbox on" },
+		"own runas":   func(c *Config) { c.Options += " -runas qemu" },
+		"user names": func(c *Config) {
+			c.Sandbox, c.RunAs = true, "_bbot-qemu.1"
+		},
+		"32 bytes": func(c *Config) { c.RunAs = strings.Repeat("u", 32) },
+	}
+	for name, mod := range good {
+		c := baseConfig()
+		mod(&c)
+		if _, err := c.Args(); err != nil {
+			t.Errorf("%s: %v", name, err)
 		}
 	}
 }

@@ -102,6 +102,8 @@ func cmdWaitfile(ts *testscript.TestScript, neg bool, args []string) {
 func scriptCondition(cond string) (bool, error) {
 	var why string
 	switch cond {
+	case "root": // not a prerequisite: scripts test both sides
+		return os.Geteuid() == 0, nil
 	case "btrfs":
 		why = btrfsMissing()
 	case "curl":

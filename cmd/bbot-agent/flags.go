@@ -91,6 +91,7 @@ func defaultOptions() agent.Options {
 		Network:          "bridge",
 		Bridge:           "br1",
 		Accel:            "auto",
+		QEMUUser:         "nobody",
 		PollInterval:     60 * time.Second,
 		ResultTTL:        10800 * time.Second,
 	}
@@ -145,6 +146,7 @@ func flags(o *agent.Options, toolchainVer *string, trust *cli.StringSlice) []cli
 		boolean("dump-result", "print the result manifest and exit", &o.DumpResult),
 		// Ours.
 		str("qemu", "QEMU `BINARY` (default qemu-system-x86_64 on PATH)", &o.QEMU),
+		str("qemu-user", "`USER` QEMU switches to (-runas) when the agent runs as root; '' keeps it root", &o.QEMUUser),
 		str("network", "machine networking: `bridge` or user", &o.Network),
 		str("bridge", "host bridge `IF`ace for --network bridge", &o.Bridge),
 		str("accel", "QEMU accelerator: `auto`, kvm or tcg", &o.Accel),
