@@ -70,7 +70,7 @@ func newE2E(t testing.TB, controllers ...Controller) *e2e {
 		BuildStartup: 60 * time.Second, BuildTimeout: 60 * time.Second, BuildRetries: 1,
 		CPU: 1, RAM: 512 << 10,
 		ConnectTimeout: 5 * time.Second, RequestTimeout: 10 * time.Second, RequestRetries: 2,
-		Network: "user", Accel: "tcg",
+		Network: "user", Accel: "tcg", QEMUUser: "nobody", // as bbot runs it: -runas, -sandbox
 		StateDir: filepath.Join(t.TempDir(), "state"), RunDir: filepath.Join(t.TempDir(), "run"),
 		PollInterval: 200 * time.Millisecond, SuspendTimeout: 2 * time.Second, ResultTTL: time.Hour,
 		Controllers: controllers,
