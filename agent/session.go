@@ -2,9 +2,12 @@ package agent
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -167,12 +170,23 @@ func (s *session) start(ctx context.Context) (sessionReport, bool) {
 		return host("TFTP mapping", err)
 	}
 	mp.MaxFileSize, mp.MaxTotal = s.maxFile, s.maxTotal
+	// Only this attempt's guest may talk to this mapping: it alone learns
+	// the secret prefix (SMBIOS); in bridge mode it must also come from
+	// its own address.
+	prefix := randomHex(16)
+	mp.Prefix = prefix
+	if v.GuestIP != "" {
+		if p, err := netip.ParsePrefix(v.GuestIP); err == nil {
+			mp.Source = p.Addr()
+		}
+	}
 	s.q = NewEventQueue()
 	mp.Notify, mp.Log = s.q.Notify, v.Log
 	srv.SetHandler(mp)
 	s.push(func() { srv.SetHandler(nil); mp.Close() })
 
 	cfg := v.machineConfig(s.mc, s.snapshot, s.mode)
+	cfg.OEMStrings = append(cfg.OEMStrings, "bbot.tftp-prefix="+prefix)
 	s.accel = cfg.Accel
 	if v.Opts.Network == "bridge" {
 		if err := machine.CreateTap(cfg.Tap, v.Opts.Bridge); err != nil {
@@ -308,6 +322,12 @@ func containsString(list []string, s string) bool {
 }
 
 var errExited = errors.New("machine exited")
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
 
 func isClosed(c <-chan struct{}) bool {
 	select {

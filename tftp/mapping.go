@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path"
 	"strings"
@@ -51,10 +52,14 @@ const (
 	FaultHost
 	// FaultClosed: aborted by Mapping.Close or Server.Shutdown.
 	FaultClosed
+	// FaultForeign: the request is not from the mapping's guest (no
+	// session prefix, or another source address); it never counts as the
+	// guest's first request.
+	FaultForeign
 )
 
 func (f Fault) String() string {
-	return [...]string{"none", "client", "refused", "host", "closed"}[f]
+	return [...]string{"none", "client", "refused", "host", "closed", "foreign"}[f]
 }
 
 // Event is reported to Mapping.Notify.
@@ -115,6 +120,15 @@ type Mapping struct {
 	Notify func(Event)
 	// Log receives the real reasons behind the fixed client errors.
 	Log *slog.Logger
+	// Prefix, if set, is a secret first path element every request must
+	// carry ("<Prefix>/manifest"), stripped before the name is used: only
+	// the session's guest, told it out of band (SMBIOS), knows it, so that
+	// another guest or a local user can neither fetch the task nor forge
+	// or block its result.
+	Prefix string
+	// Source, if valid, is the only client address accepted (bridge mode:
+	// the guest's own address).
+	Source netip.Addr
 
 	get, put *os.Root
 
@@ -221,6 +235,12 @@ func CleanName(name string) (string, error) {
 
 // ServeTFTP implements Handler.
 func (m *Mapping) ServeTFTP(r *Request) error {
+	if why := m.admit(r); why != "" {
+		m.log().Warn("tftp: refused a request not from the session's guest", "op", r.Op.String(), "file", r.Filename, "remote", r.Remote.String(), "why", why)
+		m.notify(Event{Kind: TransferFailed, Op: r.Op, Name: r.Filename, Remote: r.Remote.String(),
+			Err: ErrBadName, Fault: FaultForeign, Cause: errors.New(why)})
+		return ErrBadName
+	}
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
@@ -269,6 +289,25 @@ func (m *Mapping) ServeTFTP(r *Request) error {
 		m.notify(Event{Kind: UploadCompleted, Op: Put, Name: r.Filename, Size: n, Remote: r.Remote.String()})
 	}
 	return nil
+}
+
+// admit checks the request's source and session prefix, stripping the
+// prefix from r.Filename; it returns why a request is refused, or "".
+func (m *Mapping) admit(r *Request) string {
+	if m.Source.IsValid() {
+		if a, ok := netip.AddrFromSlice(r.Remote.IP); !ok || a.Unmap() != m.Source.Unmap() {
+			return "source address is not the guest's"
+		}
+	}
+	if m.Prefix == "" {
+		return ""
+	}
+	rest, ok := strings.CutPrefix(strings.TrimPrefix(r.Filename, "/"), m.Prefix+"/")
+	if !ok {
+		return "no session prefix"
+	}
+	r.Filename = rest
+	return ""
 }
 
 // clientError logs the real cause and returns the fixed text for clients,

@@ -38,7 +38,7 @@ func (o Op) String() string {
 // WriteTo (PUT) may be used, once.
 type Request struct {
 	Op       Op
-	Filename string // raw, exactly as the client sent it
+	Filename string // as the client sent it, minus a Mapping's session prefix once admitted
 	Remote   net.UDPAddr
 
 	rf io.ReaderFrom

@@ -56,7 +56,7 @@ func main() {
 	c.SetTimeout(2 * time.Second)
 	c.SetRetries(5)
 	c.SetBlockSize(1468)
-	g := &guest{tftp: c}
+	g := &guest{tftp: c, prefix: oem["bbot.tftp-prefix"]}
 	switch oem["bbot.mode"] {
 	case "bootstrap":
 		err = g.bootstrap()
@@ -212,10 +212,22 @@ func powerOff(why string) {
 	os.Exit(0)
 }
 
-type guest struct{ tftp *pintftp.Client }
+// guest is the worker's TFTP side; prefix is the session's secret first
+// path element (bbot.tftp-prefix), without which the agent refuses us.
+type guest struct {
+	tftp   *pintftp.Client
+	prefix string
+}
+
+func (g *guest) path(name string) string {
+	if g.prefix == "" {
+		return name
+	}
+	return g.prefix + "/" + name
+}
 
 func (g *guest) get(name string) ([]byte, error) {
-	wt, err := g.tftp.Receive(name, "octet")
+	wt, err := g.tftp.Receive(g.path(name), "octet")
 	if err != nil {
 		return nil, err
 	}
@@ -225,7 +237,7 @@ func (g *guest) get(name string) ([]byte, error) {
 }
 
 func (g *guest) put(name string, r io.Reader) error {
-	rf, err := g.tftp.Send(name, "octet")
+	rf, err := g.tftp.Send(g.path(name), "octet")
 	if err != nil {
 		return err
 	}
