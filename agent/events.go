@@ -18,13 +18,37 @@ type EventQueue struct {
 	signal chan struct{}
 	// lastUpload is when the last completed upload was reported.
 	lastUpload time.Time
+	// dropped counts events not queued because the queue was full.
+	dropped int
 }
 
+// maxQueuedEvents bounds the queue: a flood of failed requests (a guest,
+// or a local user without the session prefix, while nobody consumes) must
+// not grow it without end. Events that can decide a session are always
+// queued; the session ends at the first one.
+const maxQueuedEvents = 1024
+
 func NewEventQueue() *EventQueue { return &EventQueue{signal: make(chan struct{}, 1)} }
+
+// decisive reports whether an event can end a session's wait.
+func decisive(e tftp.Event) bool {
+	switch e.Kind {
+	case tftp.UploadCompleted:
+		return true
+	case tftp.TransferFailed:
+		return e.Fault == tftp.FaultHost || e.Fault == tftp.FaultRefused
+	}
+	return e.Kind == tftp.FirstRequest
+}
 
 // Notify is a tftp.Mapping.Notify function.
 func (q *EventQueue) Notify(e tftp.Event) {
 	q.mu.Lock()
+	if len(q.events) >= maxQueuedEvents && !decisive(e) {
+		q.dropped++
+		q.mu.Unlock()
+		return
+	}
 	q.events = append(q.events, e)
 	if e.Kind == tftp.UploadCompleted {
 		q.lastUpload = e.Time

@@ -1,6 +1,10 @@
 package agent
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/build2/bbot-agent-go/tftp"
+)
 
 func TestDecideOutcome(t *testing.T) {
 	tests := []struct {
@@ -44,5 +48,24 @@ func TestDecideOutcome(t *testing.T) {
 	}
 	if len(eventNames) != int(evJournalFault)+1 {
 		t.Errorf("eventNames out of date")
+	}
+}
+
+// TestEventQueueBounded: a flood of failed requests does not grow the
+// queue past its bound, and decisive events still get through.
+func TestEventQueueBounded(t *testing.T) {
+	q := NewEventQueue()
+	for i := 0; i < 100000; i++ {
+		q.Notify(tftp.Event{Kind: tftp.TransferFailed, Op: tftp.Get, Name: "x", Fault: tftp.FaultForeign})
+	}
+	q.Notify(tftp.Event{Kind: tftp.UploadCompleted, Op: tftp.Put, Name: "manifest"})
+	q.mu.Lock()
+	n, dropped := len(q.events), q.dropped
+	q.mu.Unlock()
+	if n != maxQueuedEvents+1 || dropped != 100000-maxQueuedEvents {
+		t.Fatalf("%d queued, %d dropped", n, dropped)
+	}
+	if name, ok := q.completed(ResultNames); !ok || name != "manifest" {
+		t.Error("the upload was dropped")
 	}
 }
