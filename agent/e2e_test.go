@@ -89,6 +89,7 @@ func (e *e2e) start() {
 	a.Client.Min, a.Client.Max = 10*time.Millisecond, 50*time.Millisecond
 	a.Sender.Min, a.Sender.Max = 10*time.Millisecond, 100*time.Millisecond
 	a.VMs.onSuspend = e.onSuspend
+	a.VMs.maxUpload = 8 << 20 // the "huge" task reaches the cap in seconds, even on a loaded host
 	a.Status = e.onStatus
 	e.agent = a
 	ctx, cancel := context.WithCancel(context.Background())

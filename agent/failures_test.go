@@ -244,6 +244,14 @@ func TestHostWriteFailure(t *testing.T) {
 	srv.QueueTask("huge", testMachine) // 1 GiB upload: ENOSPC at 1 MiB
 	e.start()
 	rs := srv.WaitResults(1, 100*time.Second)
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		mu.Lock()
+		backing := strings.Contains(strings.Join(status, "\n"), "backing off")
+		mu.Unlock()
+		if backing {
+			break
+		}
+	}
 	e.shutdown()
 	if len(rs) != 1 || rs[0].Request.Result.Status != "interrupt" {
 		t.Fatalf("results %+v, want one interrupt", rs)

@@ -184,6 +184,9 @@ func (a *Agent) perform(ctx context.Context, t *task, received time.Time) func()
 		get: t.dirs.Get, put: t.dirs.Put, getFiles: map[string][]byte{"manifest": task.Bytes(), "task.manifest": task.Bytes()},
 		names: ResultNames, startup: o.BuildStartup, timeout: o.BuildTimeout, retries: o.BuildRetries,
 		maxFile: MaxTaskUpload, maxTotal: 4 * MaxTaskUpload, entry: t.entry.ID}
+	if a.VMs.maxUpload > 0 {
+		s.maxFile, s.maxTotal = a.VMs.maxUpload, 4*a.VMs.maxUpload
+	}
 	rep := s.run(ctx)
 	teardown := func() {
 		s.teardown()

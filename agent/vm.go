@@ -37,6 +37,9 @@ type VMs struct {
 	// onSuspend, if set, is told about each machine held after a soft
 	// failure (tests inspect it).
 	onSuspend func(*machine.Machine)
+	// maxUpload caps one file a build machine uploads (zero:
+	// MaxTaskUpload; tests lower it to reach the cap quickly).
+	maxUpload int64
 	// onBoot, if set, is told each attempt's snapshot before QEMU starts
 	// (tests check that a retry boots a fresh one).
 	onBoot func(snapshot string, attempt int)

@@ -286,6 +286,12 @@ func (m *Mapping) ServeTFTP(r *Request) error {
 		return ev.Err
 	}
 	if r.Op == Put {
+		// The file is in place; pin/tftp sends the final ACK after we
+		// return. A Close prompted by this event must not abort that ACK
+		// (the client would see its completed upload fail and retry).
+		m.mu.Lock()
+		delete(m.reqs, r)
+		m.mu.Unlock()
 		m.notify(Event{Kind: UploadCompleted, Op: Put, Name: r.Filename, Size: n, Remote: r.Remote.String()})
 	}
 	return nil
