@@ -43,7 +43,7 @@ func (s *Serializer) fail(description string) error {
 
 // Next writes one pair, following the same start/end pair protocol as
 // Parser.Next. Output is buffered per pair and flushed at the end of each
-// manifest; a pair that fails validation writes nothing.
+// manifest (and by Comment); a pair that fails validation writes nothing.
 func (s *Serializer) Next(name, value string) error {
 	if s.err != nil {
 		return s.err
@@ -103,7 +103,10 @@ func (s *Serializer) flush() error {
 	return nil
 }
 
-// Comment writes "# text" (or "#" for an empty text).
+// Comment writes "# text" (or "#" for an empty text) and flushes, like
+// libbutl's comment (which ends the line with std::endl): a comment is on
+// the writer when Comment returns, whatever comes next (more comments only,
+// or a failing pair). A comment that fails validation writes nothing.
 func (s *Serializer) Comment(text string) error {
 	if s.err != nil {
 		return s.err
@@ -119,7 +122,7 @@ func (s *Serializer) Comment(text string) error {
 		s.w.WriteString(" " + text)
 	}
 	s.w.WriteByte('\n')
-	return nil
+	return s.flush()
 }
 
 // writeName validates and writes a name, returning its width in code points.
