@@ -7,8 +7,9 @@ import (
 )
 
 // TestPackageBoundaries enforces the layout rules: manifest stays a pure
-// text package, btrfs and tftp know nothing of the agent, and only
-// cmd/bbot-agent wires everything together.
+// text package, btrfs and tftp know nothing of the agent, the agent's
+// sub-packages know nothing of the daemon (nor controller of inventory, or
+// the other way), and only cmd/bbot-agent wires everything together.
 func TestPackageBoundaries(t *testing.T) {
 	const mod = "github.com/build2/bbot-agent-go/"
 	banned := map[string][]string{
@@ -17,6 +18,10 @@ func TestPackageBoundaries(t *testing.T) {
 		"tftp":     {mod + "agent", mod + "machine", mod + "btrfs", mod + "manifest"},
 		"machine":  {mod + "agent"},
 		"agent":    {mod + "cmd/bbot-agent"},
+
+		"agent/controller":   {mod + "agent", mod + "agent/inventory", mod + "cmd/bbot-agent"},
+		"agent/inventory":    {mod + "agent", mod + "agent/controller", mod + "cmd/bbot-agent"},
+		"agent/internal/fsx": {mod + "agent", mod + "cmd/bbot-agent"},
 	}
 	for pkg, bans := range banned {
 		// Direct imports plus every dependency: "os" may come in through

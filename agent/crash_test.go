@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/build2/bbot-agent-go/agent/controller"
 	"github.com/build2/bbot-agent-go/agent/controllertest"
 	"github.com/build2/bbot-agent-go/agent/internal/crash"
 	"github.com/build2/bbot-agent-go/agent/journal"
@@ -66,7 +67,7 @@ func TestCrashChild(t *testing.T) {
 func TestCrashPoints(t *testing.T) {
 	srv := controllertest.New()
 	defer srv.Close()
-	e := newE2E(t, Controller{URL: srv.TaskURL()})
+	e := newE2E(t, controller.Controller{URL: srv.TaskURL()})
 	e.opts.BuildTimeout = 60 * time.Second
 	cases := []struct {
 		point   string

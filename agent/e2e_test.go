@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/build2/bbot-agent-go/agent/controller"
 	"github.com/build2/bbot-agent-go/agent/controllertest"
 	"github.com/build2/bbot-agent-go/btrfs"
 	"github.com/build2/bbot-agent-go/btrfs/btrfstest"
@@ -44,7 +45,7 @@ func freeUDPPort(t testing.TB) int {
 	return c.LocalAddr().(*net.UDPAddr).Port
 }
 
-func newE2E(t testing.TB, controllers ...Controller) *e2e {
+func newE2E(t testing.TB, controllers ...controller.Controller) *e2e {
 	machinetest.RequireQEMU(t)
 	machinetest.LockVM(t)
 	root := btrfstest.Mount(t, 1<<30)
@@ -159,7 +160,7 @@ func statuses(rs []controllertest.Result) map[string]string {
 func TestEndToEnd(t *testing.T) {
 	srv := controllertest.New()
 	defer srv.Close()
-	key, err := LoadKey(filepath.Join(protocolDir, "test-agent-key.pem"))
+	key, err := controller.LoadKey(filepath.Join(protocolDir, "test-agent-key.pem"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +169,7 @@ func TestEndToEnd(t *testing.T) {
 		srv.QueueTask(pkg, testMachine)
 	}
 	srv.QueueTask("elsewhere", "x86_64-linux_not-here") // never offered: never handed out
-	e := newE2E(t, Controller{URL: srv.TaskURL()})
+	e := newE2E(t, controller.Controller{URL: srv.TaskURL()})
 	e.opts.AuthKey = filepath.Join(protocolDir, "test-agent-key.pem")
 	// A file outside the TFTP mapping that the "escape" task aims at.
 	outside := filepath.Join(e.opts.TFTP, "build", "x")
@@ -225,7 +226,7 @@ func TestHangSuspends(t *testing.T) {
 	srv := controllertest.New()
 	defer srv.Close()
 	srv.QueueTask("hang", testMachine)
-	e := newE2E(t, Controller{URL: srv.TaskURL()})
+	e := newE2E(t, controller.Controller{URL: srv.TaskURL()})
 	e.opts.BuildTimeout = 15 * time.Second
 	e.opts.SuspendTimeout = 0 // forever: only the administrator releases it
 	held := make(chan *machine.Machine, 1)
@@ -295,7 +296,7 @@ func TestControllerFaults(t *testing.T) {
 		}
 		return 0
 	}
-	e := newE2E(t, Controller{URL: srv.TaskURL()})
+	e := newE2E(t, controller.Controller{URL: srv.TaskURL()})
 	e.start()
 	rs := srv.WaitResults(1, 180*time.Second)
 	e.shutdown()
@@ -315,7 +316,7 @@ func TestControllerPriorities(t *testing.T) {
 	defer high.Close()
 	low.QueueTask("error", testMachine)
 	high.QueueTask("hello", testMachine)
-	e := newE2E(t, Controller{URL: low.TaskURL(), Priority: 1}, Controller{URL: high.TaskURL(), Priority: 2})
+	e := newE2E(t, controller.Controller{URL: low.TaskURL(), Priority: 1}, controller.Controller{URL: high.TaskURL(), Priority: 2})
 	e.start()
 	hr := high.WaitResults(1, 180*time.Second)
 	lr := low.WaitResults(1, 180*time.Second)
@@ -335,7 +336,7 @@ func TestInterrupt(t *testing.T) {
 	defer srv.Close()
 	srv.RefuseInterrupt = true
 	srv.QueueTask("hang", testMachine)
-	e := newE2E(t, Controller{URL: srv.TaskURL()})
+	e := newE2E(t, controller.Controller{URL: srv.TaskURL()})
 	e.start()
 	get := filepath.Join(e.opts.TFTP, "build", "e2e", "get", "manifest")
 	deadline := time.Now().Add(120 * time.Second)
@@ -397,11 +398,11 @@ func TestRecoverKillsLeftovers(t *testing.T) {
 func BenchmarkTaskOverhead(b *testing.B) {
 	srv := controllertest.New()
 	defer srv.Close()
-	e := newE2E(b, Controller{URL: srv.TaskURL()})
+	e := newE2E(b, controller.Controller{URL: srv.TaskURL()})
 	var mu sync.Mutex
-	var all []TaskTimings
+	var all []taskTimings
 	e.start()
-	e.agent.Timings = func(tt TaskTimings) { mu.Lock(); all = append(all, tt); mu.Unlock() }
+	e.agent.onTimings = func(tt taskTimings) { mu.Lock(); all = append(all, tt); mu.Unlock() }
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		srv.QueueTask("hello", testMachine)

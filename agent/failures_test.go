@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/build2/bbot-agent-go/agent/controller"
 	"github.com/build2/bbot-agent-go/agent/controllertest"
 	"github.com/build2/bbot-agent-go/btrfs"
 	"github.com/build2/bbot-agent-go/machine"
@@ -25,7 +26,7 @@ func TestWorkerAbortNotHeld(t *testing.T) {
 	defer srv.Close()
 	srv.QueueTask("worker-abort", testMachine) // the test guest aborts unknown packages
 	srv.QueueTask("hello", testMachine)
-	e := newE2E(t, Controller{URL: srv.TaskURL()})
+	e := newE2E(t, controller.Controller{URL: srv.TaskURL()})
 	e.opts.SuspendTimeout = 0 // a hold would last forever
 	var held atomic.Int32
 	e.onSuspend = func(*machine.Machine) { held.Add(1) }
@@ -48,7 +49,7 @@ func TestHeldOutcomeSurvivesSIGTERM(t *testing.T) {
 	srv := controllertest.New()
 	defer srv.Close()
 	srv.QueueTask("hang", testMachine)
-	e := newE2E(t, Controller{URL: srv.TaskURL()})
+	e := newE2E(t, controller.Controller{URL: srv.TaskURL()})
 	e.opts.BuildTimeout, e.opts.SuspendTimeout = 8*time.Second, 0
 	held := make(chan struct{}, 1)
 	e.onSuspend = func(*machine.Machine) { held <- struct{}{} }
@@ -71,7 +72,7 @@ func TestHeldOutcomeSurvivesSIGTERM(t *testing.T) {
 func TestHostFaultBacksOff(t *testing.T) {
 	srv := controllertest.New()
 	defer srv.Close()
-	e := newE2E(t, Controller{URL: srv.TaskURL()})
+	e := newE2E(t, controller.Controller{URL: srv.TaskURL()})
 	qemu := filepath.Join(t.TempDir(), "qemu-system-x86_64")
 	os.WriteFile(qemu, []byte("#!/bin/sh\necho 'qemu: broken on purpose' >&2\nexit 1\n"), 0o755)
 	e.opts.PollInterval = 2 * time.Second
@@ -120,7 +121,7 @@ func TestFullStateDir(t *testing.T) {
 	machinetest.Require(t, os.Geteuid() == 0, "needs root to mount a tmpfs")
 	srv := controllertest.New()
 	defer srv.Close()
-	e := newE2E(t, Controller{URL: srv.TaskURL()})
+	e := newE2E(t, controller.Controller{URL: srv.TaskURL()})
 	state := filepath.Join(t.TempDir(), "state")
 	os.MkdirAll(state, 0o700)
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", state).CombinedOutput(); err != nil {
@@ -190,7 +191,7 @@ func TestBootstrapForcedOffNotPublished(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(e.opts.Machines, "vol", "busybox", "busybox-e2e")); err == nil {
 		t.Error("bootstrap published after a forced power-off")
 	}
-	if !a.Enumerator.withheld(filepath.Join(e.opts.Machines, "vol", "busybox")) {
+	if !a.Enumerator.Withheld(filepath.Join(e.opts.Machines, "vol", "busybox")) {
 		t.Error("machine not withheld after a failed bootstrap")
 	}
 }
@@ -228,7 +229,7 @@ func TestHostWriteFailure(t *testing.T) {
 	machinetest.Require(t, os.Geteuid() == 0, "needs root to mount a tmpfs")
 	srv := controllertest.New()
 	defer srv.Close()
-	e := newE2E(t, Controller{URL: srv.TaskURL()})
+	e := newE2E(t, controller.Controller{URL: srv.TaskURL()})
 	e.opts.BuildTimeout = 120 * time.Second
 	build := filepath.Join(e.opts.TFTP, "build", "e2e")
 	os.MkdirAll(build, 0o755)

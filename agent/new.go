@@ -12,7 +12,9 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/build2/bbot-agent-go/agent/controller"
 	"github.com/build2/bbot-agent-go/agent/internal/crash"
+	"github.com/build2/bbot-agent-go/agent/inventory"
 	"github.com/build2/bbot-agent-go/agent/journal"
 	"github.com/build2/bbot-agent-go/agent/result"
 	"github.com/build2/bbot-agent-go/machine"
@@ -27,16 +29,16 @@ func New(o *Options, log *slog.Logger) (*Agent, error) {
 	a := &Agent{Opts: o, Log: log, Version: agentVersion()}
 	a.Name, _ = os.Hostname()
 	if o.AuthKey != "" {
-		key, err := LoadKey(o.AuthKey)
+		key, err := controller.LoadKey(o.AuthKey)
 		if err != nil {
 			return nil, &OptionError{Option: "auth-key", Value: o.AuthKey, Reason: err.Error()}
 		}
 		a.Key = key
-		if fi, err := os.Stat(o.AuthKey); err == nil && KeyFileExposed(fi.Mode()) {
+		if fi, err := os.Stat(o.AuthKey); err == nil && controller.KeyFileExposed(fi.Mode()) {
 			log.Warn("the --auth-key file is accessible to its group or others; make it readable by its owner only (chmod 600)",
 				"path", o.AuthKey, "mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
 		}
-		if a.Fingerprint, err = Fingerprint(&key.PublicKey); err != nil {
+		if a.Fingerprint, err = controller.Fingerprint(&key.PublicKey); err != nil {
 			return nil, err
 		}
 	}
@@ -56,11 +58,11 @@ func New(o *Options, log *slog.Logger) (*Agent, error) {
 	}
 	a.VMs = vms
 
-	var boot Bootstrapper = vms
+	var boot inventory.Bootstrapper = vms
 	if o.FakeBootstrap {
-		boot = FakeBootstrapper{}
+		boot = inventory.FakeBootstrapper{Version: a.Version}
 	}
-	a.Enumerator = &Enumerator{Root: o.Machines, ToolchainName: o.ToolchainName, ToolchainID: o.ToolchainID,
+	a.Enumerator = &inventory.Enumerator{Root: o.Machines, ToolchainName: o.ToolchainName, ToolchainID: o.ToolchainID,
 		AgentVersion: o.ToolchainVer, Bootstrapper: boot, Log: log,
 		OnHostFault: func(why string) { a.applyBackoff(decideOutcome(bootstrapPhase, evHostFault), "", why) }}
 
@@ -71,7 +73,7 @@ func New(o *Options, log *slog.Logger) (*Agent, error) {
 			DialContext: (&net.Dialer{Timeout: o.ConnectTimeout}).DialContext,
 		},
 	}
-	a.Client = &Client{Controllers: o.Controllers, HTTP: httpClient, Retries: o.RequestRetries, Log: log,
+	a.Client = &controller.Client{Controllers: o.Controllers, HTTP: httpClient, Retries: o.RequestRetries, Log: log,
 		Min: time.Second, Max: 60 * time.Second, Rand: newRand()}
 	a.Sender = &journal.Sender{Client: httpClient, TTL: o.ResultTTL, Failed: filepath.Join(o.StateDir, "failed"), Log: log,
 		Min: time.Second, Max: 5 * time.Minute, AbortForm: result.AbortForm,

@@ -1,21 +1,21 @@
-// Package agent is the bbot agent proper: machine enumeration and bootstrap
-// decisions, the controller protocol, task preparation and result handling.
-// It is wired together only by cmd/bbot-agent.
+// Package agent is the bbot agent proper: the daemon that offers the
+// machines agent/inventory finds to the controllers agent/controller asks,
+// prepares tasks, runs the machine sessions and handles their results. It is
+// wired together only by cmd/bbot-agent.
 package agent
 
 import (
 	"errors"
 	"fmt"
-	"math/rand/v2"
-	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/build2/bbot-agent-go/agent/controller"
+	"github.com/build2/bbot-agent-go/agent/inventory"
 	"github.com/build2/bbot-agent-go/machine"
 	"github.com/build2/bbot-agent-go/manifest"
 )
@@ -79,19 +79,13 @@ type Options struct {
 	SuspendTimeout time.Duration // 0 = hold a suspended machine forever
 	ResultTTL      time.Duration
 
-	Controllers []Controller
+	Controllers []controller.Controller
 }
 
-// Controller is one controller task URL with its priority.
-type Controller struct {
-	URL      string
-	Priority int
-}
-
-// MaxSeconds bounds every duration option: a week. Longer time limits,
+// maxSeconds bounds every duration option: a week. Longer time limits,
 // intervals or holds are mistakes (a unit confusion), and time arithmetic on
 // them stays far from overflowing.
-const MaxSeconds = 7 * 24 * 3600
+const maxSeconds = 7 * 24 * 3600
 
 // Range is an option's accepted values, inclusive.
 type Range struct{ Min, Max int64 }
@@ -113,15 +107,15 @@ var Ranges = map[string]Range{
 	"cpu":               {1, 1024},        // QEMU's -smp limit on x86 is of this order
 	"ram":               {65536, 1 << 30}, // KiB: 64 MiB (machine.Config's minimum) .. 1 TiB
 	"verbose":           {0, 6},
-	"bootstrap-startup": {1, MaxSeconds},
-	"bootstrap-timeout": {1, MaxSeconds},
-	"build-startup":     {1, MaxSeconds},
-	"build-timeout":     {1, MaxSeconds},
-	"connect-timeout":   {1, MaxSeconds},
-	"request-timeout":   {1, MaxSeconds},
-	"poll-interval":     {1, MaxSeconds},
-	"result-ttl":        {1, MaxSeconds},
-	"suspend-timeout":   {0, MaxSeconds}, // 0: hold forever
+	"bootstrap-startup": {1, maxSeconds},
+	"bootstrap-timeout": {1, maxSeconds},
+	"build-startup":     {1, maxSeconds},
+	"build-timeout":     {1, maxSeconds},
+	"connect-timeout":   {1, maxSeconds},
+	"request-timeout":   {1, maxSeconds},
+	"poll-interval":     {1, maxSeconds},
+	"result-ttl":        {1, maxSeconds},
+	"suspend-timeout":   {0, maxSeconds}, // 0: hold forever
 }
 
 // OptionError is a bad option value; it names the option.
@@ -141,7 +135,7 @@ func (e *OptionError) Error() string {
 // Validate checks option values and fills the defaults that depend on other
 // options (the state and run directories).
 func (o *Options) Validate() error {
-	if err := ValidateToolchainName(o.ToolchainName); err != nil {
+	if err := validateToolchainName(o.ToolchainName); err != nil {
 		return err
 	}
 	for _, n := range []struct {
@@ -212,10 +206,10 @@ func (o *Options) Validate() error {
 	return nil
 }
 
-// MaxToolchainName is the longest --toolchain-name accepted: it becomes part
+// maxToolchainName is the longest --toolchain-name accepted: it becomes part
 // of file names (<machine>-<toolchain>~<random>), which are limited to 255
 // bytes.
-const MaxToolchainName = 64
+const maxToolchainName = 64
 
 // toolchainName is the --toolchain-name character set: ASCII letters, digits
 // and '_', '.', '+', '-', starting with a letter or digit.
@@ -223,25 +217,25 @@ var toolchainName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.+-]*$`)
 
 // protocolLike matches names that would collide with the admin's machine
 // names: <machine>-<P> is the link to the image and <machine>-<P>.<R> the
-// image itself (BootstrapProtocol is P), so all-digit names and names
+// image itself (inventory.BootstrapProtocol is P), so all-digit names and names
 // starting with digits and a dot are refused.
 var protocolLike = regexp.MustCompile(`^[0-9]+(\.|$)`)
 
-// ValidateToolchainName checks a --toolchain-name value: it names the
+// validateToolchainName checks a --toolchain-name value: it names the
 // bootstrapped snapshot <machine>-<toolchain> beside the admin's images and
 // the TFTP directories the agent creates and deletes, so it must stay one
 // harmless path component.
-func ValidateToolchainName(name string) error {
+func validateToolchainName(name string) error {
 	bad := func(reason string) error { return &OptionError{"toolchain-name", name, reason} }
 	switch {
 	case name == "":
 		return &OptionError{"toolchain-name", "", "must not be empty"}
-	case len(name) > MaxToolchainName:
-		return bad(fmt.Sprintf("longer than %d characters", MaxToolchainName))
+	case len(name) > maxToolchainName:
+		return bad(fmt.Sprintf("longer than %d characters", maxToolchainName))
 	case !toolchainName.MatchString(name):
 		return bad("only letters, digits and '_', '.', '+', '-' allowed, starting with a letter or digit")
 	case protocolLike.MatchString(name):
-		return bad("must not be a number or start with digits and '.' (names <machine>-" + BootstrapProtocol + " and <machine>-" + BootstrapProtocol + ".<R> are the machine's own)")
+		return bad("must not be a number or start with digits and '.' (names <machine>-" + inventory.BootstrapProtocol + " and <machine>-" + inventory.BootstrapProtocol + ".<R> are the machine's own)")
 	}
 	return nil
 }
@@ -276,33 +270,4 @@ func validTrust(fp string) bool {
 		}
 	}
 	return true
-}
-
-// priorityPrefix matches bbot's "<priority>=" URL prefix; "?build-task&x=y"
-// has no such prefix.
-var priorityPrefix = regexp.MustCompile(`^([0-9]{1,5})=`)
-
-// ParseController parses "[<priority>=]<url>".
-func ParseController(arg string) (Controller, error) {
-	c := Controller{URL: arg}
-	if m := priorityPrefix.FindStringSubmatch(arg); m != nil {
-		p, _ := strconv.Atoi(m[1])
-		c.Priority, c.URL = p, arg[len(m[0]):]
-	}
-	u, err := url.Parse(c.URL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return c, fmt.Errorf("invalid controller URL '%s': expected [<priority>=]http(s)://host/...", arg)
-	}
-	return c, nil
-}
-
-// OrderControllers returns the controllers by descending priority, shuffled
-// among equal priorities so that equal controllers share the load.
-func OrderControllers(cs []Controller, r *rand.Rand) []Controller {
-	out := make([]Controller, len(cs))
-	copy(out, cs)
-	r.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
-	// A stable sort keeps the shuffled order within a priority.
-	slices.SortStableFunc(out, func(a, b Controller) int { return b.Priority - a.Priority })
-	return out
 }

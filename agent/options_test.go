@@ -1,63 +1,16 @@
 package agent
 
 import (
-	"math/rand/v2"
 	"os"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/build2/bbot-agent-go/agent/controller"
 	"github.com/build2/bbot-agent-go/machine"
 	"github.com/build2/bbot-agent-go/manifest"
 )
-
-func TestParseController(t *testing.T) {
-	tests := []struct {
-		arg      string
-		url      string
-		priority int
-		bad      bool
-	}{
-		{"https://ci.cppget.org/?build-task", "https://ci.cppget.org/?build-task", 0, false},
-		{"10=https://ci.cppget.org/?build-task", "https://ci.cppget.org/?build-task", 10, false},
-		{"99999=http://x/?build-task&a=b", "http://x/?build-task&a=b", 99999, false},
-		{"123456=http://x/", "", 0, true}, // 6 digits: no prefix, and not a URL
-		{"http://x/?build-task&x=1=2", "http://x/?build-task&x=1=2", 0, false},
-		{"=http://x/", "", 0, true},
-		{"ftp://x/", "", 0, true},
-	}
-	for _, tc := range tests {
-		c, err := ParseController(tc.arg)
-		if tc.bad {
-			if err == nil {
-				t.Errorf("%q: accepted as %+v", tc.arg, c)
-			}
-			continue
-		}
-		if err != nil || c.URL != tc.url || c.Priority != tc.priority {
-			t.Errorf("%q: got %+v, %v", tc.arg, c, err)
-		}
-	}
-}
-
-func TestOrderControllers(t *testing.T) {
-	cs := []Controller{{"a", 1}, {"b", 5}, {"c", 1}, {"d", 5}, {"e", 0}}
-	firsts := map[string]int{}
-	for seed := uint64(0); seed < 200; seed++ {
-		got := OrderControllers(cs, rand.New(rand.NewPCG(seed, 1)))
-		for i := 1; i < len(got); i++ {
-			if got[i].Priority > got[i-1].Priority {
-				t.Fatalf("not by priority: %v", got)
-			}
-		}
-		firsts[got[0].URL]++
-	}
-	// Equal priorities share the first place.
-	if firsts["b"] == 0 || firsts["d"] == 0 || len(firsts) != 2 {
-		t.Errorf("first places: %v", firsts)
-	}
-}
 
 func TestWorkerTask(t *testing.T) {
 	in := ": 1\nname: a\nversion: 1\nrepository-url: u\ntrust: AA\ndependency-checksum: d\nmachine: m\ntarget: t\nworker-checksum: w\n"
@@ -65,7 +18,7 @@ func TestWorkerTask(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ours := AgentChecksum(Version, "tc", "mid")
+	ours := agentChecksum(Version, "tc", "mid")
 	same := WorkerTask(task, nil, ours, ours)
 	if same.Fields.Value("worker-checksum") != "w" || same.Fields.Value("dependency-checksum") != "d" {
 		t.Errorf("checksums dropped although agent checksum matches: %v", same.Fields)
@@ -80,7 +33,7 @@ func TestWorkerTask(t *testing.T) {
 	if task.Fields.Value("trust") != "AA" {
 		t.Errorf("the controller's task was modified")
 	}
-	if AgentChecksum("1", "2", "3") == AgentChecksum("1", "23", "") {
+	if agentChecksum("1", "2", "3") == agentChecksum("1", "23", "") {
 		t.Errorf("checksum inputs are not separated")
 	}
 }
@@ -96,7 +49,7 @@ func TestValidateToolchainName(t *testing.T) {
 		{"x1", true},
 		{"a+b", true},
 		{"1x", true}, // digits then a letter: neither <P> nor <P>.<R>
-		{strings.Repeat("a", MaxToolchainName), true},
+		{strings.Repeat("a", maxToolchainName), true},
 
 		{"", false},
 		{".", false},
@@ -116,11 +69,11 @@ func TestValidateToolchainName(t *testing.T) {
 		{"_x", false},
 		{"ça", false},
 		{"tc\u00e9", false},
-		{strings.Repeat("a", MaxToolchainName+1), false},
+		{strings.Repeat("a", maxToolchainName+1), false},
 		{strings.Repeat("a", 300), false},
 	}
 	for _, tc := range tests {
-		err := ValidateToolchainName(tc.name)
+		err := validateToolchainName(tc.name)
 		if (err == nil) != tc.ok {
 			t.Errorf("%q: got %v, want ok=%v", tc.name, err, tc.ok)
 		}
@@ -148,7 +101,7 @@ func validOptions() Options {
 		Verbose: 1, Network: "bridge", Accel: "auto",
 		PollInterval: 60 * time.Second, ResultTTL: 10800 * time.Second,
 		StateDir: "/s", RunDir: "/r",
-		Controllers: []Controller{{URL: "http://x/"}},
+		Controllers: []controller.Controller{{URL: "http://x/"}},
 	}
 }
 

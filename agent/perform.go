@@ -8,10 +8,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
+	"github.com/build2/bbot-agent-go/agent/controller"
 	"github.com/build2/bbot-agent-go/agent/internal/crash"
+	"github.com/build2/bbot-agent-go/agent/internal/fsx"
+	"github.com/build2/bbot-agent-go/agent/inventory"
 	"github.com/build2/bbot-agent-go/agent/journal"
 	"github.com/build2/bbot-agent-go/agent/result"
 	"github.com/build2/bbot-agent-go/manifest"
@@ -47,7 +49,7 @@ func (d TaskDirs) Create(task *manifest.Task) error {
 		return err
 	}
 	for _, n := range []string{"manifest", "task.manifest"} {
-		if err := WriteFileAtomic(filepath.Join(d.Get, n), b.Bytes(), 0o644); err != nil {
+		if err := fsx.WriteFileAtomic(filepath.Join(d.Get, n), b.Bytes(), 0o644); err != nil {
 			return err
 		}
 	}
@@ -56,7 +58,7 @@ func (d TaskDirs) Create(task *manifest.Task) error {
 
 // Remove deletes both directories (never anything outside the TFTP root).
 func (d TaskDirs) Remove() error {
-	return errors.Join(removeOwned(d.Root, d.Get), removeOwned(d.Root, d.Put))
+	return errors.Join(fsx.RemoveOwned(d.Root, d.Get), fsx.RemoveOwned(d.Root, d.Put))
 }
 
 // lockWait bounds the wait for a machine another process or slot holds
@@ -68,20 +70,18 @@ var lockWait = 30 * time.Second
 type task struct {
 	resp  *manifest.TaskResponse
 	task  *manifest.Task
-	mach  *Machine
+	mach  *inventory.Machine
 	head  result.Head
 	rt    result.Task
 	entry *journal.Entry
 	dirs  TaskDirs
-	// timings, once the result is persisted.
-	timings *TaskTimings
 }
 
 // handle performs one task: the journal entry first (with the signed
 // interrupt result, before any snapshot), then the machine session, then
 // the outcome, written into the entry. It returns the settled entry (to be
 // sent) and the teardown to run in parallel with sending.
-func (a *Agent) handle(ctx context.Context, resp *manifest.TaskResponse, machines []*Machine, received time.Time) (*journal.Entry, func()) {
+func (a *Agent) handle(ctx context.Context, resp *manifest.TaskResponse, machines []*inventory.Machine, received time.Time) (*journal.Entry, func()) {
 	t := &task{resp: resp, task: resp.Task, dirs: NewTaskDirs(a.Opts.TFTP, a.Opts.ToolchainName)}
 	t.mach = findMachine(machines, t.task.Machine())
 	t.rt = result.Task{Name: t.task.Name(), Version: t.task.Version()}
@@ -89,11 +89,11 @@ func (a *Agent) handle(ctx context.Context, resp *manifest.TaskResponse, machine
 	if t.mach != nil {
 		machineID = t.mach.Manifest.Machine.ID
 	}
-	t.head = result.Head{Session: resp.Session(), AgentChecksum: AgentChecksum(Version, a.Opts.ToolchainID, machineID)}
+	t.head = result.Head{Session: resp.Session(), AgentChecksum: agentChecksum(Version, a.Opts.ToolchainID, machineID)}
 	if ch := resp.Challenge(); ch != "" {
 		if a.Key == nil {
 			a.Log.Error("the controller sent a challenge but no --auth-key is set: the result will be dropped")
-		} else if sig, err := SignChallenge(a.Key, ch); err != nil {
+		} else if sig, err := controller.SignChallenge(a.Key, ch); err != nil {
 			a.Log.Error("signing the challenge", "error", err)
 		} else {
 			t.head.Challenge = sig
@@ -130,7 +130,7 @@ func (a *Agent) handle(ctx context.Context, resp *manifest.TaskResponse, machine
 	return t.entry, a.perform(ctx, t, received)
 }
 
-func findMachine(machines []*Machine, name string) *Machine {
+func findMachine(machines []*inventory.Machine, name string) *inventory.Machine {
 	for _, m := range machines {
 		if m.Header().Name == name {
 			return m
@@ -162,7 +162,7 @@ func (a *Agent) settle(t *task, o outcome, notes string) {
 // perform runs the task's machine session and settles its outcome. It
 // returns the teardown.
 func (a *Agent) perform(ctx context.Context, t *task, received time.Time) func() {
-	lock, err := lockMachineWait(ctx, t.mach.Dir, lockWait)
+	lock, err := inventory.LockMachineWait(ctx, t.mach.Dir, lockWait)
 	if err != nil {
 		ev := evMachineFault
 		if ctx.Err() != nil {
@@ -183,7 +183,7 @@ func (a *Agent) perform(ctx context.Context, t *task, received time.Time) func()
 	s := &session{v: a.VMs, mode: "build", mc: t.mach.Manifest.Machine, source: t.mach.Bootstrapped,
 		get: t.dirs.Get, put: t.dirs.Put, getFiles: map[string][]byte{"manifest": task.Bytes(), "task.manifest": task.Bytes()},
 		names: ResultNames, startup: o.BuildStartup, timeout: o.BuildTimeout, retries: o.BuildRetries,
-		maxFile: MaxTaskUpload, maxTotal: 4 * MaxTaskUpload, entry: t.entry.ID}
+		maxFile: maxTaskUpload, maxTotal: 4 * maxTaskUpload, entry: t.entry.ID}
 	if a.VMs.maxUpload > 0 {
 		s.maxFile, s.maxTotal = a.VMs.maxUpload, 4*a.VMs.maxUpload
 	}
@@ -251,10 +251,28 @@ func (a *Agent) persistUpload(t *task, path, notes string) error {
 	return nil
 }
 
-// timings logs the agent's own costs around a task.
+// timings records the agent's own costs around a task, until the POST is
+// answered (deliver logs them then).
 func (a *Agent) timings(t *task, received time.Time, s *session) {
-	tt := TaskTimings{Received: received, QEMUStarted: s.qemuStarted, Uploaded: s.uploaded, Persisted: time.Now()}
-	t.timings = &tt
+	tt := taskTimings{Received: received, QEMUStarted: s.qemuStarted, Uploaded: s.uploaded, Persisted: time.Now()}
+	a.pendingTimings.Store(t.entry.ID, &tt)
+}
+
+// delivered completes and reports a task's timings once its result was
+// answered.
+func (a *Agent) delivered(id string, ok bool) {
+	v, found := a.pendingTimings.LoadAndDelete(id)
+	if !found || !ok {
+		return
+	}
+	tt := v.(*taskTimings)
+	tt.Answered = time.Now()
+	a.Log.Info("task timings", "entry", id,
+		"response-to-qemu", tt.QEMUStarted.Sub(tt.Received), "guest-boot-to-result", tt.Uploaded.Sub(tt.QEMUStarted),
+		"upload-to-persisted", tt.Persisted.Sub(tt.Uploaded), "upload-to-answered", tt.Answered.Sub(tt.Uploaded))
+	if a.onTimings != nil {
+		a.onTimings(*tt)
+	}
 }
 
 // postOnce sends a result request from memory, once (the journal failed).
@@ -268,28 +286,6 @@ func (a *Agent) postOnce(ctx context.Context, url string, body []byte) {
 	if err != nil || status/100 != 2 {
 		a.Log.Error("posting the interrupt result from memory failed", "status", status, "error", err)
 	}
-}
-
-// WithDiagnostics puts the agent's diagnostics into a result (for
-// --fake-request, which has no journal): as the log of a "configure" step
-// when the worker reported no steps, else appended to the last step's log.
-func WithDiagnostics(res manifest.Result, diagnostics string) manifest.Result {
-	if diagnostics == "" {
-		return res
-	}
-	d := "bbot-agent: " + manifest.Sanitize(strings.TrimRight(diagnostics, "\n")) + "\n"
-	if len(res.Operations) == 0 {
-		res.Operations = []manifest.OperationResult{{Operation: "configure", Status: res.Status, Log: d}}
-		return res
-	}
-	ops := append([]manifest.OperationResult(nil), res.Operations...)
-	last := &ops[len(ops)-1]
-	if last.Log != "" && !strings.HasSuffix(last.Log, "\n") {
-		last.Log += "\n"
-	}
-	last.Log += d
-	res.Operations = ops
-	return res
 }
 
 // ReadResult parses the uploaded result leniently and forces the task's

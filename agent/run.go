@@ -14,6 +14,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/build2/bbot-agent-go/agent/controller"
+	"github.com/build2/bbot-agent-go/agent/internal/fsx"
+	"github.com/build2/bbot-agent-go/agent/inventory"
 	"github.com/build2/bbot-agent-go/agent/journal"
 	"github.com/build2/bbot-agent-go/agent/result"
 	"github.com/build2/bbot-agent-go/machine"
@@ -31,8 +34,8 @@ type Agent struct {
 	Version     manifest.StandardVersion
 
 	VMs        *VMs
-	Enumerator *Enumerator
-	Client     *Client
+	Enumerator *inventory.Enumerator
+	Client     *controller.Client
 	// Journal is this instance's task journal (opened by Run, Next and
 	// RunTask); Sender sends its entries.
 	Journal *journal.Journal
@@ -51,13 +54,15 @@ type Agent struct {
 	Ready func()
 	// Status, if set, receives one-line status changes (systemd STATUS=).
 	Status func(string)
-	// Timings, if set, receives each task's timings once its result is
+	// onTimings, if set, receives each task's timings once its result is
 	// delivered (benchmarks; the same figures are logged).
-	Timings func(TaskTimings)
+	onTimings func(taskTimings)
+	// pendingTimings holds timings (by entry id) until the POST is answered.
+	pendingTimings sync.Map
 }
 
-// TaskTimings are the agent's own costs around a task.
-type TaskTimings struct {
+// taskTimings are the agent's own costs around a task.
+type taskTimings struct {
 	Received    time.Time // task response parsed
 	QEMUStarted time.Time // QEMU process started
 	Uploaded    time.Time // result upload completed (TFTP)
@@ -133,7 +138,7 @@ func (a *Agent) killLeftovers() {
 		}
 	}
 	removeVMRecord(run)
-	for _, n := range []string{machine.PIDFileName, machine.QMPSocketName, machine.AdminSocketName, SuspendedFile} {
+	for _, n := range []string{machine.PIDFileName, machine.QMPSocketName, machine.AdminSocketName, suspendedFile} {
 		os.Remove(filepath.Join(run, n))
 	}
 	// The TFTP directories are removed once the journal is recovered: a
@@ -162,7 +167,7 @@ func (a *Agent) recoverJournal(ctx context.Context, j *journal.Journal) {
 	}
 	dirs := NewTaskDirs(a.Opts.TFTP, a.Opts.ToolchainName)
 	for _, d := range []string{dirs.Get, dirs.Put, filepath.Join(a.Opts.TFTP, "bootstrap", a.Opts.ToolchainName)} {
-		if err := removeOwned(a.Opts.TFTP, d); err != nil {
+		if err := fsx.RemoveOwned(a.Opts.TFTP, d); err != nil {
 			a.Log.Error("removing TFTP directory", "path", d, "error", err)
 		}
 	}
@@ -286,7 +291,7 @@ func (a *Agent) backingOff() (time.Duration, string) {
 }
 
 // taskRequest offers the machines.
-func (a *Agent) taskRequest(machines []*Machine) manifest.TaskRequest {
+func (a *Agent) taskRequest(machines []*inventory.Machine) manifest.TaskRequest {
 	req := manifest.TaskRequest{Agent: a.Name, ToolchainName: a.Opts.ToolchainName,
 		ToolchainVersion: a.Opts.ToolchainVer, Fingerprint: a.Fingerprint}
 	for _, m := range machines {
@@ -296,7 +301,7 @@ func (a *Agent) taskRequest(machines []*Machine) manifest.TaskRequest {
 }
 
 // poll asks for a task and performs it; it reports whether there was one.
-func (a *Agent) poll(ctx context.Context, machines []*Machine) bool {
+func (a *Agent) poll(ctx context.Context, machines []*inventory.Machine) bool {
 	a.status("polling controllers")
 	resp, ctl, err := a.Client.RequestTask(ctx, a.taskRequest(machines))
 	if err != nil || resp == nil {
@@ -313,7 +318,7 @@ func (a *Agent) poll(ctx context.Context, machines []*Machine) bool {
 
 // deliver performs the task, sends its entry in parallel with the
 // teardown, and returns the entry (nil when the journal failed).
-func (a *Agent) deliver(ctx context.Context, resp *manifest.TaskResponse, machines []*Machine, received time.Time) *journal.Entry {
+func (a *Agent) deliver(ctx context.Context, resp *manifest.TaskResponse, machines []*inventory.Machine, received time.Time) *journal.Entry {
 	e, teardown := a.handle(ctx, resp, machines, received)
 	if e != nil {
 		sendCtx := ctx
@@ -323,7 +328,8 @@ func (a *Agent) deliver(ctx context.Context, resp *manifest.TaskResponse, machin
 			sendCtx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 		}
-		a.Sender.Async(sendCtx, a.Journal, e, nil)
+		id := e.ID
+		a.Sender.Async(sendCtx, a.Journal, e, func(ok bool) { a.delivered(id, ok) })
 	}
 	teardown() // in parallel with the POST
 	if ctx.Err() != nil {
@@ -335,7 +341,7 @@ func (a *Agent) deliver(ctx context.Context, resp *manifest.TaskResponse, machin
 // Next polls (enumerating first, sleeping the poll interval between
 // rounds) until a controller hands out a task, and returns it with the
 // machines offered. It is for --dump-task and --dump-result.
-func (a *Agent) Next(ctx context.Context) (*manifest.TaskResponse, []*Machine, error) {
+func (a *Agent) Next(ctx context.Context) (*manifest.TaskResponse, []*inventory.Machine, error) {
 	if err := a.open(ctx); err != nil {
 		return nil, nil, err
 	}
@@ -362,11 +368,11 @@ func (a *Agent) Next(ctx context.Context) (*manifest.TaskResponse, []*Machine, e
 }
 
 // WorkerTaskFor is the task the worker would get for resp.
-func (a *Agent) WorkerTaskFor(resp *manifest.TaskResponse, machines []*Machine) *manifest.Task {
-	checksum := AgentChecksum(Version, a.Opts.ToolchainID, "")
+func (a *Agent) WorkerTaskFor(resp *manifest.TaskResponse, machines []*inventory.Machine) *manifest.Task {
+	checksum := agentChecksum(Version, a.Opts.ToolchainID, "")
 	for _, m := range machines {
 		if m.Header().Name == resp.Task.Machine() {
-			checksum = AgentChecksum(Version, a.Opts.ToolchainID, m.Manifest.Machine.ID)
+			checksum = agentChecksum(Version, a.Opts.ToolchainID, m.Manifest.Machine.ID)
 		}
 	}
 	return WorkerTask(resp.Task, a.Opts.Trust, resp.AgentChecksum(), checksum)
@@ -374,7 +380,7 @@ func (a *Agent) WorkerTaskFor(resp *manifest.TaskResponse, machines []*Machine) 
 
 // Handle performs the task, delivers its result (waiting for the
 // delivery attempt) and returns the result (for --dump-result).
-func (a *Agent) Handle(ctx context.Context, resp *manifest.TaskResponse, machines []*Machine) (manifest.Result, error) {
+func (a *Agent) Handle(ctx context.Context, resp *manifest.TaskResponse, machines []*inventory.Machine) (manifest.Result, error) {
 	var res manifest.Result
 	e, teardown := a.handle(ctx, resp, machines, time.Now())
 	defer teardown()
@@ -392,8 +398,8 @@ func (a *Agent) Handle(ctx context.Context, resp *manifest.TaskResponse, machine
 	return rr.Result, err
 }
 
-// ErrNoMachine is returned when no machine can run a fake request.
-var ErrNoMachine = errors.New("no usable machine for the task")
+// errNoMachine is returned when no machine can run a fake request.
+var errNoMachine = errors.New("no usable machine for the task")
 
 // RunTask performs one task without a controller (--fake-request): it
 // enumerates (bootstrapping as needed), runs the task on the machine it
@@ -412,7 +418,7 @@ func (a *Agent) RunTask(ctx context.Context, task *manifest.Task) (manifest.Resu
 		for _, m := range machines {
 			names = append(names, m.Header().Name)
 		}
-		return manifest.Result{}, errors.Join(ErrNoMachine, errors.New("the task names "+task.Machine()+"; usable: "+strings.Join(names, ", ")))
+		return manifest.Result{}, errors.Join(errNoMachine, errors.New("the task names "+task.Machine()+"; usable: "+strings.Join(names, ", ")))
 	}
 	resp := &manifest.TaskResponse{Fields: manifest.Fields{{Name: "session", Value: "fake-request"}}, Task: task}
 	e, teardown := a.handle(ctx, resp, machines, time.Now())

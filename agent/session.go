@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/build2/bbot-agent-go/agent/internal/crash"
+	"github.com/build2/bbot-agent-go/agent/internal/fsx"
+	"github.com/build2/bbot-agent-go/agent/inventory"
 	"github.com/build2/bbot-agent-go/btrfs"
 	"github.com/build2/bbot-agent-go/machine"
 	"github.com/build2/bbot-agent-go/manifest"
@@ -86,7 +88,7 @@ func (s *session) run(ctx context.Context) sessionReport {
 			s.teardown()
 			return rep
 		}
-		err := WaitAlive(ctx, s.q, s.startup)
+		err := waitAlive(ctx, s.q, s.startup)
 		if err == nil {
 			s.v.Accel.Booted(s.accel)
 			break
@@ -116,7 +118,7 @@ func (s *session) start(ctx context.Context) (sessionReport, bool) {
 	// each retry; other snapshots are the session's own.
 	s.attempts++
 	if !s.fixed {
-		s.snapshot = TempName(s.source)
+		s.snapshot = inventory.TempName(s.source)
 	}
 	if !s.fixed || s.attempts > 1 {
 		if ok, _ := btrfs.IsSubvolume(s.snapshot); ok {
@@ -234,14 +236,14 @@ func (s *session) makeDirs() error {
 		dirs = append(dirs, s.get)
 	}
 	for _, d := range dirs {
-		if err := removeOwned(s.v.Opts.TFTP, d); err != nil {
+		if err := fsx.RemoveOwned(s.v.Opts.TFTP, d); err != nil {
 			return err
 		}
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return err
 		}
 		s.push(func() {
-			if err := removeOwned(s.v.Opts.TFTP, d); err != nil {
+			if err := fsx.RemoveOwned(s.v.Opts.TFTP, d); err != nil {
 				s.v.Log.Error("removing TFTP directory", "path", d, "error", err)
 			}
 		})
@@ -250,7 +252,7 @@ func (s *session) makeDirs() error {
 		return os.MkdirAll(s.get, 0o755)
 	}
 	for name, data := range s.getFiles {
-		if err := WriteFileAtomic(filepath.Join(s.get, name), data, 0o644); err != nil {
+		if err := fsx.WriteFileAtomic(filepath.Join(s.get, name), data, 0o644); err != nil {
 			return err
 		}
 	}
@@ -286,7 +288,7 @@ func (s *session) waitResult(ctx context.Context) sessionReport {
 				s.uploaded = s.q.uploadTime()
 				return sessionReport{ev: evResult, name: n}
 			}
-			return sessionReport{ev: evNoResult, why: ErrMachineExited.Error()}
+			return sessionReport{ev: evNoResult, why: errMachineExited.Error()}
 		case err != nil && ctx.Err() != nil:
 			if n, ok := s.q.completed(s.names); ok { // uploaded just as SIGTERM came
 				s.uploaded = s.q.uploadTime()
@@ -390,7 +392,7 @@ func (s *session) hold(ctx context.Context, why string) {
 	if err := writeSuspended(v.Opts.RunDir, rec); err != nil {
 		v.Log.Error("recording the suspended machine", "error", err)
 	}
-	defer os.Remove(filepath.Join(v.Opts.RunDir, SuspendedFile))
+	defer os.Remove(filepath.Join(v.Opts.RunDir, suspendedFile))
 	if v.onSuspend != nil {
 		v.onSuspend(m)
 	}
@@ -431,7 +433,7 @@ func tftpBind(o *Options, port string) (bind, endpoint, guest, gw string, err er
 		}
 		return net.JoinHostPort(bind, port), "10.0.2.2:" + port, "", "", nil // QEMU user networking's host
 	default:
-		b, guest, gw, err := BridgeAddresses(o.Bridge, o.ToolchainNum)
+		b, guest, gw, err := bridgeAddresses(o.Bridge, o.ToolchainNum)
 		if err != nil && !o.FakeBootstrap && !o.FakeBuild {
 			return "", "", "", "", fmt.Errorf("--bridge %s: %w (use --network user without a bridge)", o.Bridge, err)
 		}

@@ -8,12 +8,13 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/build2/bbot-agent-go/agent/internal/fsx"
 	"github.com/build2/bbot-agent-go/machine"
 )
 
-// SuspendedFile, in the run directory, describes the machine the agent
+// suspendedFile, in the run directory, describes the machine the agent
 // holds after a soft failure; the admin commands read it.
-const SuspendedFile = "suspended.json"
+const suspendedFile = "suspended.json"
 
 // Suspended is a held machine, for administrators.
 type Suspended struct {
@@ -31,12 +32,12 @@ func writeSuspended(runDir string, s Suspended) error {
 	if err != nil {
 		return err
 	}
-	return WriteFileAtomic(filepath.Join(runDir, SuspendedFile), append(data, '\n'), 0o600)
+	return fsx.WriteFileAtomic(filepath.Join(runDir, suspendedFile), append(data, '\n'), 0o600)
 }
 
 // ReadSuspended returns the machine held in runDir, or nil when none is.
 func ReadSuspended(runDir string) (*Suspended, error) {
-	data, err := os.ReadFile(filepath.Join(runDir, SuspendedFile))
+	data, err := os.ReadFile(filepath.Join(runDir, suspendedFile))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -45,7 +46,7 @@ func ReadSuspended(runDir string) (*Suspended, error) {
 	}
 	var s Suspended
 	if err := json.Unmarshal(data, &s); err != nil {
-		return nil, fmt.Errorf("%s: %w", SuspendedFile, err)
+		return nil, fmt.Errorf("%s: %w", suspendedFile, err)
 	}
 	// Left by a crashed agent: the QEMU it names is gone (or the pid is
 	// another process now). Acting on it would hit the next, healthy build.

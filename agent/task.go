@@ -7,10 +7,10 @@ import (
 	"github.com/build2/bbot-agent-go/manifest"
 )
 
-// AgentChecksum is the checksum the agent reports in every result request:
+// agentChecksum is the checksum the agent reports in every result request:
 // it changes whenever the agent, the toolchain or the machine changes, which
 // makes brep hand out full (not "skip"-able) rebuilds.
-func AgentChecksum(agentVersion, toolchainID, machineID string) string {
+func agentChecksum(agentVersion, toolchainID, machineID string) string {
 	h := sha256.New()
 	for _, s := range []string{agentVersion, toolchainID, machineID} {
 		h.Write([]byte(s))

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/build2/bbot-agent-go/agent/inventory"
 	"github.com/build2/bbot-agent-go/machine"
 	"github.com/build2/bbot-agent-go/manifest"
 	"github.com/build2/bbot-agent-go/tftp"
@@ -85,14 +86,14 @@ func (v *VMs) machineConfig(mc manifest.Machine, dir, mode string) machine.Confi
 
 // derivedMAC is a stable locally administered MAC for a machine and slot.
 func derivedMAC(name string, num int) string {
-	sum := AgentChecksum(name, strconv.Itoa(num), "")
+	sum := agentChecksum(name, strconv.Itoa(num), "")
 	return fmt.Sprintf("02:%s:%s:%s:%s:%02x", sum[0:2], sum[2:4], sum[4:6], sum[6:8], num)
 }
 
-// BridgeAddresses derives the TFTP bind address, the guest's address and
+// bridgeAddresses derives the TFTP bind address, the guest's address and
 // the gateway from the bridge's IPv4 network: guest = network + 100 +
 // toolchain number (SPEC §6).
-func BridgeAddresses(bridge string, num int) (bind, guest, gw string, err error) {
+func bridgeAddresses(bridge string, num int) (bind, guest, gw string, err error) {
 	ifi, err := net.InterfaceByName(bridge)
 	if err != nil {
 		return "", "", "", err
@@ -122,20 +123,20 @@ func (v *VMs) dropTap() {
 	}
 }
 
-// MaxBootstrapUpload caps the bootstrap manifest a machine uploads.
-const MaxBootstrapUpload = 1 << 20
+// maxBootstrapUpload caps the bootstrap manifest a machine uploads.
+const maxBootstrapUpload = 1 << 20
 
 // Bootstrap runs the bootstrap session in the work snapshot (SPEC §4): GET
 // from toolchains/<tc>/, PUT into bootstrap/<tc>/. The bootstrap counts
 // only if the guest powered itself off after its upload (or on the power
 // button) and the agent was not interrupted. A guest fault is returned as
-// a *heldBootstrap, which holds the machine until it is released.
-func (v *VMs) Bootstrap(ctx context.Context, req BootstrapRequest) (manifest.Bootstrap, error) {
+// an *inventory.HeldError, which holds the machine until it is released.
+func (v *VMs) Bootstrap(ctx context.Context, req inventory.BootstrapRequest) (manifest.Bootstrap, error) {
 	o := v.Opts
 	s := &session{v: v, mode: "bootstrap", mc: req.Machine, source: req.Image, snapshot: req.Snapshot, fixed: true,
 		get: filepath.Join(o.TFTP, "toolchains", o.ToolchainName), put: filepath.Join(o.TFTP, "bootstrap", o.ToolchainName),
 		names: []string{"manifest"}, startup: o.BootstrapStartup, timeout: o.BootstrapTimeout, retries: o.BootstrapRetries,
-		maxFile: MaxBootstrapUpload, maxTotal: 16 * MaxBootstrapUpload}
+		maxFile: maxBootstrapUpload, maxTotal: 16 * maxBootstrapUpload}
 	rep := s.run(ctx)
 	if rep.ev == evResult {
 		// The worker powers off by itself; give it time, then press the
@@ -165,14 +166,14 @@ func (v *VMs) Bootstrap(ctx context.Context, req BootstrapRequest) (manifest.Boo
 	oc := decideOutcome(bootstrapPhase, rep.ev)
 	if oc.Hold {
 		why := "bootstrap: " + rep.why
-		return manifest.Bootstrap{}, &heldBootstrap{why: why, hold: func(hctx context.Context) {
+		return manifest.Bootstrap{}, &inventory.HeldError{Why: why, Hold: func(hctx context.Context) {
 			s.hold(hctx, why)
 			s.teardown()
 		}}
 	}
 	defer s.teardown()
 	if !oc.Publish {
-		return manifest.Bootstrap{}, &bootstrapError{ev: rep.ev, why: rep.why, host: oc.Backoff == hostBackoff}
+		return manifest.Bootstrap{}, &inventory.BootstrapError{Event: rep.ev.String(), Why: rep.why, Host: oc.Backoff == hostBackoff}
 	}
 	f, err := os.Open(filepath.Join(s.put, rep.name))
 	if err != nil {
@@ -182,32 +183,14 @@ func (v *VMs) Bootstrap(ctx context.Context, req BootstrapRequest) (manifest.Boo
 	return manifest.ParseBootstrap(f, "bootstrap manifest")
 }
 
-// bootstrapError is a failed bootstrap that holds nothing.
-type bootstrapError struct {
-	ev   event
-	why  string
-	host bool // a host-wide fault: the agent backs off
-}
+// maxTaskUpload caps one file a build machine uploads.
+const maxTaskUpload = 64 << 20
 
-func (e *bootstrapError) Error() string { return "bootstrap " + e.ev.String() + ": " + e.why }
+// errMachineExited means the machine powered off without a result.
+var errMachineExited = errors.New("machine exited without uploading a result")
 
-// heldBootstrap is a bootstrap guest fault: the machine is kept for
-// inspection; enumeration runs hold, then withholds the machine.
-type heldBootstrap struct {
-	why  string
-	hold func(ctx context.Context)
-}
-
-func (e *heldBootstrap) Error() string { return e.why + " (machine held for inspection)" }
-
-// MaxTaskUpload caps one file a build machine uploads.
-const MaxTaskUpload = 64 << 20
-
-// ErrMachineExited means the machine powered off without a result.
-var ErrMachineExited = errors.New("machine exited without uploading a result")
-
-// WaitAlive waits for the first TFTP request (the machine booted).
-func WaitAlive(ctx context.Context, q *EventQueue, startup time.Duration) error {
+// waitAlive waits for the first TFTP request (the machine booted).
+func waitAlive(ctx context.Context, q *EventQueue, startup time.Duration) error {
 	wctx, cancel := context.WithTimeout(ctx, startup)
 	defer cancel()
 	if _, err := q.peek(wctx); err != nil {

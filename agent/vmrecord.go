@@ -10,7 +10,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/build2/bbot-agent-go/agent/journal"
+	"github.com/build2/bbot-agent-go/agent/internal/fsx"
 )
 
 // vmRecordFile, in the run dir, records the running VM. QEMU's lifetime
@@ -31,7 +31,7 @@ func writeVMRecord(runDir string, r vmRecord) error {
 	if err != nil {
 		return err
 	}
-	return journal.WriteFileAtomic(filepath.Join(runDir, vmRecordFile), data, 0o600)
+	return fsx.WriteFileAtomic(filepath.Join(runDir, vmRecordFile), data, 0o600)
 }
 
 func removeVMRecord(runDir string) { os.Remove(filepath.Join(runDir, vmRecordFile)) }

@@ -27,6 +27,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/build2/bbot-agent-go/agent/internal/fsx"
 )
 
 // FormatVersion is the entry format; entries of the older outbox format
@@ -159,7 +161,7 @@ func (j *Journal) Receive(e *Entry, body []byte) error {
 	if e.Created.IsZero() {
 		e.Created = time.Now().UTC()
 	}
-	if err := WriteFileAtomic(j.BodyPath(e.ID), body, 0o600); err != nil {
+	if err := fsx.WriteFileAtomic(j.BodyPath(e.ID), body, 0o600); err != nil {
 		return err
 	}
 	return j.save(e)
@@ -171,7 +173,7 @@ func (j *Journal) Receive(e *Entry, body []byte) error {
 // the old or the new body, never a torn one.
 func (j *Journal) Settle(e *Entry, state State, status, reason string, write func(io.Writer) error) error {
 	if write != nil {
-		if err := writeAtomic(j.BodyPath(e.ID), 0o600, write); err != nil {
+		if err := fsx.WriteAtomic(j.BodyPath(e.ID), 0o600, write); err != nil {
 			return err
 		}
 	}
@@ -187,7 +189,7 @@ func (j *Journal) save(e *Entry) error {
 	if err != nil {
 		return err
 	}
-	return WriteFileAtomic(j.metaPath(e.ID), append(data, '\n'), 0o600)
+	return fsx.WriteFileAtomic(j.metaPath(e.ID), append(data, '\n'), 0o600)
 }
 
 // Remove deletes a delivered entry: the entry first, so that a crash in
@@ -196,7 +198,7 @@ func (j *Journal) Remove(id string) error {
 	if err := os.Remove(j.metaPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	syncDir(j.dir)
+	fsx.SyncDir(j.dir)
 	os.Remove(j.BodyPath(id))
 	return nil
 }
@@ -250,7 +252,7 @@ func (j *Journal) Fail(e *Entry, failedDir, why string) error {
 	}
 	err := errors.Join(
 		os.Rename(j.BodyPath(e.ID), filepath.Join(failedDir, e.ID+".req")),
-		WriteFileAtomic(filepath.Join(failedDir, e.ID+".why"), []byte(why+"\n"), 0o600),
+		fsx.WriteFileAtomic(filepath.Join(failedDir, e.ID+".why"), []byte(why+"\n"), 0o600),
 	)
 	if err != nil {
 		return err
@@ -283,48 +285,4 @@ func Orphans(stateDir string) ([]*Journal, error) {
 		out = append(out, j)
 	}
 	return out, nil
-}
-
-// WriteFileAtomic writes data to a temporary file beside path, syncs it,
-// renames it over path and syncs the directory, so that readers (and a
-// restarted agent) see the old or the new content only.
-func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
-	return writeAtomic(path, perm, func(w io.Writer) error {
-		_, err := w.Write(data)
-		return err
-	})
-}
-
-func writeAtomic(path string, perm os.FileMode, write func(io.Writer) error) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	err = f.Chmod(perm)
-	if err == nil {
-		err = write(f)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	syncDir(filepath.Dir(path))
-	return nil
-}
-
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		d.Sync() // make the rename or removal itself durable
-		d.Close()
-	}
 }

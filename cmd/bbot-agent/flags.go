@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/build2/bbot-agent-go/agent"
+	"github.com/build2/bbot-agent-go/agent/controller"
 )
 
 // decimal is an integer flag parsed in base 10 only: urfave/cli's own integer
@@ -85,7 +86,7 @@ func defaultOptions() agent.Options {
 		CPU:              2,
 		RAM:              2097152,
 		ConnectTimeout:   60 * time.Second,
-		RequestTimeout:   300 * time.Second,
+		RequestTimeout:   controller.DefaultRequestTimeout,
 		RequestRetries:   4,
 		Verbose:          1,
 		Network:          "bridge",

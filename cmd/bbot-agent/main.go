@@ -23,6 +23,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/build2/bbot-agent-go/agent"
+	"github.com/build2/bbot-agent-go/agent/controller"
 	"github.com/build2/bbot-agent-go/manifest"
 	"github.com/build2/bbot-agent-go/tftp"
 )
@@ -69,7 +70,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			opts.ToolchainVer = v
 			opts.Trust = trust.Value()
 			for _, a := range c.Args().Slice() {
-				ctl, err := agent.ParseController(a)
+				ctl, err := controller.ParseController(a)
 				if err != nil {
 					return &exitError{1, err}
 				}

@@ -1,4 +1,4 @@
-package agent
+package inventory
 
 import (
 	"bytes"
@@ -15,6 +15,9 @@ import (
 	"github.com/build2/bbot-agent-go/btrfs/btrfstest"
 	"github.com/build2/bbot-agent-go/manifest"
 )
+
+// testVersion stands for the agent's Version in these tests.
+const testVersion = "0.17.0"
 
 func mustVersion(t testing.TB, s string) manifest.StandardVersion {
 	t.Helper()
@@ -38,20 +41,20 @@ func TestDecide(t *testing.T) {
 	tests := []struct {
 		name string
 		bm   *manifest.BootstrappedMachine
-		want Decision
+		want decision
 	}{
-		{"not bootstrapped", nil, BootstrapMachine},
-		{"machine id changed", bm("m0", "tc", "0.17.0"), BootstrapMachine},
-		{"toolchain id changed", bm("m1", "old", "0.17.0"), BootstrapMachine},
-		{"bbot version missing", bm("m1", "tc", ""), BootstrapMachine},
-		{"bbot version older", bm("m1", "tc", "0.16.0"), BootstrapMachine},
-		{"bbot older revision", bm("m1", "tc", "0.17.0-a.0.1"), BootstrapMachine},
-		{"bbot version newer", bm("m1", "tc", "0.18.0"), SkipMachine},
-		{"current", bm("m1", "tc", "0.17.0"), UseMachine},
-		{"current revision", bm("m1", "tc", "0.17.0+1"), SkipMachine},
+		{"not bootstrapped", nil, bootstrapMachine},
+		{"machine id changed", bm("m0", "tc", "0.17.0"), bootstrapMachine},
+		{"toolchain id changed", bm("m1", "old", "0.17.0"), bootstrapMachine},
+		{"bbot version missing", bm("m1", "tc", ""), bootstrapMachine},
+		{"bbot version older", bm("m1", "tc", "0.16.0"), bootstrapMachine},
+		{"bbot older revision", bm("m1", "tc", "0.17.0-a.0.1"), bootstrapMachine},
+		{"bbot version newer", bm("m1", "tc", "0.18.0"), skipMachine},
+		{"current", bm("m1", "tc", "0.17.0"), useMachine},
+		{"current revision", bm("m1", "tc", "0.17.0+1"), skipMachine},
 	}
 	for _, tc := range tests {
-		got, reason := Decide(mc, tc.bm, "tc", ours)
+		got, reason := decide(mc, tc.bm, "tc", ours)
 		if got != tc.want {
 			t.Errorf("%s: got %v (%s), want %v", tc.name, got, reason, tc.want)
 		}
@@ -145,19 +148,19 @@ func TestEnumerate(t *testing.T) {
 	os.MkdirAll(filepath.Join(root, ".hidden-volume", "m"), 0o755)
 	os.MkdirAll(filepath.Join(vol, ".hidden-machine"), 0o755)
 
-	fresh := makeMachine(t, vol, "fresh", "id-fresh")                  // never bootstrapped
-	current := makeMachine(t, vol, "current", "id-current")            // up to date
-	writeBootstrapped(t, current, "tc", "id-current", "tcid", Version) //
-	oldTC := makeMachine(t, vol, "oldtc", "id-oldtc")                  // older toolchain id
-	writeBootstrapped(t, oldTC, "tc", "id-oldtc", "old-tcid", Version) //
-	changed := makeMachine(t, vol, "changed", "id-new")                // machine id changed
-	writeBootstrapped(t, changed, "tc", "id-old", "tcid", Version)     //
-	newer := makeMachine(t, vol, "newer", "id-newer")                  // bootstrapped by a newer bbot
-	writeBootstrapped(t, newer, "tc", "id-newer", "tcid", "99.0.0")    //
-	other := makeMachine(t, vol, "other", "id-other")                  // only another toolchain's snapshot: ours is added, theirs kept
-	otherSnap := writeBootstrapped(t, other, "tc-x", "id-other", "x", Version)
+	fresh := makeMachine(t, vol, "fresh", "id-fresh")                      // never bootstrapped
+	current := makeMachine(t, vol, "current", "id-current")                // up to date
+	writeBootstrapped(t, current, "tc", "id-current", "tcid", testVersion) //
+	oldTC := makeMachine(t, vol, "oldtc", "id-oldtc")                      // older toolchain id
+	writeBootstrapped(t, oldTC, "tc", "id-oldtc", "old-tcid", testVersion) //
+	changed := makeMachine(t, vol, "changed", "id-new")                    // machine id changed
+	writeBootstrapped(t, changed, "tc", "id-old", "tcid", testVersion)     //
+	newer := makeMachine(t, vol, "newer", "id-newer")                      // bootstrapped by a newer bbot
+	writeBootstrapped(t, newer, "tc", "id-newer", "tcid", "99.0.0")        //
+	other := makeMachine(t, vol, "other", "id-other")                      // only another toolchain's snapshot: ours is added, theirs kept
+	otherSnap := writeBootstrapped(t, other, "tc-x", "id-other", "x", testVersion)
 	garbled := makeMachine(t, vol, "garbled", "id-garbled")
-	g := writeBootstrapped(t, garbled, "tc", "id-garbled", "tcid", Version)
+	g := writeBootstrapped(t, garbled, "tc", "id-garbled", "tcid", testVersion)
 	btrfs.SetReadOnly(g, false)
 	os.WriteFile(filepath.Join(g, "manifest"), []byte("garbage"), 0o644)
 	btrfs.SetReadOnly(g, true)
@@ -172,7 +175,7 @@ func TestEnumerate(t *testing.T) {
 
 	// No link: skipped and its stale bootstrapped snapshot deleted.
 	unlinked := makeMachine(t, vol, "unlinked", "id-unlinked")
-	unlinkedSnap := writeBootstrapped(t, unlinked, "tc", "id-unlinked", "tcid", Version)
+	unlinkedSnap := writeBootstrapped(t, unlinked, "tc", "id-unlinked", "tcid", testVersion)
 	os.Remove(filepath.Join(unlinked, "unlinked-1"))
 	// Dangling link: skipped.
 	dangling := makeMachine(t, vol, "dangling", "id-dangling")
@@ -192,7 +195,7 @@ func TestEnumerate(t *testing.T) {
 	os.WriteFile(filepath.Join(img, "manifest"), []byte(": 1\nid: x\n"), 0o644)
 
 	e := &Enumerator{Root: root, ToolchainName: "tc", ToolchainID: "tcid",
-		AgentVersion: mustVersion(t, Version), Bootstrapper: FakeBootstrapper{}, Log: testLog(t)}
+		AgentVersion: mustVersion(t, testVersion), Bootstrapper: FakeBootstrapper{mustVersion(t, testVersion)}, Log: testLog(t)}
 	ms, err := e.Enumerate(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -268,7 +271,7 @@ func TestBootstrapFailures(t *testing.T) {
 		versionBootstrapper{mustVersion(t, "0.99.0")}, // newer than --toolchain-ver: not published
 	} {
 		e := &Enumerator{Root: root, ToolchainName: "tc", ToolchainID: "tcid",
-			AgentVersion: mustVersion(t, Version), Bootstrapper: b, Log: testLog(t)}
+			AgentVersion: mustVersion(t, testVersion), Bootstrapper: b, Log: testLog(t)}
 		ms, err := e.Enumerate(context.Background())
 		if err != nil {
 			t.Fatal(err)
@@ -277,7 +280,7 @@ func TestBootstrapFailures(t *testing.T) {
 			t.Errorf("%T %v: failed bootstrap offered %d machines", b, b, len(ms))
 		}
 		// A failed machine waits out its own backoff: not retried at once.
-		e.Bootstrapper = FakeBootstrapper{}
+		e.Bootstrapper = FakeBootstrapper{mustVersion(t, testVersion)}
 		if ms, _ := e.Enumerate(context.Background()); len(ms) != 0 {
 			t.Errorf("%v: failed machine retried at once", b)
 		}
@@ -298,10 +301,10 @@ func BenchmarkEnumerate1000(b *testing.B) {
 	for i := range 1000 {
 		name := fmt.Sprintf("m%04d", i)
 		d := makeMachine(b, vol, name, "id-"+name)
-		writeBootstrapped(b, d, "tc", "id-"+name, "tcid", Version)
+		writeBootstrapped(b, d, "tc", "id-"+name, "tcid", testVersion)
 	}
 	e := &Enumerator{Root: root, ToolchainName: "tc", ToolchainID: "tcid",
-		AgentVersion: mustVersion(b, Version), Bootstrapper: FakeBootstrapper{}}
+		AgentVersion: mustVersion(b, testVersion), Bootstrapper: FakeBootstrapper{mustVersion(b, testVersion)}}
 	b.ResetTimer()
 	for b.Loop() {
 		ms, err := e.Enumerate(context.Background())
@@ -318,7 +321,7 @@ func TestEmptyToolchainID(t *testing.T) {
 	root := btrfstest.Mount(t, 256<<20)
 	makeMachine(t, filepath.Join(root, "v"), "m", "id-m")
 	e := &Enumerator{Root: root, ToolchainName: "tc", ToolchainID: "",
-		AgentVersion: mustVersion(t, Version), Bootstrapper: FakeBootstrapper{}, Log: testLog(t)}
+		AgentVersion: mustVersion(t, testVersion), Bootstrapper: FakeBootstrapper{mustVersion(t, testVersion)}, Log: testLog(t)}
 	for range 2 {
 		if ms, err := e.Enumerate(context.Background()); err != nil || len(ms) != 1 {
 			t.Fatalf("%d machines, %v", len(ms), err)

@@ -1,4 +1,4 @@
-package agent
+package controller
 
 import (
 	"os"
@@ -9,7 +9,7 @@ import (
 )
 
 // protocolDir holds the brep samples and the throwaway test key.
-var protocolDir = filepath.Join("..", "testdata", "conformance", "protocol")
+var protocolDir = filepath.Join("..", "..", "testdata", "conformance", "protocol")
 
 // TestAuthReproducesSamples: the fixture key's fingerprint and challenge
 // signature come out byte for byte as in the brep samples.

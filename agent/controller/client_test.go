@@ -1,4 +1,4 @@
-package agent
+package controller
 
 import (
 	"context"
@@ -17,7 +17,7 @@ import (
 
 func testRequest(t *testing.T) manifest.TaskRequest {
 	return manifest.TaskRequest{
-		Agent: "test-agent", ToolchainName: "ci", ToolchainVersion: mustVersion(t, Version),
+		Agent: "test-agent", ToolchainName: "ci", ToolchainVersion: mustVersion(t, "0.17.0"),
 		Machines: []manifest.MachineHeader{{ID: "id1", Name: "x86_64-linux_test", Summary: "test"}},
 	}
 }

@@ -1,4 +1,6 @@
-package agent
+// Package fsx holds the file helpers the agent packages share: cleanup
+// confined to a directory the agent owns, and atomic, durable writes.
+package fsx
 
 import (
 	"errors"
@@ -9,13 +11,13 @@ import (
 	"strings"
 )
 
-// removeOwned is os.RemoveAll restricted to paths strictly inside root, a
+// RemoveOwned is os.RemoveAll restricted to paths strictly inside root, a
 // directory the agent owns (the TFTP root, a machine directory). The path is
 // cleaned and its parent's symlinks resolved before the check, so neither
 // ".." nor a symlinked directory can make a cleanup delete something outside
 // root; root itself is refused too. A refused path is left untouched and
 // reported as an error.
-func removeOwned(root, path string) error {
+func RemoveOwned(root, path string) error {
 	refuse := func(why string) error {
 		return fmt.Errorf("refusing to remove %s: %s %s", path, why, root)
 	}

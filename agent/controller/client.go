@@ -1,4 +1,4 @@
-package agent
+package controller
 
 import (
 	"bytes"
@@ -208,7 +208,7 @@ func firstLine(b []byte) string {
 	return s
 }
 
-// ResultRequest builds the result request for a task response: session
+// ResultRequestFor builds the result request for a task response: session
 // echoed, challenge signed when one was issued, our agent checksum.
 func ResultRequestFor(resp *manifest.TaskResponse, key *rsa.PrivateKey, agentChecksum string, res manifest.Result) (manifest.ResultRequest, error) {
 	rr := manifest.ResultRequest{Session: resp.Session(), AgentChecksum: agentChecksum, Result: res}

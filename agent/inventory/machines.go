@@ -1,4 +1,7 @@
-package agent
+// Package inventory finds the machines under the machines directory, decides
+// which need a (re-)bootstrap, bootstraps and publishes them, and locks a
+// machine for the slot that uses it.
+package inventory
 
 import (
 	"bytes"
@@ -18,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/build2/bbot-agent-go/agent/internal/crash"
+	"github.com/build2/bbot-agent-go/agent/internal/fsx"
 
 	"github.com/build2/bbot-agent-go/btrfs"
 	"github.com/build2/bbot-agent-go/manifest"
@@ -54,53 +58,69 @@ type Bootstrapper interface {
 
 // FakeBootstrapper records the agent's own versions without booting
 // anything (--fake-bootstrap).
-type FakeBootstrapper struct{}
-
-func (FakeBootstrapper) Bootstrap(context.Context, BootstrapRequest) (manifest.Bootstrap, error) {
-	v, err := manifest.ParseStandardVersion(Version)
-	if err != nil {
-		return manifest.Bootstrap{}, err
-	}
-	return manifest.Bootstrap{Versions: []manifest.PackageVersion{{Package: "bbot", Version: v}}}, nil
+type FakeBootstrapper struct {
+	Version manifest.StandardVersion // the bbot version recorded (the agent's)
 }
 
-// Decision is what enumeration does with a machine.
-type Decision int
+func (f FakeBootstrapper) Bootstrap(context.Context, BootstrapRequest) (manifest.Bootstrap, error) {
+	return manifest.Bootstrap{Versions: []manifest.PackageVersion{{Package: "bbot", Version: f.Version}}}, nil
+}
+
+// HeldError is a bootstrap guest fault: the machine is kept for
+// inspection; enumeration runs Hold, then withholds the machine.
+type HeldError struct {
+	Why  string
+	Hold func(ctx context.Context)
+}
+
+func (e *HeldError) Error() string { return e.Why + " (machine held for inspection)" }
+
+// BootstrapError is a failed bootstrap that holds nothing.
+type BootstrapError struct {
+	Event string // what happened (the session event's name)
+	Why   string
+	Host  bool // a host-wide fault: the agent backs off
+}
+
+func (e *BootstrapError) Error() string { return "bootstrap " + e.Event + ": " + e.Why }
+
+// decision is what enumeration does with a machine.
+type decision int
 
 const (
-	UseMachine       Decision = iota // bootstrapped and current
-	BootstrapMachine                 // (re-)bootstrap it
-	SkipMachine                      // leave it alone this round
+	useMachine       decision = iota // bootstrapped and current
+	bootstrapMachine                 // (re-)bootstrap it
+	skipMachine                      // leave it alone this round
 )
 
-func (d Decision) String() string {
+func (d decision) String() string {
 	return [...]string{"use", "bootstrap", "skip"}[d]
 }
 
-// Decide is the re-bootstrap rule of SPEC §3: bootstrap when there is no
+// decide is the re-bootstrap rule of SPEC §3: bootstrap when there is no
 // usable bootstrapped manifest, or the machine id, the toolchain id changed,
 // or the recorded bbot version is older than ours (missing counts as older);
 // skip when it is newer (this agent is outdated).
-func Decide(m manifest.Machine, bm *manifest.BootstrappedMachine, toolchainID string, agentVersion manifest.StandardVersion) (Decision, string) {
+func decide(m manifest.Machine, bm *manifest.BootstrappedMachine, toolchainID string, agentVersion manifest.StandardVersion) (decision, string) {
 	switch {
 	case bm == nil:
-		return BootstrapMachine, "no usable bootstrapped snapshot"
+		return bootstrapMachine, "no usable bootstrapped snapshot"
 	case bm.Machine.ID != m.ID:
-		return BootstrapMachine, "machine id changed"
+		return bootstrapMachine, "machine id changed"
 	case bm.Toolchain.ID != toolchainID:
-		return BootstrapMachine, "toolchain id changed"
+		return bootstrapMachine, "toolchain id changed"
 	}
 	v, ok := bm.Bootstrap.Version("bbot")
 	if !ok {
-		return BootstrapMachine, "no recorded bbot version"
+		return bootstrapMachine, "no recorded bbot version"
 	}
 	switch c := v.Compare(agentVersion); {
 	case c < 0:
-		return BootstrapMachine, "bootstrapped with older bbot " + v.String()
+		return bootstrapMachine, "bootstrapped with older bbot " + v.String()
 	case c > 0:
-		return SkipMachine, "bootstrapped with newer bbot " + v.String() + " than this agent's " + agentVersion.String()
+		return skipMachine, "bootstrapped with newer bbot " + v.String() + " than this agent's " + agentVersion.String()
 	}
-	return UseMachine, ""
+	return useMachine, ""
 }
 
 // Enumerator finds the usable machines under the machines directory and
@@ -157,8 +177,8 @@ func (e *Enumerator) Withhold(dir, why string) {
 	e.log().Warn("machine withheld", "machine", dir, "for", w.delay, "why", why)
 }
 
-// withheld reports whether dir is waiting out a backoff.
-func (e *Enumerator) withheld(dir string) bool {
+// Withheld reports whether dir is waiting out a backoff.
+func (e *Enumerator) Withheld(dir string) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	w := e.waiting[dir]
@@ -204,7 +224,7 @@ func (e *Enumerator) Enumerate(ctx context.Context) ([]*Machine, error) {
 			if hidden(ent.Name()) || !isDir(volDir, ent) {
 				continue
 			}
-			if e.withheld(filepath.Join(volDir, ent.Name())) {
+			if e.Withheld(filepath.Join(volDir, ent.Name())) {
 				continue
 			}
 			m, err := e.machine(ctx, filepath.Join(volDir, ent.Name()))
@@ -233,12 +253,12 @@ func isDir(parent string, ent fs.DirEntry) bool {
 	return false
 }
 
-// machineLock is a held machine flock.
-type machineLock struct{ f *os.File }
+// Lock is a held machine flock.
+type Lock struct{ f *os.File }
 
 // LockMachine takes the machine directory's flock without waiting. It
 // returns (nil, nil) when another process or slot holds it.
-func LockMachine(dir string) (*machineLock, error) {
+func LockMachine(dir string) (*Lock, error) {
 	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o644)
 	if err != nil {
 		return nil, err
@@ -250,12 +270,12 @@ func LockMachine(dir string) (*machineLock, error) {
 		}
 		return nil, fmt.Errorf("locking %s: %w", dir, err)
 	}
-	return &machineLock{f: f}, nil
+	return &Lock{f: f}, nil
 }
 
-// lockMachineWait retries LockMachine for up to wait: a busy lock is
+// LockMachineWait retries LockMachine for up to wait: a busy lock is
 // usually a short clean-up by enumeration.
-func lockMachineWait(ctx context.Context, dir string, wait time.Duration) (*machineLock, error) {
+func LockMachineWait(ctx context.Context, dir string, wait time.Duration) (*Lock, error) {
 	deadline := time.Now().Add(wait)
 	for {
 		l, err := LockMachine(dir)
@@ -274,7 +294,7 @@ func lockMachineWait(ctx context.Context, dir string, wait time.Duration) (*mach
 }
 
 // Close releases the flock.
-func (l *machineLock) Close() error { return l.f.Close() }
+func (l *Lock) Close() error { return l.f.Close() }
 
 // machine examines one machine directory; nil means nothing usable.
 func (e *Enumerator) machine(ctx context.Context, dir string) (*Machine, error) {
@@ -289,7 +309,7 @@ func (e *Enumerator) machine(ctx context.Context, dir string) (*Machine, error) 
 	}
 	defer lock.Close() // releases the flock
 
-	if err := RemoveTemporaries(dir, name, e.ToolchainName, e.Log); err != nil {
+	if err := removeTemporaries(dir, name, e.ToolchainName, e.Log); err != nil {
 		return nil, err
 	}
 
@@ -322,11 +342,11 @@ func (e *Enumerator) machine(ctx context.Context, dir string) (*Machine, error) 
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		e.Log.Warn("unreadable bootstrapped manifest, re-bootstrapping", "machine", dir, "error", err)
 	}
-	decision, reason := Decide(mc, current, e.ToolchainID, e.AgentVersion)
-	switch decision {
-	case UseMachine:
+	d, reason := decide(mc, current, e.ToolchainID, e.AgentVersion)
+	switch d {
+	case useMachine:
 		return &Machine{Dir: dir, Bootstrapped: bootstrapped, Manifest: *current}, nil
-	case SkipMachine:
+	case skipMachine:
 		e.Log.Warn("skipping machine", "machine", dir, "reason", reason)
 		return nil, nil
 	}
@@ -342,10 +362,10 @@ func (e *Enumerator) machine(ctx context.Context, dir string) (*Machine, error) 
 	return &Machine{Dir: dir, Bootstrapped: bootstrapped, Manifest: bm}, nil
 }
 
-// RemoveTemporaries deletes this toolchain's leftover temporary snapshots
+// removeTemporaries deletes this toolchain's leftover temporary snapshots
 // <machine>-<toolchain>~* in dir. The caller holds the machine's lock; other
 // toolchains' names (<machine>-<toolchain>-x~...) never match.
-func RemoveTemporaries(dir, machine, toolchain string, log *slog.Logger) error {
+func removeTemporaries(dir, machine, toolchain string, log *slog.Logger) error {
 	prefix := machine + "-" + toolchain + "~"
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -360,7 +380,7 @@ func RemoveTemporaries(dir, machine, toolchain string, log *slog.Logger) error {
 		if ok, _ := btrfs.IsSubvolume(p); ok {
 			err = btrfs.Delete(p)
 		} else {
-			err = removeOwned(dir, p)
+			err = fsx.RemoveOwned(dir, p)
 		}
 		if err != nil {
 			return err
@@ -402,16 +422,16 @@ func (e *Enumerator) bootstrap(ctx context.Context, dir, image, bootstrapped str
 	}()
 
 	b, err := e.Bootstrapper.Bootstrap(ctx, BootstrapRequest{Machine: mc, Image: image, Snapshot: work})
-	var hb *heldBootstrap
+	var hb *HeldError
 	if errors.As(err, &hb) {
 		// The hold uses the slot's run files, TFTP port and tap: until
 		// slots give each hold its own, it holds the slot (and this
 		// machine's lock) here, as a held build does.
-		hb.hold(ctx)
+		hb.Hold(ctx)
 		return bm, err
 	}
-	var be *bootstrapError
-	if errors.As(err, &be) && be.host && e.OnHostFault != nil {
+	var be *BootstrapError
+	if errors.As(err, &be) && be.Host && e.OnHostFault != nil {
 		e.OnHostFault(be.Error())
 	}
 	if err != nil {
@@ -435,7 +455,7 @@ func (e *Enumerator) bootstrap(ctx context.Context, dir, image, bootstrapped str
 	if err := bm.Serialize(&buf); err != nil {
 		return bm, err
 	}
-	if err := WriteFileAtomic(filepath.Join(work, "manifest"), buf.Bytes(), 0o644); err != nil {
+	if err := fsx.WriteFileAtomic(filepath.Join(work, "manifest"), buf.Bytes(), 0o644); err != nil {
 		return bm, err
 	}
 	if err := btrfs.SetReadOnly(work, true); err != nil {
@@ -467,7 +487,7 @@ func publish(work, final string) error {
 	if ok, _ := btrfs.IsSubvolume(work); ok {
 		return btrfs.Delete(work)
 	}
-	return removeOwned(filepath.Dir(final), work)
+	return fsx.RemoveOwned(filepath.Dir(final), work)
 }
 
 func readMachine(path string) (manifest.Machine, error) {
@@ -486,36 +506,4 @@ func readBootstrapped(path string) (manifest.BootstrappedMachine, error) {
 	}
 	defer f.Close()
 	return manifest.ParseBootstrappedMachine(f, path)
-}
-
-// WriteFileAtomic writes data to a temporary file beside path, syncs it and
-// renames it over path, so readers see the old or the new content only.
-func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if err == nil {
-		err = f.Chmod(perm)
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	if d, err := os.Open(filepath.Dir(path)); err == nil {
-		d.Sync() // make the rename itself durable
-		d.Close()
-	}
-	return nil
 }
