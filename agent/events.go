@@ -43,6 +43,11 @@ func decisive(e tftp.Event) bool {
 
 // Notify is a tftp.Mapping.Notify function.
 func (q *EventQueue) Notify(e tftp.Event) {
+	if e.Fault == tftp.FaultForeign {
+		// Not the guest (no session prefix, wrong source): never a sign
+		// of life, never a result; the mapping logged it.
+		return
+	}
 	q.mu.Lock()
 	if len(q.events) >= maxQueuedEvents && !decisive(e) {
 		q.dropped++

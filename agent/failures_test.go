@@ -51,11 +51,17 @@ func TestHeldOutcomeSurvivesSIGTERM(t *testing.T) {
 	srv.QueueTask("hang", testMachine)
 	e := newE2E(t, controller.Controller{URL: srv.TaskURL()})
 	e.opts.BuildTimeout, e.opts.SuspendTimeout = 8*time.Second, 0
-	held := make(chan struct{}, 1)
-	e.onSuspend = func(*machine.Machine) { held <- struct{}{} }
+	held := make(chan int, 1)
+	e.onSuspend = func(m *machine.Machine) { held <- m.Info().PID }
 	e.start()
 	select {
-	case <-held:
+	case pid := <-held:
+		// The session's TFTP prefix is a secret: never on QEMU's command
+		// line, which every local user can read.
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil || strings.Contains(string(cmdline), "bbot.tftp-prefix") || !strings.Contains(string(cmdline), "path=") {
+			t.Errorf("QEMU command line %q, %v", cmdline, err)
+		}
 	case <-time.After(180 * time.Second):
 		t.Fatal("machine not held")
 	}

@@ -7,6 +7,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -154,6 +155,11 @@ func (o *Options) Validate() error {
 	}
 	if r := Ranges["ram"]; o.RAM < uint64(r.Min) || o.RAM > uint64(r.Max) {
 		return &OptionError{"ram", strconv.FormatUint(o.RAM, 10), "must be between " + strconv.FormatInt(r.Min, 10) + " and " + strconv.FormatInt(r.Max, 10) + " KiB"}
+	}
+	if o.TFTPAddress != "" {
+		if a, err := netip.ParseAddr(o.TFTPAddress); err != nil || a.Zone() != "" {
+			return &OptionError{"tftp-address", o.TFTPAddress, "expected an IP address"}
+		}
 	}
 	switch o.Network {
 	case "bridge", "user":

@@ -1,7 +1,10 @@
 package agent
 
 import (
+	"context"
+	"errors"
 	"testing"
+	"time"
 
 	"github.com/build2/bbot-agent-go/tftp"
 )
@@ -56,7 +59,7 @@ func TestDecideOutcome(t *testing.T) {
 func TestEventQueueBounded(t *testing.T) {
 	q := NewEventQueue()
 	for i := 0; i < 100000; i++ {
-		q.Notify(tftp.Event{Kind: tftp.TransferFailed, Op: tftp.Get, Name: "x", Fault: tftp.FaultForeign})
+		q.Notify(tftp.Event{Kind: tftp.TransferFailed, Op: tftp.Get, Name: "x", Fault: tftp.FaultClient})
 	}
 	q.Notify(tftp.Event{Kind: tftp.UploadCompleted, Op: tftp.Put, Name: "manifest"})
 	q.mu.Lock()
@@ -67,5 +70,19 @@ func TestEventQueueBounded(t *testing.T) {
 	}
 	if name, ok := q.completed(ResultNames); !ok || name != "manifest" {
 		t.Error("the upload was dropped")
+	}
+}
+
+// TestForeignRequestIsNoSignOfLife: a request refused as foreign (no
+// session prefix, another source) never makes the guest count as alive.
+func TestForeignRequestIsNoSignOfLife(t *testing.T) {
+	q := NewEventQueue()
+	q.Notify(tftp.Event{Kind: tftp.TransferFailed, Op: tftp.Get, Name: "manifest", Fault: tftp.FaultForeign})
+	if err := waitAlive(context.Background(), q, 100*time.Millisecond); !errors.Is(err, ErrStartupTimeout) {
+		t.Fatalf("WaitAlive after a foreign request: %v", err)
+	}
+	q.Notify(tftp.Event{Kind: tftp.FirstRequest, Op: tftp.Get, Name: "manifest"})
+	if err := waitAlive(context.Background(), q, 100*time.Millisecond); err != nil {
+		t.Fatalf("WaitAlive after the guest's request: %v", err)
 	}
 }

@@ -188,7 +188,14 @@ func (s *session) start(ctx context.Context) (sessionReport, bool) {
 	s.push(func() { srv.SetHandler(nil); mp.Close() })
 
 	cfg := v.machineConfig(s.mc, s.snapshot, s.mode)
-	cfg.OEMStrings = append(cfg.OEMStrings, "bbot.tftp-prefix="+prefix)
+	// The prefix reaches the guest through a file in the 0700 run dir,
+	// never on QEMU's command line (world-readable in /proc).
+	prefixFile := filepath.Join(v.Opts.RunDir, "oem-prefix")
+	if err := fsx.WriteFileAtomic(prefixFile, []byte("bbot.tftp-prefix="+prefix), 0o600); err != nil {
+		return host("writing the TFTP prefix", err)
+	}
+	s.push(func() { os.Remove(prefixFile) })
+	cfg.OEMFiles = append(cfg.OEMFiles, prefixFile)
 	s.accel = cfg.Accel
 	if v.Opts.Network == "bridge" {
 		if err := machine.CreateTap(cfg.Tap, v.Opts.Bridge); err != nil {

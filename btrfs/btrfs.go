@@ -79,8 +79,10 @@ func openDir(path string) (int, error) {
 // IsSubvolume reports whether path is the root of a btrfs subvolume. A
 // missing path is an error; anything else that is not a subvolume is false.
 func IsSubvolume(path string) (bool, error) {
+	// Lstat: a symlink is never a subvolume, whatever it points at (a
+	// delete must never reach through one).
 	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
+	if err := unix.Lstat(path, &st); err != nil {
 		return false, &Error{"stat", path, err}
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFDIR || st.Ino != firstFreeObjectID {

@@ -150,3 +150,26 @@ func TestErrors(t *testing.T) {
 		t.Errorf("long name: %v", err)
 	}
 }
+
+// TestSymlinkIsNoSubvolume: a symlink to a subvolume is not one, and
+// Delete through it fails without touching the target.
+func TestSymlinkIsNoSubvolume(t *testing.T) {
+	mnt := btrfstest.Mount(t, 256<<20)
+	img := filepath.Join(mnt, "img")
+	if err := btrfs.Create(img); err != nil {
+		t.Fatal(err)
+	}
+	if err := btrfs.SetReadOnly(img, true); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(mnt, "link")
+	os.Symlink("img", link)
+	mustSubvol(t, link, false)
+	if err := btrfs.Delete(link); !errors.Is(err, btrfs.ErrNotSubvolume) {
+		t.Errorf("Delete through a symlink: %v", err)
+	}
+	if ro, err := btrfs.IsReadOnly(img); err != nil || !ro {
+		t.Errorf("target changed: read-only %v, %v", ro, err)
+	}
+	mustSubvol(t, img, true)
+}

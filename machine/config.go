@@ -29,6 +29,11 @@ type Config struct {
 
 	// OEMStrings become SMBIOS type 11 strings (bbot.tftp=..., ...).
 	OEMStrings []string
+	// OEMFiles are files (absolute paths) whose contents become further
+	// type 11 strings: for secrets, which on the command line anyone could
+	// read in /proc/<pid>/cmdline. QEMU reads them at start-up, as the
+	// user that starts it.
+	OEMFiles []string
 	// Options are the machine manifest's extra QEMU arguments, with shell
 	// quoting ('...', "...", backslash).
 	Options string
@@ -128,6 +133,11 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("machine: bad OEM string %q", s)
 		}
 	}
+	for _, f := range c.OEMFiles {
+		if !filepath.IsAbs(f) || strings.ContainsAny(f, "\x00") {
+			return fmt.Errorf("machine: OEM string file %q must be an absolute path", f)
+		}
+	}
 	if c.Disk != "" && (filepath.IsAbs(c.Disk) || strings.Contains(c.Disk, ",")) {
 		return fmt.Errorf("machine: disk %q must be a plain relative path", c.Disk)
 	}
@@ -213,10 +223,13 @@ func (c *Config) Args() ([]string, error) {
 		// A guest reboot ends the machine like a power-off.
 		"-no-reboot",
 	}
-	if len(c.OEMStrings) > 0 {
+	if len(c.OEMStrings)+len(c.OEMFiles) > 0 {
 		s := "type=11"
 		for _, v := range c.OEMStrings {
 			s += ",value=" + qemuEscape(v)
+		}
+		for _, f := range c.OEMFiles {
+			s += ",path=" + qemuEscape(f)
 		}
 		a = append(a, "-smbios", s)
 	}

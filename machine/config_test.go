@@ -42,7 +42,12 @@ func TestArgsGolden(t *testing.T) {
 		},
 		"user-tcg-no-options": func(c *Config) { c.Options = ""; c.OEMStrings = []string{"comma,in=value"} },
 		// The agent's sandbox: as root with -runas (setuid allowed) ...
-		"user-kvm-sandbox-runas": func(c *Config) { c.Accel = "kvm"; c.Sandbox = true; c.RunAs = "bbot-qemu" },
+		"user-kvm-sandbox-runas": func(c *Config) {
+			c.Accel = "kvm"
+			c.Sandbox = true
+			c.RunAs = "bbot-qemu"
+			c.OEMFiles = []string{"/run/bbot-agent/default/oem-prefix"} // a secret: not on the command line
+		},
 		// ... and unprivileged (no setuid).
 		"bridge-tcg-sandbox": func(c *Config) {
 			c.Network, c.Tap = "bridge", "bb2"

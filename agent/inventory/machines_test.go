@@ -172,6 +172,10 @@ func TestEnumerate(t *testing.T) {
 	os.Mkdir(staleDir, 0o755)
 	othersTemp := filepath.Join(current, "current-tc-x~live")
 	btrfs.Snapshot(filepath.Join(current, "current-1.0"), othersTemp, false)
+	// A "temporary" that is a symlink to the admin's image: only the link
+	// goes; the image is untouched (still read-only).
+	staleLink := filepath.Join(current, "current-tc~link")
+	os.Symlink("current-1.0", staleLink)
 
 	// No link: skipped and its stale bootstrapped snapshot deleted.
 	unlinked := makeMachine(t, vol, "unlinked", "id-unlinked")
@@ -197,6 +201,12 @@ func TestEnumerate(t *testing.T) {
 	e := &Enumerator{Root: root, ToolchainName: "tc", ToolchainID: "tcid",
 		AgentVersion: mustVersion(t, testVersion), Bootstrapper: FakeBootstrapper{mustVersion(t, testVersion)}, Log: testLog(t)}
 	ms, err := e.Enumerate(context.Background())
+	if _, lerr := os.Lstat(staleLink); lerr == nil {
+		t.Error("stale symlink temporary kept")
+	}
+	if ro, rerr := btrfs.IsReadOnly(filepath.Join(current, "current-1.0")); rerr != nil || !ro {
+		t.Errorf("the admin's image behind a symlink was touched: read-only %v, %v", ro, rerr)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
