@@ -111,8 +111,13 @@ func (a *Agent) open(ctx context.Context) error {
 		a.Log.Error("recovering journals", "error", err)
 	}
 	journals = append(journals, orphans...)
-	for _, j := range journals {
-		a.recoverJournal(ctx, j)
+	for i, j := range journals {
+		sent := a.recoverJournal(ctx, j)
+		if i > 0 {
+			// Another instance's journal: release it once its entries
+			// are sent, so that its owner can claim it again.
+			go func() { sent.Wait(); j.Close() }()
+		}
 	}
 	return nil
 }
@@ -148,7 +153,8 @@ func (a *Agent) killLeftovers() {
 // recoverJournal settles and sends what j holds: received entries become
 // their uploaded result if one was completely uploaded, else the interrupt
 // they hold; held entries (their VM is gone now) are final as they are.
-func (a *Agent) recoverJournal(ctx context.Context, j *journal.Journal) {
+func (a *Agent) recoverJournal(ctx context.Context, j *journal.Journal) *sync.WaitGroup {
+	var sent sync.WaitGroup
 	entries, err := j.Entries()
 	if err != nil {
 		a.Log.Error("reading the task journal", "dir", j.Path(), "error", err)
@@ -163,7 +169,8 @@ func (a *Agent) recoverJournal(ctx context.Context, j *journal.Journal) {
 			}
 		}
 		a.Log.Info("sending result left by an earlier run", "entry", e.ID, "package", e.Package, "status", e.Status)
-		a.Sender.Async(ctx, j, e, nil)
+		sent.Add(1)
+		a.Sender.Async(ctx, j, e, func(bool) { sent.Done() })
 	}
 	dirs := NewTaskDirs(a.Opts.TFTP, a.Opts.ToolchainName)
 	for _, d := range []string{dirs.Get, dirs.Put, filepath.Join(a.Opts.TFTP, "bootstrap", a.Opts.ToolchainName)} {
@@ -171,6 +178,7 @@ func (a *Agent) recoverJournal(ctx context.Context, j *journal.Journal) {
 			a.Log.Error("removing TFTP directory", "path", d, "error", err)
 		}
 	}
+	return &sent
 }
 
 // recoverReceived settles an entry whose task was cut short by a crash.
