@@ -191,6 +191,9 @@ func (s *session) start(ctx context.Context) (sessionReport, bool) {
 	// The prefix reaches the guest through a file in the 0700 run dir,
 	// never on QEMU's command line (world-readable in /proc).
 	prefixFile := filepath.Join(v.Opts.RunDir, "oem-prefix")
+	if err := os.MkdirAll(v.Opts.RunDir, 0o700); err != nil {
+		return host("run directory", err)
+	}
 	if err := fsx.WriteFileAtomic(prefixFile, []byte("bbot.tftp-prefix="+prefix), 0o600); err != nil {
 		return host("writing the TFTP prefix", err)
 	}
