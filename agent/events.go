@@ -3,16 +3,15 @@ package agent
 import (
 	"context"
 	"errors"
-	"slices"
 	"sync"
 	"time"
 
 	"github.com/build2/bbot-agent-go/tftp"
 )
 
-// EventQueue collects TFTP events without ever blocking a transfer and lets
+// eventQueue collects TFTP events without ever blocking a transfer and lets
 // one consumer wait for them.
-type EventQueue struct {
+type eventQueue struct {
 	mu     sync.Mutex
 	events []tftp.Event
 	signal chan struct{}
@@ -28,7 +27,7 @@ type EventQueue struct {
 // queued; the session ends at the first one.
 const maxQueuedEvents = 1024
 
-func NewEventQueue() *EventQueue { return &EventQueue{signal: make(chan struct{}, 1)} }
+func newEventQueue() *eventQueue { return &eventQueue{signal: make(chan struct{}, 1)} }
 
 // decisive reports whether an event can end a session's wait.
 func decisive(e tftp.Event) bool {
@@ -42,7 +41,7 @@ func decisive(e tftp.Event) bool {
 }
 
 // Notify is a tftp.Mapping.Notify function.
-func (q *EventQueue) Notify(e tftp.Event) {
+func (q *eventQueue) Notify(e tftp.Event) {
 	if e.Fault == tftp.FaultForeign {
 		// Not the guest (no session prefix, wrong source): never a sign
 		// of life, never a result; the mapping logged it.
@@ -65,19 +64,19 @@ func (q *EventQueue) Notify(e tftp.Event) {
 	}
 }
 
-func (q *EventQueue) uploadTime() time.Time {
+func (q *eventQueue) uploadTime() time.Time {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return q.lastUpload
 }
 
 // Next returns the next event, waiting until one comes or ctx ends.
-func (q *EventQueue) Next(ctx context.Context) (tftp.Event, error) { return q.wait(ctx, true) }
+func (q *eventQueue) Next(ctx context.Context) (tftp.Event, error) { return q.wait(ctx, true) }
 
 // peek waits for an event without consuming it.
-func (q *EventQueue) peek(ctx context.Context) (tftp.Event, error) { return q.wait(ctx, false) }
+func (q *eventQueue) peek(ctx context.Context) (tftp.Event, error) { return q.wait(ctx, false) }
 
-func (q *EventQueue) wait(ctx context.Context, consume bool) (tftp.Event, error) {
+func (q *eventQueue) wait(ctx context.Context, consume bool) (tftp.Event, error) {
 	for {
 		q.mu.Lock()
 		if len(q.events) > 0 {
@@ -97,46 +96,5 @@ func (q *EventQueue) wait(ctx context.Context, consume bool) (tftp.Event, error)
 	}
 }
 
-// ErrStartupTimeout means the machine never talked to the TFTP server.
-var ErrStartupTimeout = errors.New("no TFTP request from the machine within the startup timeout")
-
-// ErrBuildTimeout means no result arrived within the build timeout.
-var ErrBuildTimeout = errors.New("no result uploaded within the build timeout")
-
-// WaitUpload waits for the first request (within startup; 0 = no limit)
-// and then for a completed upload of one of names (within total, counted
-// from the call). The upload's completion event ends the wait: there is no
-// polling. It returns the uploaded name.
-func WaitUpload(ctx context.Context, q *EventQueue, names []string, startup, total time.Duration) (string, error) {
-	deadline := time.Now().Add(total)
-	startDeadline := deadline
-	if startup > 0 && startup < total {
-		startDeadline = time.Now().Add(startup)
-	}
-	alive := false
-	for {
-		d := deadline
-		if !alive {
-			d = startDeadline
-		}
-		waitCtx, cancel := context.WithDeadline(ctx, d)
-		e, err := q.Next(waitCtx)
-		cancel()
-		if err != nil {
-			switch {
-			case ctx.Err() != nil:
-				return "", ctx.Err()
-			case !alive:
-				return "", ErrStartupTimeout
-			}
-			return "", ErrBuildTimeout
-		}
-		alive = true
-		if e.Kind != tftp.UploadCompleted {
-			continue
-		}
-		if name, err := tftp.CleanName(e.Name); err == nil && slices.Contains(names, name) {
-			return name, nil
-		}
-	}
-}
+// errStartupTimeout means the machine never talked to the TFTP server.
+var errStartupTimeout = errors.New("no TFTP request from the machine within the startup timeout")

@@ -57,7 +57,7 @@ func TestDecideOutcome(t *testing.T) {
 // TestEventQueueBounded: a flood of failed requests does not grow the
 // queue past its bound, and decisive events still get through.
 func TestEventQueueBounded(t *testing.T) {
-	q := NewEventQueue()
+	q := newEventQueue()
 	for i := 0; i < 100000; i++ {
 		q.Notify(tftp.Event{Kind: tftp.TransferFailed, Op: tftp.Get, Name: "x", Fault: tftp.FaultClient})
 	}
@@ -68,7 +68,7 @@ func TestEventQueueBounded(t *testing.T) {
 	if n != maxQueuedEvents+1 || dropped != 100000-maxQueuedEvents {
 		t.Fatalf("%d queued, %d dropped", n, dropped)
 	}
-	if name, ok := q.completed(ResultNames); !ok || name != "manifest" {
+	if name, ok := q.completed(resultNames); !ok || name != "manifest" {
 		t.Error("the upload was dropped")
 	}
 }
@@ -76,9 +76,9 @@ func TestEventQueueBounded(t *testing.T) {
 // TestForeignRequestIsNoSignOfLife: a request refused as foreign (no
 // session prefix, another source) never makes the guest count as alive.
 func TestForeignRequestIsNoSignOfLife(t *testing.T) {
-	q := NewEventQueue()
+	q := newEventQueue()
 	q.Notify(tftp.Event{Kind: tftp.TransferFailed, Op: tftp.Get, Name: "manifest", Fault: tftp.FaultForeign})
-	if err := waitAlive(context.Background(), q, 100*time.Millisecond); !errors.Is(err, ErrStartupTimeout) {
+	if err := waitAlive(context.Background(), q, 100*time.Millisecond); !errors.Is(err, errStartupTimeout) {
 		t.Fatalf("WaitAlive after a foreign request: %v", err)
 	}
 	q.Notify(tftp.Event{Kind: tftp.FirstRequest, Op: tftp.Get, Name: "manifest"})

@@ -19,45 +19,21 @@ import (
 	"github.com/build2/bbot-agent-go/manifest"
 )
 
-// ResultNames are the names a worker may upload its result manifest as.
-var ResultNames = []string{"manifest", "result.manifest"}
+// resultNames are the names a worker may upload its result manifest as.
+var resultNames = []string{"manifest", "result.manifest"}
 
-// TaskDirs are the TFTP directories of one task: GET serves Get, PUT
+// taskDirs are the TFTP directories of one task: GET serves Get, PUT
 // writes Put (<tftp>/build/<toolchain>/get and put).
-type TaskDirs struct{ Root, Get, Put string }
+type taskDirs struct{ Root, Get, Put string }
 
-// NewTaskDirs returns the task directories under the TFTP root.
-func NewTaskDirs(tftpRoot, toolchain string) TaskDirs {
+// newTaskDirs returns the task directories under the TFTP root.
+func newTaskDirs(tftpRoot, toolchain string) taskDirs {
 	base := filepath.Join(tftpRoot, "build", toolchain)
-	return TaskDirs{Root: tftpRoot, Get: filepath.Join(base, "get"), Put: filepath.Join(base, "put")}
-}
-
-// Create makes both directories empty (leftovers of a crashed run are
-// removed) and writes the worker's task as "manifest" and "task.manifest"
-// (--fake-machine).
-func (d TaskDirs) Create(task *manifest.Task) error {
-	if err := d.Remove(); err != nil {
-		return err
-	}
-	for _, p := range []string{d.Get, d.Put} {
-		if err := os.MkdirAll(p, 0o755); err != nil {
-			return err
-		}
-	}
-	var b bytes.Buffer
-	if err := task.Serialize(&b); err != nil {
-		return err
-	}
-	for _, n := range []string{"manifest", "task.manifest"} {
-		if err := fsx.WriteFileAtomic(filepath.Join(d.Get, n), b.Bytes(), 0o644); err != nil {
-			return err
-		}
-	}
-	return nil
+	return taskDirs{Root: tftpRoot, Get: filepath.Join(base, "get"), Put: filepath.Join(base, "put")}
 }
 
 // Remove deletes both directories (never anything outside the TFTP root).
-func (d TaskDirs) Remove() error {
+func (d taskDirs) Remove() error {
 	return errors.Join(fsx.RemoveOwned(d.Root, d.Get), fsx.RemoveOwned(d.Root, d.Put))
 }
 
@@ -74,7 +50,7 @@ type task struct {
 	head  result.Head
 	rt    result.Task
 	entry *journal.Entry
-	dirs  TaskDirs
+	dirs  taskDirs
 }
 
 // handle performs one task: the journal entry first (with the signed
@@ -82,7 +58,7 @@ type task struct {
 // the outcome, written into the entry. It returns the settled entry (to be
 // sent) and the teardown to run in parallel with sending.
 func (a *Agent) handle(ctx context.Context, resp *manifest.TaskResponse, machines []*inventory.Machine, received time.Time) (*journal.Entry, func()) {
-	t := &task{resp: resp, task: resp.Task, dirs: NewTaskDirs(a.Opts.TFTP, a.Opts.ToolchainName)}
+	t := &task{resp: resp, task: resp.Task, dirs: newTaskDirs(a.Opts.TFTP, a.Opts.ToolchainName)}
 	t.mach = findMachine(machines, t.task.Machine())
 	t.rt = result.Task{Name: t.task.Name(), Version: t.task.Version()}
 	machineID := ""
@@ -182,7 +158,7 @@ func (a *Agent) perform(ctx context.Context, t *task, received time.Time) func()
 	o := a.Opts
 	s := &session{v: a.VMs, mode: "build", mc: t.mach.Manifest.Machine, source: t.mach.Bootstrapped,
 		get: t.dirs.Get, put: t.dirs.Put, getFiles: map[string][]byte{"manifest": task.Bytes(), "task.manifest": task.Bytes()},
-		names: ResultNames, startup: o.BuildStartup, timeout: o.BuildTimeout, retries: o.BuildRetries,
+		names: resultNames, startup: o.BuildStartup, timeout: o.BuildTimeout, retries: o.BuildRetries,
 		maxFile: maxTaskUpload, maxTotal: 4 * maxTaskUpload, entry: t.entry.ID}
 	if a.VMs.maxUpload > 0 {
 		s.maxFile, s.maxTotal = a.VMs.maxUpload, 4*a.VMs.maxUpload
@@ -288,10 +264,10 @@ func (a *Agent) postOnce(ctx context.Context, url string, body []byte) {
 	}
 }
 
-// ReadResult parses the uploaded result leniently and forces the task's
+// readResult parses the uploaded result leniently and forces the task's
 // name and version (brep rejects anything else). An unreadable or malformed
 // result becomes an abnormal one; the error says why.
-func ReadResult(path string, task *manifest.Task) (manifest.Result, error) {
+func readResult(path string, task *manifest.Task) (manifest.Result, error) {
 	res := manifest.Result{Name: task.Name(), Version: task.Version(), Status: "abnormal"}
 	f, err := os.Open(path)
 	if err != nil {

@@ -7,14 +7,14 @@ import (
 )
 
 // TestRemoveOwnedTaskDirs: a toolchain name that escapes the TFTP root makes
-// TaskDirs.Remove fail rather than delete outside it.
+// taskDirs.Remove fail rather than delete outside it.
 func TestRemoveOwnedTaskDirs(t *testing.T) {
 	base := t.TempDir()
 	root := filepath.Join(base, "tftp")
 	victim := filepath.Join(base, "get")
 	os.MkdirAll(root, 0o755)
 	os.MkdirAll(victim, 0o755)
-	if err := NewTaskDirs(root, "../..").Remove(); err == nil {
+	if err := newTaskDirs(root, "../..").Remove(); err == nil {
 		t.Error("escaping task dirs removed without error")
 	}
 	if _, err := os.Stat(victim); err != nil {

@@ -172,7 +172,7 @@ func (a *Agent) recoverJournal(ctx context.Context, j *journal.Journal) *sync.Wa
 		sent.Add(1)
 		a.Sender.Async(ctx, j, e, func(bool) { sent.Done() })
 	}
-	dirs := NewTaskDirs(a.Opts.TFTP, a.Opts.ToolchainName)
+	dirs := newTaskDirs(a.Opts.TFTP, a.Opts.ToolchainName)
 	for _, d := range []string{dirs.Get, dirs.Put, filepath.Join(a.Opts.TFTP, "bootstrap", a.Opts.ToolchainName)} {
 		if err := fsx.RemoveOwned(a.Opts.TFTP, d); err != nil {
 			a.Log.Error("removing TFTP directory", "path", d, "error", err)
@@ -186,7 +186,7 @@ func (a *Agent) recoverReceived(j *journal.Journal, e *journal.Entry) {
 	if e.Put == "" {
 		return
 	}
-	for _, n := range ResultNames {
+	for _, n := range resultNames {
 		p := filepath.Join(e.Put, n)
 		f, err := os.Open(p)
 		if err != nil {

@@ -48,6 +48,13 @@ type session struct {
 	maxFile  int64
 	maxTotal int64
 	entry    string // journal entry id, for the VM record
+	// noVM: a --fake-machine session: no snapshot, tap or QEMU, no
+	// session prefix (a person or a worker under development plays the
+	// guest with any TFTP client); the wait is for the result only.
+	noVM bool
+	// bind, if set, overrides where TFTP is bound (--fake-machine: the
+	// loopback unless --tftp-address says otherwise).
+	bind string
 
 	undo        []func()
 	served      chan struct{} // closed when the TFTP server stops
@@ -55,9 +62,10 @@ type session struct {
 	attempts    int
 	accel       string // of the current attempt
 	m           *machine.Machine
-	q           *EventQueue
+	q           *eventQueue
 	qemuStarted time.Time
 	uploaded    time.Time
+	prefix      string // this attempt's TFTP session prefix
 }
 
 // sessionReport is what a session ended with. The machine, if still
@@ -83,6 +91,13 @@ func (s *session) teardown() {
 
 // run performs the steps and waits for the result (or the first fault).
 func (s *session) run(ctx context.Context) sessionReport {
+	if s.noVM {
+		if rep, ok := s.start(ctx); !ok {
+			s.teardown()
+			return rep
+		}
+		return s.waitResult(ctx)
+	}
 	for attempt := 0; ; attempt++ {
 		if rep, ok := s.start(ctx); !ok {
 			s.teardown()
@@ -100,7 +115,7 @@ func (s *session) run(ctx context.Context) sessionReport {
 		s.v.Log.Warn("machine mis-booted", "machine", s.mc.Name, "attempt", attempt+1, "console", s.m.Info().ConsoleLog)
 		if attempt >= s.retries {
 			// Still running: the caller holds it for inspection.
-			return sessionReport{ev: evStartupExhausted, why: fmt.Sprintf("%v (%d attempts)", ErrStartupTimeout, attempt+1)}
+			return sessionReport{ev: evStartupExhausted, why: fmt.Sprintf("%v (%d attempts)", errStartupTimeout, attempt+1)}
 		}
 		s.teardown()
 	}
@@ -117,6 +132,9 @@ func (s *session) start(ctx context.Context) (sessionReport, bool) {
 	// enumeration) is used as it is the first time and taken afresh for
 	// each retry; other snapshots are the session's own.
 	s.attempts++
+	if s.noVM {
+		return s.serve()
+	}
 	if !s.fixed {
 		s.snapshot = inventory.TempName(s.source)
 	}
@@ -142,51 +160,10 @@ func (s *session) start(ctx context.Context) (sessionReport, bool) {
 		crash.Point("after-task-snapshot")
 	}
 
-	conn, err := tftp.Listen(v.bind)
-	if err != nil {
-		return host("binding TFTP", err)
+	if rep, ok := s.serve(); !ok {
+		return rep, false
 	}
-	srv := &tftp.Server{ErrorLog: v.Log}
-	served := make(chan struct{})
-	s.serveErr = nil
-	s.served = served
-	go func() {
-		err := srv.Serve(conn)
-		if !errors.Is(err, tftp.ErrServerClosed) {
-			s.serveErr = err
-		}
-		close(served)
-	}()
-	s.push(func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(sctx)
-		<-served
-	})
-
-	if err := s.makeDirs(); err != nil {
-		return host("TFTP directories", err)
-	}
-	mp, err := tftp.NewMapping(s.get, s.put)
-	if err != nil {
-		return host("TFTP mapping", err)
-	}
-	mp.MaxFileSize, mp.MaxTotal = s.maxFile, s.maxTotal
-	// Only this attempt's guest may talk to this mapping: it alone learns
-	// the secret prefix (SMBIOS); in bridge mode it must also come from
-	// its own address.
-	prefix := randomHex(16)
-	mp.Prefix = prefix
-	if v.GuestIP != "" {
-		if p, err := netip.ParsePrefix(v.GuestIP); err == nil {
-			mp.Source = p.Addr()
-		}
-	}
-	s.q = NewEventQueue()
-	mp.Notify, mp.Log = s.q.Notify, v.Log
-	srv.SetHandler(mp)
-	s.push(func() { srv.SetHandler(nil); mp.Close() })
-
+	prefix := s.prefix
 	cfg := v.machineConfig(s.mc, s.snapshot, s.mode)
 	// The prefix reaches the guest through a file in the 0700 run dir,
 	// never on QEMU's command line (world-readable in /proc).
@@ -234,6 +211,66 @@ func (s *session) start(ctx context.Context) (sessionReport, bool) {
 	if s.mode == "build" {
 		crash.Point("after-qemu-start")
 	}
+	return sessionReport{}, true
+}
+
+// serve binds TFTP and installs the session's directories and mapping.
+func (s *session) serve() (sessionReport, bool) {
+	v := s.v
+	host := func(step string, err error) (sessionReport, bool) {
+		return sessionReport{ev: evHostFault, why: step + ": " + err.Error()}, false
+	}
+	bind := v.bind
+	if s.bind != "" {
+		bind = s.bind
+	}
+	conn, err := tftp.Listen(bind)
+	if err != nil {
+		return host("binding TFTP", err)
+	}
+	srv := &tftp.Server{ErrorLog: v.Log}
+	served := make(chan struct{})
+	s.serveErr = nil
+	s.served = served
+	go func() {
+		err := srv.Serve(conn)
+		if !errors.Is(err, tftp.ErrServerClosed) {
+			s.serveErr = err
+		}
+		close(served)
+	}()
+	s.push(func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+		<-served
+	})
+
+	if err := s.makeDirs(); err != nil {
+		return host("TFTP directories", err)
+	}
+	mp, err := tftp.NewMapping(s.get, s.put)
+	if err != nil {
+		return host("TFTP mapping", err)
+	}
+	mp.MaxFileSize, mp.MaxTotal = s.maxFile, s.maxTotal
+	// Only this attempt's guest may talk to this mapping: it alone learns
+	// the secret prefix (SMBIOS); in bridge mode it must also come from
+	// its own address.
+	if !s.noVM {
+		s.prefix = randomHex(16)
+		mp.Prefix = s.prefix
+		if v.GuestIP != "" {
+			if p, err := netip.ParsePrefix(v.GuestIP); err == nil {
+				mp.Source = p.Addr()
+			}
+		}
+	}
+	s.q = newEventQueue()
+	mp.Notify, mp.Log = s.q.Notify, v.Log
+	srv.SetHandler(mp)
+	s.push(func() { srv.SetHandler(nil); mp.Close() })
+
 	return sessionReport{}, true
 }
 
@@ -286,7 +323,10 @@ func (s *session) waitResult(ctx context.Context) sessionReport {
 		case <-wctx.Done():
 		}
 	}()
-	exited := s.m.Exited()
+	var exited <-chan struct{} // never closes without a machine
+	if s.m != nil {
+		exited = s.m.Exited()
+	}
 	for {
 		e, err := s.q.nextOrExit(wctx, exited)
 		if err != nil && isClosed(serverDied) && ctx.Err() == nil {
@@ -352,7 +392,7 @@ func isClosed(c <-chan struct{}) bool {
 
 // nextOrExit returns the next event, or errExited once exited is closed
 // and no event is queued.
-func (q *EventQueue) nextOrExit(ctx context.Context, exited <-chan struct{}) (tftp.Event, error) {
+func (q *eventQueue) nextOrExit(ctx context.Context, exited <-chan struct{}) (tftp.Event, error) {
 	for {
 		q.mu.Lock()
 		if len(q.events) > 0 {
@@ -444,7 +484,7 @@ func tftpBind(o *Options, port string) (bind, endpoint, guest, gw string, err er
 		return net.JoinHostPort(bind, port), "10.0.2.2:" + port, "", "", nil // QEMU user networking's host
 	default:
 		b, guest, gw, err := bridgeAddresses(o.Bridge, o.ToolchainNum)
-		if err != nil && !o.FakeBootstrap && !o.FakeBuild {
+		if err != nil && !o.FakeBootstrap && !o.FakeBuild && o.FakeMachine == "" {
 			return "", "", "", "", fmt.Errorf("--bridge %s: %w (use --network user without a bridge)", o.Bridge, err)
 		}
 		if bind == "" {

@@ -190,20 +190,20 @@ const maxTaskUpload = 64 << 20
 var errMachineExited = errors.New("machine exited without uploading a result")
 
 // waitAlive waits for the first TFTP request (the machine booted).
-func waitAlive(ctx context.Context, q *EventQueue, startup time.Duration) error {
+func waitAlive(ctx context.Context, q *eventQueue, startup time.Duration) error {
 	wctx, cancel := context.WithTimeout(ctx, startup)
 	defer cancel()
 	if _, err := q.peek(wctx); err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return ErrStartupTimeout
+		return errStartupTimeout
 	}
 	return nil
 }
 
 // completed returns a queued upload-completed event for one of names.
-func (q *EventQueue) completed(names []string) (string, bool) {
+func (q *eventQueue) completed(names []string) (string, bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for _, e := range q.events {

@@ -10,10 +10,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"sync"
@@ -25,7 +23,6 @@ import (
 	"github.com/build2/bbot-agent-go/agent"
 	"github.com/build2/bbot-agent-go/agent/controller"
 	"github.com/build2/bbot-agent-go/manifest"
-	"github.com/build2/bbot-agent-go/tftp"
 )
 
 func main() {
@@ -256,17 +253,9 @@ func dumpMachines(ctx context.Context, o *agent.Options, stdout io.Writer, log *
 	return manifest.WriteStream(stdout, "", headers...)
 }
 
-// tftpAddress is where the TFTP server listens for this toolchain.
-func tftpAddress(o *agent.Options) string {
-	host := o.TFTPAddress
-	if host == "" {
-		host = "127.0.0.1"
-	}
-	return net.JoinHostPort(host, strconv.Itoa(o.TFTPPort+o.ToolchainNum))
-}
-
 // fakeMachineTask serves the task over TFTP with no VM and waits for
-// whoever plays the worker to upload a result, then prints it.
+// whoever plays the worker to upload a result, then prints it. It goes
+// through the agent's machine session, without a machine.
 func fakeMachineTask(ctx context.Context, o *agent.Options, stdout, stderr io.Writer, log *slog.Logger) error {
 	task, err := readTask(o)
 	if err != nil {
@@ -279,50 +268,16 @@ func fakeMachineTask(ctx context.Context, o *agent.Options, stdout, stderr io.Wr
 	if task.Machine() != h.Name {
 		log.Warn("task names a machine that was not offered", "task-machine", task.Machine(), "offered", h.Name)
 	}
-	conn, err := tftp.Listen(tftpAddress(o))
-	if err != nil {
-		return &exitError{1, fmt.Errorf("TFTP: %w", err)}
-	}
-	srv := &tftp.Server{ErrorLog: log}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(conn) }()
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Shutdown(sctx)
-		<-served
-	}()
-
-	dirs := agent.NewTaskDirs(o.TFTP, o.ToolchainName)
-	defer dirs.Remove()
-	if err := dirs.Create(agent.WorkerTask(task, o.Trust, "", "")); err != nil {
-		return &exitError{1, err}
-	}
-	m, err := tftp.NewMapping(dirs.Get, dirs.Put)
+	a, err := agent.New(o, log)
 	if err != nil {
 		return &exitError{1, err}
 	}
-	defer m.Close()
-	queue := agent.NewEventQueue()
-	m.Notify, m.Log = queue.Notify, log
-	srv.SetHandler(m)
-	defer srv.SetHandler(nil)
-	log.Info("serving task over TFTP", "address", conn.LocalAddr().String(), "get", dirs.Get, "put", dirs.Put)
-
-	res := manifest.Result{Name: task.Name(), Version: task.Version()}
-	name, err := agent.WaitUpload(ctx, queue, agent.ResultNames, 0, o.BuildTimeout)
-	switch {
-	case err == nil:
-		var perr error
-		res, perr = agent.ReadResult(filepath.Join(dirs.Put, name), task)
-		if perr != nil {
-			fmt.Fprintln(stderr, perr)
-		}
-	case errors.Is(err, agent.ErrBuildTimeout), errors.Is(err, agent.ErrStartupTimeout):
-		log.Warn("no result", "error", err)
-		res.Status = "abort"
-	default:
+	res, problem, err := a.ServeFake(ctx, task)
+	if err != nil {
 		return &exitError{1, err}
+	}
+	if problem != nil {
+		fmt.Fprintln(stderr, problem)
 	}
 	return res.Serialize(stdout)
 }
