@@ -70,15 +70,18 @@ func TestCrashPoints(t *testing.T) {
 	e := newE2E(t, controller.Controller{URL: srv.TaskURL()})
 	e.opts.BuildTimeout = 60 * time.Second
 	cases := []struct {
-		point   string
-		pkg     string // "" = no task: the point is in a bootstrap
-		status  string
-		reboot  bool // change the toolchain id first: a re-bootstrap
-		timeout time.Duration
+		point    string
+		pkg      string // "" = no task: the point is in a bootstrap
+		status   string
+		reboot   bool // change the toolchain id first: a re-bootstrap
+		timeout  time.Duration
+		stalePut bool // an earlier task's complete result lies in the put dir
 	}{
 		{point: "before-publish", reboot: true},
 		{point: "after-exchange", reboot: true},
-		{point: "after-journal", pkg: "hello", status: "interrupt"},
+		// A result left in the shared put dir by an earlier task is not
+		// this task's: still interrupt.
+		{point: "after-journal", pkg: "hello", status: "interrupt", stalePut: true},
 		{point: "after-task-snapshot", pkg: "hello", status: "interrupt"},
 		{point: "after-qemu-start", pkg: "hello", status: "interrupt"},
 		{point: "after-result-upload", pkg: "hello", status: "success"},
@@ -102,6 +105,14 @@ func TestCrashPoints(t *testing.T) {
 			before := len(srv.Sessions())
 			if tc.pkg != "" {
 				srv.QueueTask(tc.pkg, testMachine)
+			}
+			if tc.stalePut {
+				put := filepath.Join(e.opts.TFTP, "build", "e2e", "put")
+				os.MkdirAll(put, 0o755)
+				old := filepath.Join(put, "manifest")
+				os.WriteFile(old, []byte(": 1\nname: hello\nversion: 1.0.0\nstatus: success\n"), 0o644)
+				past := time.Now().Add(-time.Hour)
+				os.Chtimes(old, past, past)
 			}
 			runCrashChild(t, e, tc.point, i)
 

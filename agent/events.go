@@ -48,7 +48,10 @@ func (q *eventQueue) Notify(e tftp.Event) {
 		return
 	}
 	q.mu.Lock()
-	if len(q.events) >= maxQueuedEvents && !decisive(e) {
+	// Decisive events get a second allowance: a guest can send refused
+	// uploads at packet rate while nobody consumes (a hold, the power-off
+	// wait), and the first decisive event already decides.
+	if n := len(q.events); (n >= maxQueuedEvents && !decisive(e)) || n >= 2*maxQueuedEvents {
 		q.dropped++
 		q.mu.Unlock()
 		return

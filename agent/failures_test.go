@@ -275,3 +275,55 @@ func TestHostWriteFailure(t *testing.T) {
 		t.Errorf("STATUS never said it backs off: %q", status)
 	}
 }
+
+// TestQEMUDiesIsHostFault: QEMU killed under the agent (here: SIGKILL by
+// timeout(1) 3 s after its start, before the guest's first request) is a
+// host fault: interrupt, never a held guest fault, and a backoff.
+func TestQEMUDiesIsHostFault(t *testing.T) {
+	srv := controllertest.New()
+	defer srv.Close()
+	e := newE2E(t, Controller{URL: srv.TaskURL()})
+	var held atomic.Int32
+	e.onSuspend = func(*machine.Machine) { held.Add(1) }
+	var mu sync.Mutex
+	var status []string
+	e.onStatus = func(s string) { mu.Lock(); status = append(status, s); mu.Unlock() }
+	// Bootstrap with the real QEMU first; then let it be killed.
+	e.start()
+	for deadline := time.Now().Add(120 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if _, err := os.Stat(filepath.Join(e.opts.Machines, "vol", "busybox", "busybox-e2e")); err == nil {
+			break
+		}
+	}
+	e.shutdown()
+	qemu := filepath.Join(t.TempDir(), "qemu-system-x86_64")
+	os.WriteFile(qemu, []byte("#!/bin/sh\nexec timeout -s KILL 3 qemu-system-x86_64 \"$@\"\n"), 0o755)
+	e.opts.QEMU = qemu
+	srv.QueueTask("hello", testMachine)
+	e.stop = nil
+	e.start()
+	rs := srv.WaitResults(1, 120*time.Second)
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		mu.Lock()
+		backing := strings.Contains(strings.Join(status, "\n"), "backing off")
+		mu.Unlock()
+		if backing {
+			break
+		}
+	}
+	e.shutdown()
+	if len(rs) != 1 || rs[0].Request.Result.Status != "interrupt" {
+		t.Fatalf("results %+v, want one interrupt", rs)
+	}
+	if !strings.Contains(rs[0].Request.Result.Operations[0].Log, "QEMU ended abnormally") {
+		t.Errorf("diagnostics %q", rs[0].Request.Result.Operations[0].Log)
+	}
+	if held.Load() != 0 {
+		t.Error("a killed QEMU held the machine")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(strings.Join(status, "\n"), "backing off") {
+		t.Errorf("STATUS never said it backs off: %q", status)
+	}
+}

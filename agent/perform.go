@@ -123,16 +123,24 @@ func (t *task) result(status string) manifest.Result {
 // settle writes an agent-made result with notes as the entry's final body.
 // If the state dir fails now, the entry keeps its interrupt body, which is
 // sent (and is right: the host failed).
-func (a *Agent) settle(t *task, o outcome, notes string) {
+// It reports whether the state dir failed (a host fault, which the caller
+// backs off for).
+func (a *Agent) settle(t *task, o outcome, notes string) bool {
 	err := a.Journal.Settle(t.entry, o.State(), o.Status, notes, func(w io.Writer) error {
 		_, err := result.FromMemory(w, t.head, t.result(o.Status), notes, result.MaxRequest)
 		return err
 	})
-	if err != nil {
+	switch {
+	case err == nil:
+		return false
+	case errors.Is(err, journal.ErrStateNotSaved):
+		a.Log.Error("the journal holds the result but not its state; it is sent as written", "status", o.Status, "error", err)
+		t.entry.State, t.entry.Status = journal.Sendable, o.Status
+	default:
 		a.Log.Error("writing the result into the journal failed: the interrupt result stands", "error", err)
 		t.entry.State, t.entry.Status = journal.Sendable, "interrupt"
-		a.applyBackoff(decideOutcome(buildPhase, evHostFault), "", "journal: "+err.Error())
 	}
+	return true
 }
 
 // perform runs the task's machine session and settles its outcome. It
@@ -145,7 +153,9 @@ func (a *Agent) perform(ctx context.Context, t *task, received time.Time) func()
 			ev = evInterrupted
 		}
 		o := decideOutcome(buildPhase, ev)
-		a.settle(t, o, err.Error())
+		if a.settle(t, o, err.Error()) {
+			o = decideOutcome(buildPhase, evHostFault)
+		}
 		a.applyBackoff(o, t.mach.Dir, err.Error())
 		return func() {}
 	}
@@ -180,18 +190,22 @@ func (a *Agent) perform(ctx context.Context, t *task, received time.Time) func()
 		default:
 			a.timings(t, received, s)
 			a.resetBackoff()
+			a.Enumerator.Succeeded(t.mach.Dir)
 			return teardown
 		}
 	}
 	oc := decideOutcome(buildPhase, rep.ev)
 	notes := rep.why + s.consoleNote()
-	a.settle(t, oc, notes)
+	journalFailed := a.settle(t, oc, notes)
 	if oc.Hold {
 		s.hold(ctx, rep.why)
 		// The outcome was final before the hold: SIGTERM only shortens it.
 		if err := a.Journal.Settle(t.entry, journal.Sendable, t.entry.Status, t.entry.Reason, nil); err != nil {
 			a.Log.Error("journal", "error", err)
 		}
+	}
+	if journalFailed {
+		a.applyBackoff(decideOutcome(buildPhase, evHostFault), "", "journal: cannot record the outcome")
 	}
 	a.applyBackoff(oc, t.mach.Dir, rep.why)
 	return teardown
@@ -202,16 +216,25 @@ func (a *Agent) perform(ctx context.Context, t *task, received time.Time) func()
 func (a *Agent) persistUpload(t *task, path, notes string) error {
 	f, err := os.Open(path)
 	if err != nil {
-		return &result.GuestFault{Err: err}
+		return fmt.Errorf("reading the uploaded result: %w", err) // it was stored: the host's fault
 	}
 	defer f.Close()
 	crash.Point("before-persist")
+	src := &hostReader{f: f}
 	var sum result.Summary
 	var werr error
 	err = a.Journal.Settle(t.entry, journal.Sendable, "", "", func(w io.Writer) error {
-		sum, werr = result.Write(w, f, filepath.Base(path), t.head, t.rt, notes, result.MaxRequest)
+		sum, werr = result.Write(w, src, filepath.Base(path), t.head, t.rt, notes, result.MaxRequest)
+		if src.err != nil {
+			// The manifest parser reads a failing read as the end of the
+			// stream: the upload may look malformed, but the host failed.
+			return fmt.Errorf("reading the uploaded result: %w", src.err)
+		}
 		return werr
 	})
+	if src.err != nil {
+		return fmt.Errorf("reading the uploaded result: %w", src.err)
+	}
 	if werr != nil {
 		return werr // a guest fault: nothing was written
 	}
@@ -225,6 +248,28 @@ func (a *Agent) persistUpload(t *task, path, notes string) error {
 	crash.Point("after-persist")
 	a.Log.Info("task done", "package", t.rt.Name, "status", sum.Status, "entry", t.entry.ID, "size", sum.Size)
 	return nil
+}
+
+// hostReader records the first read error of the uploaded file.
+type hostReader struct {
+	f   *os.File
+	err error
+}
+
+func (r *hostReader) Read(p []byte) (int, error) {
+	n, err := r.f.Read(p)
+	if err != nil && err != io.EOF && r.err == nil {
+		r.err = err
+	}
+	return n, err
+}
+
+func (r *hostReader) Seek(off int64, whence int) (int64, error) {
+	n, err := r.f.Seek(off, whence)
+	if err != nil && r.err == nil {
+		r.err = err
+	}
+	return n, err
 }
 
 // timings records the agent's own costs around a task, until the POST is

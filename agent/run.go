@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -143,6 +144,17 @@ func (a *Agent) killLeftovers() {
 		}
 	}
 	removeVMRecord(run)
+	// A QEMU started just before the agent died, not yet recorded: its
+	// own pid file names it; it is ours if its command line names our
+	// QMP socket.
+	if pid, err := machine.ReadPIDFile(filepath.Join(run, machine.PIDFileName)); err == nil && pid > 0 {
+		cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+		if strings.Contains(string(cmdline), filepath.Join(run, machine.QMPSocketName)) {
+			if killed, _ := killRecorded(pid, processStartTime(pid)); killed {
+				a.Log.Warn("killed an unrecorded QEMU left by a previous agent", "pid", pid)
+			}
+		}
+	}
 	for _, n := range []string{machine.PIDFileName, machine.QMPSocketName, machine.AdminSocketName, suspendedFile} {
 		os.Remove(filepath.Join(run, n))
 	}
@@ -188,6 +200,11 @@ func (a *Agent) recoverReceived(j *journal.Journal, e *journal.Entry) {
 	}
 	for _, n := range resultNames {
 		p := filepath.Join(e.Put, n)
+		// The put dir is shared by the toolchain's tasks: only a result
+		// uploaded after this task was received can be its own.
+		if fi, err := os.Stat(p); err != nil || !fi.ModTime().After(e.Created) {
+			continue
+		}
 		f, err := os.Open(p)
 		if err != nil {
 			continue
@@ -259,6 +276,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
+// sigtermSendGrace bounds the POST of a task's result after SIGTERM.
+var sigtermSendGrace = 10 * time.Second
+
 // hostBackoffMax caps the host-wide backoff.
 var hostBackoffMax = 10 * time.Minute
 
@@ -329,15 +349,23 @@ func (a *Agent) poll(ctx context.Context, machines []*inventory.Machine) bool {
 func (a *Agent) deliver(ctx context.Context, resp *manifest.TaskResponse, machines []*inventory.Machine, received time.Time) *journal.Entry {
 	e, teardown := a.handle(ctx, resp, machines, received)
 	if e != nil {
-		sendCtx := ctx
-		if ctx.Err() != nil {
-			// Interrupted: one quick try now; the rest on the next start.
-			var cancel context.CancelFunc
-			sendCtx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-		}
+		// SIGTERM, before or during the POST, leaves it a short grace
+		// (one quick try); what is still unsent goes at the next start.
+		sendCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		sent := make(chan struct{})
+		go func() {
+			select {
+			case <-ctx.Done():
+				select {
+				case <-time.After(sigtermSendGrace):
+				case <-sent:
+				}
+			case <-sent:
+			}
+			cancel()
+		}()
 		id := e.ID
-		a.Sender.Async(sendCtx, a.Journal, e, func(ok bool) { a.delivered(id, ok) })
+		a.Sender.Async(sendCtx, a.Journal, e, func(ok bool) { close(sent); a.delivered(id, ok) })
 	}
 	teardown() // in parallel with the POST
 	if ctx.Err() != nil {

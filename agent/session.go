@@ -57,8 +57,6 @@ type session struct {
 	bind string
 
 	undo        []func()
-	served      chan struct{} // closed when the TFTP server stops
-	serveErr    error         // why it stopped, if not shut down (read after served)
 	attempts    int
 	accel       string // of the current attempt
 	m           *machine.Machine
@@ -103,13 +101,30 @@ func (s *session) run(ctx context.Context) sessionReport {
 			s.teardown()
 			return rep
 		}
-		err := waitAlive(ctx, s.q, s.startup)
+		// QEMU ending before the first request: a QEMU failure (non-zero
+		// exit, a signal: the host's), or a guest that powered off at once
+		// (a mis-boot, retried).
+		wctx, cancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-s.m.Exited():
+				cancel()
+			case <-wctx.Done():
+			}
+		}()
+		err := waitAlive(wctx, s.q, s.startup)
+		cancel()
 		if err == nil {
 			s.v.Accel.Booted(s.accel)
 			break
 		}
 		if ctx.Err() != nil {
 			return sessionReport{ev: evInterrupted, why: "interrupted while the machine was starting"}
+		}
+		if isClosed(s.m.Exited()) {
+			if werr := s.m.Wait(context.Background()); werr != nil {
+				return sessionReport{ev: evHostFault, why: "QEMU ended abnormally while the machine was starting: " + werr.Error() + s.consoleNote()}
+			}
 		}
 		s.v.Accel.MisBooted(s.accel)
 		s.v.Log.Warn("machine mis-booted", "machine", s.mc.Name, "attempt", attempt+1, "console", s.m.Info().ConsoleLog)
@@ -230,13 +245,8 @@ func (s *session) serve() (sessionReport, bool) {
 	}
 	srv := &tftp.Server{ErrorLog: v.Log}
 	served := make(chan struct{})
-	s.serveErr = nil
-	s.served = served
 	go func() {
-		err := srv.Serve(conn)
-		if !errors.Is(err, tftp.ErrServerClosed) {
-			s.serveErr = err
-		}
+		srv.Serve(conn) // returns only after Shutdown
 		close(served)
 	}()
 	s.push(func() {
@@ -312,31 +322,22 @@ func (s *session) waitResult(ctx context.Context) sessionReport {
 	deadline := time.Now().Add(s.timeout)
 	wctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	// A TFTP server that dies under the session is the host's fault, not
-	// a silent guest's.
-	serverDied := make(chan struct{})
-	go func() {
-		select {
-		case <-s.served:
-			close(serverDied)
-			cancel()
-		case <-wctx.Done():
-		}
-	}()
 	var exited <-chan struct{} // never closes without a machine
 	if s.m != nil {
 		exited = s.m.Exited()
 	}
 	for {
 		e, err := s.q.nextOrExit(wctx, exited)
-		if err != nil && isClosed(serverDied) && ctx.Err() == nil {
-			return sessionReport{ev: evHostFault, why: fmt.Sprintf("the TFTP server stopped: %v", s.serveErr)}
-		}
 		switch {
 		case errors.Is(err, errExited):
 			if n, ok := s.q.completed(s.names); ok { // uploaded just before the power-off
 				s.uploaded = s.q.uploadTime()
 				return sessionReport{ev: evResult, name: n}
+			}
+			if werr := s.m.Wait(context.Background()); werr != nil {
+				// QEMU itself died (OOM killer, a crash, a signal): the
+				// guest powering off makes QEMU exit 0.
+				return sessionReport{ev: evHostFault, why: "QEMU ended abnormally: " + werr.Error()}
 			}
 			return sessionReport{ev: evNoResult, why: errMachineExited.Error()}
 		case err != nil && ctx.Err() != nil:

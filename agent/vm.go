@@ -154,6 +154,8 @@ func (v *VMs) Bootstrap(ctx context.Context, req inventory.BootstrapRequest) (ma
 		case errors.Is(err, context.DeadlineExceeded):
 			if err := s.m.Shutdown(ctx, grace); err != nil {
 				rep = sessionReport{ev: evForcedOff, why: "the machine did not power off after its bootstrap upload: " + err.Error()}
+			} else if werr := s.m.Wait(context.Background()); werr != nil {
+				rep = sessionReport{ev: evForcedOff, why: "QEMU ended abnormally after the power button: " + werr.Error()}
 			}
 		case err != nil:
 			// QEMU died (crashed, killed): not a power-off by the guest.

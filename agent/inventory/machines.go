@@ -185,8 +185,8 @@ func (e *Enumerator) Withheld(dir string) bool {
 	return w != nil && time.Now().Before(w.until)
 }
 
-// succeeded resets a machine's backoff.
-func (e *Enumerator) succeeded(dir string) {
+// Succeeded resets a machine's backoff (a bootstrap or a task went well).
+func (e *Enumerator) Succeeded(dir string) {
 	e.mu.Lock()
 	delete(e.waiting, dir)
 	e.mu.Unlock()
@@ -358,7 +358,7 @@ func (e *Enumerator) machine(ctx context.Context, dir string) (*Machine, error) 
 		}
 		return nil, fmt.Errorf("bootstrap failed: %w", err)
 	}
-	e.succeeded(dir)
+	e.Succeeded(dir)
 	return &Machine{Dir: dir, Bootstrapped: bootstrapped, Manifest: bm}, nil
 }
 

@@ -181,8 +181,19 @@ func (j *Journal) Settle(e *Entry, state State, status, reason string, write fun
 	if state == Sendable && e.Settled.IsZero() {
 		e.Settled = time.Now().UTC()
 	}
-	return j.save(e)
+	if err := j.save(e); err != nil {
+		if write != nil {
+			// The new body is in place: it is what will be sent.
+			return fmt.Errorf("%w: %w", ErrStateNotSaved, err)
+		}
+		return err
+	}
+	return nil
 }
+
+// ErrStateNotSaved: Settle replaced the body but could not record the new
+// state; the new body is what will be sent (recovery sends it).
+var ErrStateNotSaved = errors.New("journal: body replaced, state not saved")
 
 func (j *Journal) save(e *Entry) error {
 	data, err := json.MarshalIndent(e, "", "  ")
