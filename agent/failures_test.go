@@ -282,7 +282,7 @@ func TestHostWriteFailure(t *testing.T) {
 func TestQEMUDiesIsHostFault(t *testing.T) {
 	srv := controllertest.New()
 	defer srv.Close()
-	e := newE2E(t, Controller{URL: srv.TaskURL()})
+	e := newE2E(t, controller.Controller{URL: srv.TaskURL()})
 	var held atomic.Int32
 	e.onSuspend = func(*machine.Machine) { held.Add(1) }
 	var mu sync.Mutex
