@@ -244,23 +244,7 @@ func tail(s string, n int) string {
 // files, nothing held, an empty journal.
 func checkNothingLeft(t *testing.T, e *e2e) {
 	t.Helper()
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		if data, err := os.ReadFile(p); err == nil && strings.Contains(string(data), e.opts.RunDir) {
-			t.Errorf("process left running: %s", strings.ReplaceAll(string(data), "\x00", " "))
-		}
-	}
-	filepath.WalkDir(e.opts.Machines, func(p string, d os.DirEntry, err error) error {
-		if err == nil && strings.Contains(d.Name(), "~") {
-			t.Errorf("temporary snapshot left: %s", p)
-		}
-		return nil
-	})
-	for _, d := range []string{filepath.Join(e.opts.TFTP, "build", "e2e"), filepath.Join(e.opts.TFTP, "bootstrap", "e2e")} {
-		if ents, err := os.ReadDir(d); err == nil && len(ents) > 0 {
-			t.Errorf("TFTP files left in %s: %v", d, ents)
-		}
-	}
+	e.checkHost(t)
 	if s, err := ReadSuspended(e.opts.RunDir); s != nil || err != nil {
 		t.Errorf("--suspended shows %+v, %v", s, err)
 	}

@@ -127,11 +127,17 @@ func (e *e2e) shutdown() {
 // checkClean: no QEMU process of ours, no temporary snapshot, no task dir.
 func (e *e2e) checkClean() {
 	e.shutdown()
-	t := e.t
+	e.checkHost(e.t)
+}
+
+// checkHost fails t for a process with our run dir in its command line, a
+// temporary snapshot or TFTP task files left behind.
+func (e *e2e) checkHost(t testing.TB) {
+	t.Helper()
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {
 		if data, err := os.ReadFile(p); err == nil && strings.Contains(string(data), e.opts.RunDir) {
-			t.Errorf("QEMU left running: %s", strings.ReplaceAll(string(data), "\x00", " "))
+			t.Errorf("process left running: %s", strings.ReplaceAll(string(data), "\x00", " "))
 		}
 	}
 	filepath.WalkDir(e.opts.Machines, func(p string, d os.DirEntry, err error) error {
@@ -142,9 +148,34 @@ func (e *e2e) checkClean() {
 	})
 	for _, d := range []string{filepath.Join(e.opts.TFTP, "build", "e2e"), filepath.Join(e.opts.TFTP, "bootstrap", "e2e")} {
 		if ents, err := os.ReadDir(d); err == nil && len(ents) > 0 {
-			t.Errorf("TFTP dirs left in %s", d)
+			t.Errorf("TFTP files left in %s: %v", d, ents)
 		}
 	}
+}
+
+// statusLog records the agent's STATUS= lines (install with record).
+type statusLog struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *statusLog) record(s string) { l.mu.Lock(); l.lines = append(l.lines, s); l.mu.Unlock() }
+
+// said reports whether a status line contained sub.
+func (l *statusLog) said(sub string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Contains(strings.Join(l.lines, "\n"), sub)
+}
+
+// waitSaid waits up to d for a status line containing sub.
+func (l *statusLog) waitSaid(sub string, d time.Duration) bool {
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if l.said(sub) {
+			return true
+		}
+	}
+	return false
 }
 
 func statuses(rs []controllertest.Result) map[string]string {

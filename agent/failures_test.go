@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -82,9 +81,8 @@ func TestHostFaultBacksOff(t *testing.T) {
 	qemu := filepath.Join(t.TempDir(), "qemu-system-x86_64")
 	os.WriteFile(qemu, []byte("#!/bin/sh\necho 'qemu: broken on purpose' >&2\nexit 1\n"), 0o755)
 	e.opts.PollInterval = 2 * time.Second
-	var mu sync.Mutex
-	var status []string
-	e.onStatus = func(s string) { mu.Lock(); status = append(status, s); mu.Unlock() }
+	var status statusLog
+	e.onStatus = status.record
 	// Bootstrap with the real QEMU first; then break it.
 	e.start()
 	deadline := time.Now().Add(120 * time.Second)
@@ -113,10 +111,8 @@ func TestHostFaultBacksOff(t *testing.T) {
 	if len(rs) == 0 || len(rs) > 3 {
 		t.Errorf("%d tasks taken in 7 s with a broken QEMU, want 1..3", len(rs))
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if !strings.Contains(strings.Join(status, "\n"), "backing off") {
-		t.Errorf("STATUS never said it backs off: %q", status)
+	if !status.said("backing off") {
+		t.Errorf("STATUS never said it backs off: %q", status.lines)
 	}
 }
 
@@ -136,20 +132,10 @@ func TestFullStateDir(t *testing.T) {
 	t.Cleanup(func() { exec.Command("umount", "-l", state).Run() })
 	e.opts.StateDir = state
 	e.opts.PollInterval = time.Second
-	var mu sync.Mutex
-	var status []string
-	e.onStatus = func(s string) { mu.Lock(); status = append(status, s); mu.Unlock() }
+	var status statusLog
+	e.onStatus = status.record
 	e.start()
-	deadline := time.Now().Add(120 * time.Second)
-	for time.Now().Before(deadline) {
-		mu.Lock()
-		idle := len(status) > 0 && status[len(status)-1] == "idle"
-		mu.Unlock()
-		if idle {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	status.waitSaid("idle", 120*time.Second) // bootstrapped, polled: the journal is open
 	// Fill it up.
 	f, _ := os.Create(filepath.Join(state, "filler"))
 	buf := make([]byte, 4096)
@@ -171,10 +157,8 @@ func TestFullStateDir(t *testing.T) {
 	if fi, err := os.Stat(console); err == nil && (fi0 == nil || !fi.ModTime().Equal(fi0.ModTime())) {
 		t.Error("a VM was started without a journal entry")
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if !strings.Contains(strings.Join(status, "\n"), "backing off") {
-		t.Errorf("STATUS never said it backs off: %q", status)
+	if !status.said("backing off") {
+		t.Errorf("STATUS never said it backs off: %q", status.lines)
 	}
 }
 
@@ -245,20 +229,12 @@ func TestHostWriteFailure(t *testing.T) {
 	t.Cleanup(func() { exec.Command("umount", "-l", build).Run() })
 	var held atomic.Int32
 	e.onSuspend = func(*machine.Machine) { held.Add(1) }
-	var mu sync.Mutex
-	var status []string
-	e.onStatus = func(s string) { mu.Lock(); status = append(status, s); mu.Unlock() }
+	var status statusLog
+	e.onStatus = status.record
 	srv.QueueTask("huge", testMachine) // 1 GiB upload: ENOSPC at 1 MiB
 	e.start()
 	rs := srv.WaitResults(1, 100*time.Second)
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		mu.Lock()
-		backing := strings.Contains(strings.Join(status, "\n"), "backing off")
-		mu.Unlock()
-		if backing {
-			break
-		}
-	}
+	status.waitSaid("backing off", 10*time.Second)
 	e.shutdown()
 	if len(rs) != 1 || rs[0].Request.Result.Status != "interrupt" {
 		t.Fatalf("results %+v, want one interrupt", rs)
@@ -269,10 +245,8 @@ func TestHostWriteFailure(t *testing.T) {
 	if held.Load() != 0 {
 		t.Error("a host fault held the machine")
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if !strings.Contains(strings.Join(status, "\n"), "backing off") {
-		t.Errorf("STATUS never said it backs off: %q", status)
+	if !status.said("backing off") {
+		t.Errorf("STATUS never said it backs off: %q", status.lines)
 	}
 }
 
@@ -285,9 +259,8 @@ func TestQEMUDiesIsHostFault(t *testing.T) {
 	e := newE2E(t, controller.Controller{URL: srv.TaskURL()})
 	var held atomic.Int32
 	e.onSuspend = func(*machine.Machine) { held.Add(1) }
-	var mu sync.Mutex
-	var status []string
-	e.onStatus = func(s string) { mu.Lock(); status = append(status, s); mu.Unlock() }
+	var status statusLog
+	e.onStatus = status.record
 	// Bootstrap with the real QEMU first; then let it be killed.
 	e.start()
 	for deadline := time.Now().Add(120 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
@@ -303,14 +276,7 @@ func TestQEMUDiesIsHostFault(t *testing.T) {
 	e.stop = nil
 	e.start()
 	rs := srv.WaitResults(1, 120*time.Second)
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		mu.Lock()
-		backing := strings.Contains(strings.Join(status, "\n"), "backing off")
-		mu.Unlock()
-		if backing {
-			break
-		}
-	}
+	status.waitSaid("backing off", 10*time.Second)
 	e.shutdown()
 	if len(rs) != 1 || rs[0].Request.Result.Status != "interrupt" {
 		t.Fatalf("results %+v, want one interrupt", rs)
@@ -321,9 +287,7 @@ func TestQEMUDiesIsHostFault(t *testing.T) {
 	if held.Load() != 0 {
 		t.Error("a killed QEMU held the machine")
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if !strings.Contains(strings.Join(status, "\n"), "backing off") {
-		t.Errorf("STATUS never said it backs off: %q", status)
+	if !status.said("backing off") {
+		t.Errorf("STATUS never said it backs off: %q", status.lines)
 	}
 }
