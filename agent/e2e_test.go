@@ -153,6 +153,29 @@ func (e *e2e) checkHost(t testing.TB) {
 	}
 }
 
+// bootstrapThenStop runs the agent until the machine is bootstrapped (with
+// the real QEMU) and stops it, so that a test can break something after.
+func (e *e2e) bootstrapThenStop() {
+	e.start()
+	for deadline := time.Now().Add(120 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if _, err := os.Stat(filepath.Join(e.opts.Machines, "vol", "busybox", "busybox-e2e")); err == nil {
+			break
+		}
+	}
+	e.shutdown()
+	e.stop = nil
+}
+
+// misbootingImage makes the machine image one the firmware cannot boot (no
+// kernel), with short bootstrap limits.
+func (e *e2e) misbootingImage() {
+	img := filepath.Join(e.opts.Machines, "vol", "busybox", "busybox-1.0")
+	btrfs.SetReadOnly(img, false)
+	os.WriteFile(filepath.Join(img, "manifest"), []byte(": 1\nid: broken\nname: "+testMachine+"\nsummary: s\ntype: kvm\n"), 0o644)
+	btrfs.SetReadOnly(img, true)
+	e.opts.BootstrapStartup, e.opts.BootstrapRetries, e.opts.SuspendTimeout = 3*time.Second, 1, time.Second
+}
+
 // statusLog records the agent's STATUS= lines (install with record).
 type statusLog struct {
 	mu    sync.Mutex
@@ -474,12 +497,7 @@ func BenchmarkTaskOverhead(b *testing.B) {
 // snapshot deleted; the agent keeps going.
 func TestBootstrapMisboot(t *testing.T) {
 	e := newE2E(t)
-	img := filepath.Join(e.opts.Machines, "vol", "busybox", "busybox-1.0")
-	btrfs.SetReadOnly(img, false)
-	// No kernel: the firmware finds nothing to boot.
-	os.WriteFile(filepath.Join(img, "manifest"), []byte(": 1\nid: broken\nname: "+testMachine+"\nsummary: s\ntype: kvm\n"), 0o644)
-	btrfs.SetReadOnly(img, true)
-	e.opts.BootstrapStartup, e.opts.BootstrapRetries, e.opts.SuspendTimeout = 3*time.Second, 1, time.Second
+	e.misbootingImage()
 	a, err := New(&e.opts, testLog(t))
 	if err != nil {
 		t.Fatal(err)

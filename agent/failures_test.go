@@ -13,7 +13,6 @@ import (
 
 	"github.com/build2/bbot-agent-go/agent/controller"
 	"github.com/build2/bbot-agent-go/agent/controllertest"
-	"github.com/build2/bbot-agent-go/btrfs"
 	"github.com/build2/bbot-agent-go/machine"
 	"github.com/build2/bbot-agent-go/machine/machinetest"
 )
@@ -83,16 +82,7 @@ func TestHostFaultBacksOff(t *testing.T) {
 	e.opts.PollInterval = 2 * time.Second
 	var status statusLog
 	e.onStatus = status.record
-	// Bootstrap with the real QEMU first; then break it.
-	e.start()
-	deadline := time.Now().Add(120 * time.Second)
-	for time.Now().Before(deadline) {
-		if ms, _ := filepath.Glob(filepath.Join(e.opts.Machines, "vol", "busybox", "busybox-e2e")); len(ms) == 1 {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	e.shutdown()
+	e.bootstrapThenStop() // with the real QEMU; then break it
 	e.opts.QEMU = qemu
 	for i := 0; i < 6; i++ {
 		srv.QueueTask("hello", testMachine)
@@ -190,11 +180,7 @@ func TestBootstrapForcedOffNotPublished(t *testing.T) {
 // snapshot: what the first attempt wrote into its snapshot is gone.
 func TestMisbootRetryFreshSnapshot(t *testing.T) {
 	e := newE2E(t)
-	img := filepath.Join(e.opts.Machines, "vol", "busybox", "busybox-1.0")
-	btrfs.SetReadOnly(img, false)
-	os.WriteFile(filepath.Join(img, "manifest"), []byte(": 1\nid: broken\nname: "+testMachine+"\nsummary: s\ntype: kvm\n"), 0o644)
-	btrfs.SetReadOnly(img, true)
-	e.opts.BootstrapStartup, e.opts.BootstrapRetries, e.opts.SuspendTimeout = 3*time.Second, 1, time.Second
+	e.misbootingImage()
 	a, err := New(&e.opts, testLog(t))
 	if err != nil {
 		t.Fatal(err)
@@ -236,18 +222,7 @@ func TestHostWriteFailure(t *testing.T) {
 	rs := srv.WaitResults(1, 100*time.Second)
 	status.waitSaid("backing off", 10*time.Second)
 	e.shutdown()
-	if len(rs) != 1 || rs[0].Request.Result.Status != "interrupt" {
-		t.Fatalf("results %+v, want one interrupt", rs)
-	}
-	if !strings.Contains(rs[0].Request.Result.Operations[0].Log, "failed on the host") {
-		t.Errorf("diagnostics %q", rs[0].Request.Result.Operations[0].Log)
-	}
-	if held.Load() != 0 {
-		t.Error("a host fault held the machine")
-	}
-	if !status.said("backing off") {
-		t.Errorf("STATUS never said it backs off: %q", status.lines)
-	}
+	checkHostFault(t, rs, "failed on the host", held.Load(), &status)
 }
 
 // TestQEMUDiesIsHostFault: QEMU killed under the agent (here: SIGKILL by
@@ -261,14 +236,7 @@ func TestQEMUDiesIsHostFault(t *testing.T) {
 	e.onSuspend = func(*machine.Machine) { held.Add(1) }
 	var status statusLog
 	e.onStatus = status.record
-	// Bootstrap with the real QEMU first; then let it be killed.
-	e.start()
-	for deadline := time.Now().Add(120 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		if _, err := os.Stat(filepath.Join(e.opts.Machines, "vol", "busybox", "busybox-e2e")); err == nil {
-			break
-		}
-	}
-	e.shutdown()
+	e.bootstrapThenStop() // with the real QEMU; then let it be killed
 	qemu := filepath.Join(t.TempDir(), "qemu-system-x86_64")
 	os.WriteFile(qemu, []byte("#!/bin/sh\nexec timeout -s KILL 3 qemu-system-x86_64 \"$@\"\n"), 0o755)
 	e.opts.QEMU = qemu
@@ -278,14 +246,21 @@ func TestQEMUDiesIsHostFault(t *testing.T) {
 	rs := srv.WaitResults(1, 120*time.Second)
 	status.waitSaid("backing off", 10*time.Second)
 	e.shutdown()
+	checkHostFault(t, rs, "QEMU ended abnormally", held.Load(), &status)
+}
+
+// checkHostFault: one interrupt result whose diagnostics say why, no
+// machine held, and STATUS said the agent backs off.
+func checkHostFault(t *testing.T, rs []controllertest.Result, why string, held int32, status *statusLog) {
+	t.Helper()
 	if len(rs) != 1 || rs[0].Request.Result.Status != "interrupt" {
 		t.Fatalf("results %+v, want one interrupt", rs)
 	}
-	if !strings.Contains(rs[0].Request.Result.Operations[0].Log, "QEMU ended abnormally") {
-		t.Errorf("diagnostics %q", rs[0].Request.Result.Operations[0].Log)
+	if !strings.Contains(rs[0].Request.Result.Operations[0].Log, why) {
+		t.Errorf("diagnostics %q, want %q", rs[0].Request.Result.Operations[0].Log, why)
 	}
-	if held.Load() != 0 {
-		t.Error("a killed QEMU held the machine")
+	if held != 0 {
+		t.Error("a host fault held the machine")
 	}
 	if !status.said("backing off") {
 		t.Errorf("STATUS never said it backs off: %q", status.lines)
