@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -135,8 +136,9 @@ type Enumerator struct {
 	Bootstrapper Bootstrapper
 	Log          *slog.Logger
 
-	// Snapshots counts the snapshots taken (for tests and benchmarks).
-	Snapshots int
+	// snapshots counts the snapshots taken (Snapshots; for tests and
+	// benchmarks). Slots bootstrap in parallel.
+	snapshots atomic.Int64
 
 	// OnHostFault, if set, learns of a host-wide fault met while
 	// bootstrapping (the whole agent backs off, not just the machine).
@@ -192,6 +194,9 @@ func (e *Enumerator) Succeeded(dir string) {
 	e.mu.Unlock()
 }
 
+// Snapshots is the number of snapshots taken so far.
+func (e *Enumerator) Snapshots() int { return int(e.snapshots.Load()) }
+
 func (e *Enumerator) log() *slog.Logger {
 	if e.Log == nil {
 		return slog.New(slog.DiscardHandler)
@@ -199,14 +204,38 @@ func (e *Enumerator) log() *slog.Logger {
 	return e.Log
 }
 
-// Enumerate returns the usable machines in directory order.
+// Enumerate returns the usable machines in directory order, bootstrapping
+// (with e.Bootstrapper, one after another) those that need it.
 func (e *Enumerator) Enumerate(ctx context.Context) ([]*Machine, error) {
+	machines, _, err := e.scan(ctx, e.Bootstrapper)
+	return machines, err
+}
+
+// Scan returns the usable machines in directory order and, without
+// bootstrapping them, the directories of machines that need a bootstrap
+// (BootstrapDir does it): slots bootstrap different machines in parallel.
+// Machines another slot or process holds are skipped.
+func (e *Enumerator) Scan(ctx context.Context) (usable []*Machine, pending []string, err error) {
+	return e.scan(ctx, nil)
+}
+
+// BootstrapDir (re-)bootstraps one machine that Scan reported, with b (the
+// slot's machine sessions). It decides again under the machine's lock: the
+// machine may have changed, or another process bootstrapped it meanwhile.
+// It returns nil, nil when the machine is busy or not to be used.
+func (e *Enumerator) BootstrapDir(ctx context.Context, dir string, b Bootstrapper) (*Machine, error) {
+	e.Log = e.log()
+	return e.machine(ctx, dir, b, nil)
+}
+
+func (e *Enumerator) scan(ctx context.Context, boot Bootstrapper) ([]*Machine, []string, error) {
 	e.Log = e.log()
 	volumes, err := os.ReadDir(e.Root)
 	if err != nil {
-		return nil, fmt.Errorf("reading machines directory: %w", err)
+		return nil, nil, fmt.Errorf("reading machines directory: %w", err)
 	}
 	var machines []*Machine
+	var pending []string
 	for _, vol := range volumes {
 		if hidden(vol.Name()) || !isDir(e.Root, vol) {
 			continue
@@ -219,25 +248,30 @@ func (e *Enumerator) Enumerate(ctx context.Context) ([]*Machine, error) {
 		}
 		for _, ent := range entries {
 			if err := ctx.Err(); err != nil {
-				return machines, err
+				return machines, pending, err
 			}
 			if hidden(ent.Name()) || !isDir(volDir, ent) {
 				continue
 			}
-			if e.Withheld(filepath.Join(volDir, ent.Name())) {
+			dir := filepath.Join(volDir, ent.Name())
+			if e.Withheld(dir) {
 				continue
 			}
-			m, err := e.machine(ctx, filepath.Join(volDir, ent.Name()))
+			needs := false
+			m, err := e.machine(ctx, dir, boot, &needs)
 			if err != nil {
-				e.Log.Warn("skipping machine", "machine", filepath.Join(volDir, ent.Name()), "error", err)
+				e.Log.Warn("skipping machine", "machine", dir, "error", err)
 				continue
+			}
+			if needs {
+				pending = append(pending, dir)
 			}
 			if m != nil {
 				machines = append(machines, m)
 			}
 		}
 	}
-	return machines, nil
+	return machines, pending, nil
 }
 
 func hidden(name string) bool { return strings.HasPrefix(name, ".") }
@@ -296,15 +330,18 @@ func LockMachineWait(ctx context.Context, dir string, wait time.Duration) (*Lock
 // Close releases the flock.
 func (l *Lock) Close() error { return l.f.Close() }
 
-// machine examines one machine directory; nil means nothing usable.
-func (e *Enumerator) machine(ctx context.Context, dir string) (*Machine, error) {
+// machine examines one machine directory; nil means nothing usable. A
+// machine that needs a bootstrap is bootstrapped with boot; with a nil boot,
+// *needsBootstrap is set instead.
+func (e *Enumerator) machine(ctx context.Context, dir string, boot Bootstrapper, needsBootstrap *bool) (*Machine, error) {
 	name := filepath.Base(dir)
 	lock, err := LockMachine(dir)
 	if err != nil {
 		return nil, err
 	}
 	if lock == nil {
-		e.Log.Info("machine is busy, skipping", "machine", dir)
+		// Another slot or process runs or bootstraps it.
+		e.Log.Debug("machine is busy, skipping", "machine", dir)
 		return nil, nil
 	}
 	defer lock.Close() // releases the flock
@@ -350,8 +387,12 @@ func (e *Enumerator) machine(ctx context.Context, dir string) (*Machine, error) 
 		e.Log.Warn("skipping machine", "machine", dir, "reason", reason)
 		return nil, nil
 	}
+	if boot == nil {
+		*needsBootstrap = true
+		return nil, nil
+	}
 	e.Log.Info("bootstrapping machine", "machine", dir, "reason", reason)
-	bm, err := e.bootstrap(ctx, dir, image, bootstrapped, mc)
+	bm, err := e.bootstrap(ctx, boot, dir, image, bootstrapped, mc)
 	if err != nil {
 		if ctx.Err() == nil {
 			e.Withhold(dir, "bootstrap failed: "+err.Error())
@@ -399,13 +440,13 @@ func TempName(base string) string {
 // bootstrap snapshots the image, runs the bootstrap step and publishes the
 // result as the new bootstrapped snapshot. A held bootstrap takes over the
 // machine's lock and work snapshot until the hold ends.
-func (e *Enumerator) bootstrap(ctx context.Context, dir, image, bootstrapped string, mc manifest.Machine) (manifest.BootstrappedMachine, error) {
+func (e *Enumerator) bootstrap(ctx context.Context, boot Bootstrapper, dir, image, bootstrapped string, mc manifest.Machine) (manifest.BootstrappedMachine, error) {
 	var bm manifest.BootstrappedMachine
 	work := TempName(bootstrapped)
 	if err := btrfs.Snapshot(image, work, false); err != nil {
 		return bm, err
 	}
-	e.Snapshots++
+	e.snapshots.Add(1)
 	deleteWork := func() {
 		if ok, _ := btrfs.IsSubvolume(work); !ok {
 			return
@@ -421,7 +462,7 @@ func (e *Enumerator) bootstrap(ctx context.Context, dir, image, bootstrapped str
 		}
 	}()
 
-	b, err := e.Bootstrapper.Bootstrap(ctx, BootstrapRequest{Machine: mc, Image: image, Snapshot: work})
+	b, err := boot.Bootstrap(ctx, BootstrapRequest{Machine: mc, Image: image, Snapshot: work})
 	var hb *HeldError
 	if errors.As(err, &hb) {
 		// The hold uses the slot's run files, TFTP port and tap: until

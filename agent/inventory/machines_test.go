@@ -224,8 +224,8 @@ func TestEnumerate(t *testing.T) {
 	if got := strings.Join(sortedCopy(names), " "); got != want {
 		t.Errorf("usable machines %q, want %q", got, want)
 	}
-	if e.Snapshots != 5 { // fresh, oldtc, changed, garbled, other (for our toolchain)
-		t.Errorf("took %d snapshots, want 5", e.Snapshots)
+	if e.Snapshots() != 5 { // fresh, oldtc, changed, garbled, other (for our toolchain)
+		t.Errorf("took %d snapshots, want 5", e.Snapshots())
 	}
 	for _, p := range []string{stale, staleDir, unlinkedSnap} {
 		if exists(p) {
@@ -255,8 +255,8 @@ func TestEnumerate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ms2) != len(ms) || e2.Snapshots != 0 {
-		t.Errorf("second run: %d machines, %d snapshots", len(ms2), e2.Snapshots)
+	if len(ms2) != len(ms) || e2.Snapshots() != 0 {
+		t.Errorf("second run: %d machines, %d snapshots", len(ms2), e2.Snapshots())
 	}
 	_ = fresh
 }
@@ -322,7 +322,7 @@ func BenchmarkEnumerate1000(b *testing.B) {
 			b.Fatalf("%d machines, %v", len(ms), err)
 		}
 	}
-	b.ReportMetric(float64(e.Snapshots), "snapshots")
+	b.ReportMetric(float64(e.Snapshots()), "snapshots")
 }
 
 // TestEmptyToolchainID: the default --toolchain-id is empty; a machine
@@ -337,7 +337,7 @@ func TestEmptyToolchainID(t *testing.T) {
 			t.Fatalf("%d machines, %v", len(ms), err)
 		}
 	}
-	if e.Snapshots != 1 {
-		t.Errorf("%d snapshots for two enumerations, want 1", e.Snapshots)
+	if e.Snapshots() != 1 {
+		t.Errorf("%d snapshots for two enumerations, want 1", e.Snapshots())
 	}
 }
