@@ -28,8 +28,9 @@ func (a *Agent) ServeFake(ctx context.Context, task *manifest.Task) (res manifes
 	if host == "" {
 		host = "127.0.0.1"
 	}
-	dirs := newTaskDirs(o.TFTP, o.ToolchainName)
-	s := &session{v: a.VMs, mode: "build", noVM: true, bind: net.JoinHostPort(host, strconv.Itoa(o.TFTPPort+o.ToolchainNum)),
+	sl := a.slots[0]
+	dirs := sl.dirs
+	s := &session{v: sl.vms, mode: "build", noVM: true, bind: net.JoinHostPort(host, strconv.Itoa(sl.plan.TFTPPort)),
 		get: dirs.Get, put: dirs.Put, getFiles: map[string][]byte{"manifest": b.Bytes(), "task.manifest": b.Bytes()},
 		names: resultNames, timeout: o.BuildTimeout, maxFile: maxTaskUpload, maxTotal: 4 * maxTaskUpload}
 	a.Log.Info("serving the task over TFTP with no VM", "address", s.bind, "get", dirs.Get, "put", dirs.Put)

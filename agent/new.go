@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/build2/bbot-agent-go/agent/controller"
@@ -50,15 +49,27 @@ func New(o *Options, log *slog.Logger) (*Agent, error) {
 		log.Warn("--qemu-user is empty: QEMU runs as root (still under -sandbox)")
 	}
 
-	vms := &VMs{Opts: o, Log: log, Accel: &machine.Accel{Requested: o.Accel, StateFile: filepath.Join(o.StateDir, "accel"), Log: log}}
-	port := strconv.Itoa(o.TFTPPort + o.ToolchainNum)
-	var err error
-	if vms.bind, vms.TFTPEndpoint, vms.GuestIP, vms.GatewayIP, err = tftpBind(o, port); err != nil {
-		return nil, err
+	accel := &machine.Accel{Requested: o.Accel, StateFile: filepath.Join(o.StateDir, "accel"), Log: log}
+	hooks := &vmHooks{}
+	slots := max(o.Slots, 1)
+	for i := o.Instance; i < o.Instance+slots; i++ {
+		plan := PlanSlot(o, i)
+		vms := &VMs{Opts: o, Log: log.With("slot", i), Accel: accel, runDir: plan.RunDir, tap: plan.Tap,
+			offset: plan.Offset, bootstrapPut: plan.TFTPBootstrapPut, vmHooks: hooks}
+		var err error
+		if vms.bind, vms.TFTPEndpoint, vms.GuestIP, vms.GatewayIP, err = tftpBind(o, plan); err != nil {
+			return nil, err
+		}
+		a.slots = append(a.slots, &slot{plan: plan, vms: vms, dirs: newTaskDirs(o.TFTP, plan), log: vms.Log})
 	}
-	a.VMs = vms
+	if len(a.slots) == 1 {
+		// One slot: logs need no slot attribute.
+		a.slots[0].log, a.slots[0].vms.Log = log, log
+	}
+	a.VMs = a.slots[0].vms
+	a.changed = make(chan struct{}, 1)
 
-	var boot inventory.Bootstrapper = vms
+	var boot inventory.Bootstrapper = a.VMs
 	if o.FakeBootstrap {
 		boot = inventory.FakeBootstrapper{Version: a.Version}
 	}

@@ -46,6 +46,13 @@ type Options struct {
 	CPU int
 	RAM uint64 // KiB
 
+	Slots         int
+	Instance      int
+	InstanceMax   int
+	CPUOvercommit float64
+	RAMReserve    uint64 // KiB
+	GuestRange    string
+
 	ConnectTimeout time.Duration
 	RequestTimeout time.Duration
 	RequestRetries int

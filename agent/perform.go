@@ -22,14 +22,13 @@ import (
 // resultNames are the names a worker may upload its result manifest as.
 var resultNames = []string{"manifest", "result.manifest"}
 
-// taskDirs are the TFTP directories of one task: GET serves Get, PUT
-// writes Put (<tftp>/build/<toolchain>/get and put).
+// taskDirs are the TFTP directories of one slot's tasks: GET serves Get,
+// PUT writes Put (<tftp>/build/<toolchain>-<instance>/get and put).
 type taskDirs struct{ Root, Get, Put string }
 
-// newTaskDirs returns the task directories under the TFTP root.
-func newTaskDirs(tftpRoot, toolchain string) taskDirs {
-	base := filepath.Join(tftpRoot, "build", toolchain)
-	return taskDirs{Root: tftpRoot, Get: filepath.Join(base, "get"), Put: filepath.Join(base, "put")}
+// newTaskDirs returns the slot's task directories under the TFTP root.
+func newTaskDirs(tftpRoot string, p SlotPlan) taskDirs {
+	return taskDirs{Root: tftpRoot, Get: p.TFTPBuildGet, Put: p.TFTPBuildPut}
 }
 
 // Remove deletes both directories (never anything outside the TFTP root).
@@ -44,6 +43,10 @@ var lockWait = 30 * time.Second
 // task is one task being performed: what the journal entry and the result
 // request need.
 type task struct {
+	slot  *slot
+	cpus  int
+	// onHold, if set, learns that the machine is held for inspection.
+	onHold func()
 	resp  *manifest.TaskResponse
 	task  *manifest.Task
 	mach  *inventory.Machine
@@ -57,8 +60,9 @@ type task struct {
 // interrupt result, before any snapshot), then the machine session, then
 // the outcome, written into the entry. It returns the settled entry (to be
 // sent) and the teardown to run in parallel with sending.
-func (a *Agent) handle(ctx context.Context, resp *manifest.TaskResponse, machines []*inventory.Machine, received time.Time) (*journal.Entry, func()) {
-	t := &task{resp: resp, task: resp.Task, dirs: newTaskDirs(a.Opts.TFTP, a.Opts.ToolchainName)}
+func (a *Agent) handle(ctx context.Context, sl *slot, resp *manifest.TaskResponse, machines []*inventory.Machine, received time.Time, cpus int, onHold func()) (*journal.Entry, func()) {
+	t := &task{slot: sl, cpus: cpus, onHold: onHold, resp: resp, task: resp.Task, dirs: sl.dirs}
+	j := sl.journal
 	t.mach = findMachine(machines, t.task.Machine())
 	t.rt = result.Task{Name: t.task.Name(), Version: t.task.Version()}
 	machineID := ""
@@ -85,7 +89,7 @@ func (a *Agent) handle(ctx context.Context, resp *manifest.TaskResponse, machine
 		"the agent stopped before the task completed; the build may be retried", result.MaxRequest); err != nil {
 		a.Log.Error("building the interrupt result", "error", err)
 	}
-	if err := a.Journal.Receive(t.entry, interrupt.Bytes()); err != nil {
+	if err := j.Receive(t.entry, interrupt.Bytes()); err != nil {
 		// No journal, no snapshot: tell the controller at once, from
 		// memory, and back off until the state dir works again.
 		a.Log.Error("writing the task journal failed: reporting interrupt without performing the task", "error", err)
@@ -102,7 +106,7 @@ func (a *Agent) handle(ctx context.Context, resp *manifest.TaskResponse, machine
 		a.settle(t, outcome{Status: "abort", Journaled: true}, "--fake-build: no machine was booted")
 		return t.entry, func() {}
 	}
-	a.status("building " + t.rt.Name + "/" + t.rt.Version + " on " + t.mach.Header().Name)
+	a.setStatus(sl, "building "+t.rt.Name+"/"+t.rt.Version+" on "+t.mach.Header().Name)
 	return t.entry, a.perform(ctx, t, received)
 }
 
@@ -126,7 +130,7 @@ func (t *task) result(status string) manifest.Result {
 // It reports whether the state dir failed (a host fault, which the caller
 // backs off for).
 func (a *Agent) settle(t *task, o outcome, notes string) bool {
-	err := a.Journal.Settle(t.entry, o.State(), o.Status, notes, func(w io.Writer) error {
+	err := t.slot.journal.Settle(t.entry, o.State(), o.Status, notes, func(w io.Writer) error {
 		_, err := result.FromMemory(w, t.head, t.result(o.Status), notes, result.MaxRequest)
 		return err
 	})
@@ -166,14 +170,19 @@ func (a *Agent) perform(ctx context.Context, t *task, received time.Time) func()
 		return func() {}
 	}
 	o := a.Opts
-	s := &session{v: a.VMs, mode: "build", mc: t.mach.Manifest.Machine, source: t.mach.Bootstrapped,
+	s := &session{v: t.slot.vms, mode: "build", cpus: t.cpus, mc: t.mach.Manifest.Machine, source: t.mach.Bootstrapped,
 		get: t.dirs.Get, put: t.dirs.Put, getFiles: map[string][]byte{"manifest": task.Bytes(), "task.manifest": task.Bytes()},
 		names: resultNames, startup: o.BuildStartup, timeout: o.BuildTimeout, retries: o.BuildRetries,
 		maxFile: maxTaskUpload, maxTotal: 4 * maxTaskUpload, entry: t.entry.ID}
-	if a.VMs.maxUpload > 0 {
-		s.maxFile, s.maxTotal = a.VMs.maxUpload, 4*a.VMs.maxUpload
+	if s.v.maxUpload > 0 {
+		s.maxFile, s.maxTotal = s.v.maxUpload, 4*s.v.maxUpload
 	}
 	rep := s.run(ctx)
+	if rep.ev == evInterrupted {
+		if cause := context.Cause(ctx); errors.As(cause, new(errPreempted)) {
+			rep.why = cause.Error()
+		}
+	}
 	teardown := func() {
 		s.teardown()
 		lock.Close()
@@ -198,9 +207,12 @@ func (a *Agent) perform(ctx context.Context, t *task, received time.Time) func()
 	notes := rep.why + s.consoleNote()
 	journalFailed := a.settle(t, oc, notes)
 	if oc.Hold {
+		if t.onHold != nil {
+			t.onHold()
+		}
 		s.hold(ctx, rep.why)
 		// The outcome was final before the hold: SIGTERM only shortens it.
-		if err := a.Journal.Settle(t.entry, journal.Sendable, t.entry.Status, t.entry.Reason, nil); err != nil {
+		if err := t.slot.journal.Settle(t.entry, journal.Sendable, t.entry.Status, t.entry.Reason, nil); err != nil {
 			a.Log.Error("journal", "error", err)
 		}
 	}
@@ -223,7 +235,8 @@ func (a *Agent) persistUpload(t *task, path, notes string) error {
 	src := &hostReader{f: f}
 	var sum result.Summary
 	var werr error
-	err = a.Journal.Settle(t.entry, journal.Sendable, "", "", func(w io.Writer) error {
+	j := t.slot.journal
+	err = j.Settle(t.entry, journal.Sendable, "", "", func(w io.Writer) error {
 		sum, werr = result.Write(w, src, filepath.Base(path), t.head, t.rt, notes, result.MaxRequest)
 		if src.err != nil {
 			// The manifest parser reads a failing read as the end of the
@@ -242,11 +255,11 @@ func (a *Agent) persistUpload(t *task, path, notes string) error {
 		return err
 	}
 	t.entry.Status = sum.Status
-	if err := a.Journal.Settle(t.entry, journal.Sendable, sum.Status, "", nil); err != nil {
+	if err := j.Settle(t.entry, journal.Sendable, sum.Status, "", nil); err != nil {
 		return err
 	}
 	crash.Point("after-persist")
-	a.Log.Info("task done", "package", t.rt.Name, "status", sum.Status, "entry", t.entry.ID, "size", sum.Size)
+	t.slot.log.Info("task done", "package", t.rt.Name, "status", sum.Status, "entry", t.entry.ID, "size", sum.Size)
 	return nil
 }
 

@@ -7,13 +7,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/build2/bbot-agent-go/agent/controller"
 	"github.com/build2/bbot-agent-go/agent/internal/fsx"
@@ -34,13 +35,23 @@ type Agent struct {
 	Fingerprint string
 	Version     manifest.StandardVersion
 
+	// VMs are the first slot's machine sessions (the one-shot modes use
+	// that slot; tests set the shared hooks through it).
 	VMs        *VMs
 	Enumerator *inventory.Enumerator
 	Client     *controller.Client
-	// Journal is this instance's task journal (opened by Run, Next and
-	// RunTask); Sender sends its entries.
+	// Journal is the first slot's task journal (opened by Run, Next and
+	// RunTask); Sender sends every slot's entries.
 	Journal *journal.Journal
 	Sender  *journal.Sender
+
+	// slots are the instances --instance .. --instance+--slots-1; mu
+	// guards their jobs and status; changed wakes the dispatcher when a
+	// job ends; jobs runs the dispatcher and every job.
+	slots   []*slot
+	mu      sync.Mutex
+	changed chan struct{}
+	jobs    *errgroup.Group
 
 	// Host-wide backoff after a host fault: no task is asked for until
 	// it passes.
@@ -77,11 +88,11 @@ func (a *Agent) status(s string) {
 	}
 }
 
-// open creates the state and run directories, opens this instance's
-// journal and recovers what a crashed agent left: a VM still running, its
-// TFTP directories, stale admin files, and journal entries, which are
-// settled (a complete uploaded result is sent instead of the interrupt)
-// and sent.
+// open creates the state and run directories, claims the slots (instance
+// flocks and journals) and recovers what a crashed agent left: a VM still
+// running, its TFTP directories, stale admin files, and journal entries,
+// which are settled (a complete uploaded result is sent instead of the
+// interrupt) and sent.
 func (a *Agent) open(ctx context.Context) error {
 	for _, d := range []string{a.Opts.StateDir, a.Opts.RunDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -93,54 +104,65 @@ func (a *Agent) open(ctx context.Context) error {
 			a.Log.Warn("directory is accessible to its group or others; make it 0700", "dir", d, "mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
 		}
 	}
-	if a.Journal == nil {
-		j, err := journal.Open(journal.Dir(a.Opts.StateDir, 1))
-		if err != nil {
+	if a.changed == nil {
+		a.changed = make(chan struct{}, 1)
+	}
+	if a.slots[0].journal == nil && a.Journal != nil {
+		a.slots[0].journal = a.Journal // set by a test
+	}
+	if err := a.claimSlots(); err != nil {
+		return err
+	}
+	a.Journal = a.slots[0].journal
+	for _, s := range a.slots {
+		if err := os.MkdirAll(s.plan.RunDir, 0o700); err != nil {
 			return err
 		}
-		a.Journal = j
+		a.killLeftovers(s)
 	}
-	a.killLeftovers()
 	if n, err := a.Journal.ImportLegacy(a.Opts.StateDir); err != nil {
 		a.Log.Error("importing results of the old outbox", "error", err)
 	} else if n > 0 {
 		a.Log.Info("imported results of the old outbox", "count", n)
 	}
-	journals := []*journal.Journal{a.Journal}
+	for _, s := range a.slots {
+		a.recoverJournal(ctx, s.journal)
+		for _, d := range []string{s.dirs.Get, s.dirs.Put, s.plan.TFTPBootstrapPut} {
+			if err := fsx.RemoveOwned(a.Opts.TFTP, d); err != nil {
+				a.Log.Error("removing TFTP directory", "path", d, "error", err)
+			}
+		}
+	}
 	orphans, err := journal.Orphans(a.Opts.StateDir)
 	if err != nil {
 		a.Log.Error("recovering journals", "error", err)
 	}
-	journals = append(journals, orphans...)
-	for i, j := range journals {
+	for _, j := range orphans {
+		// Another instance's journal: release it once its entries are
+		// sent, so that its owner can claim it again.
 		sent := a.recoverJournal(ctx, j)
-		if i > 0 {
-			// Another instance's journal: release it once its entries
-			// are sent, so that its owner can claim it again.
-			go func() { sent.Wait(); j.Close() }()
-		}
+		go func() { sent.Wait(); j.Close() }()
 	}
 	return nil
 }
 
-// Close releases the journal once sends are done.
+// Close releases the slots once sends are done.
 func (a *Agent) Close() {
 	a.Sender.Wait()
-	if a.Journal != nil {
-		a.Journal.Close()
-		a.Journal = nil
-	}
+	a.releaseSlots()
+	a.Journal = nil
 }
 
-// killLeftovers kills a VM recorded by a previous agent (checked by its
-// start time, so a reused pid is never hit) and removes stale run files.
-func (a *Agent) killLeftovers() {
-	run := a.Opts.RunDir
+// killLeftovers kills a VM recorded in the slot's run dir by a previous
+// agent (checked by its start time, so a reused pid is never hit) and
+// removes stale run files.
+func (a *Agent) killLeftovers(s *slot) {
+	run := s.plan.RunDir
 	if r, err := readVMRecord(run); err == nil {
 		if killed, err := killRecorded(r.PID, r.StartTime); err != nil {
-			a.Log.Error("killing QEMU left by a previous agent", "pid", r.PID, "error", err)
+			s.log.Error("killing QEMU left by a previous agent", "pid", r.PID, "error", err)
 		} else if killed {
-			a.Log.Warn("killed QEMU left by a previous agent", "pid", r.PID, "snapshot", r.Snapshot)
+			s.log.Warn("killed QEMU left by a previous agent", "pid", r.PID, "snapshot", r.Snapshot)
 		}
 	}
 	removeVMRecord(run)
@@ -151,7 +173,7 @@ func (a *Agent) killLeftovers() {
 		cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
 		if strings.Contains(string(cmdline), filepath.Join(run, machine.QMPSocketName)) {
 			if killed, _ := killRecorded(pid, processStartTime(pid)); killed {
-				a.Log.Warn("killed an unrecorded QEMU left by a previous agent", "pid", pid)
+				s.log.Warn("killed an unrecorded QEMU left by a previous agent", "pid", pid)
 			}
 		}
 	}
@@ -183,12 +205,6 @@ func (a *Agent) recoverJournal(ctx context.Context, j *journal.Journal) *sync.Wa
 		a.Log.Info("sending result left by an earlier run", "entry", e.ID, "package", e.Package, "status", e.Status)
 		sent.Add(1)
 		a.Sender.Async(ctx, j, e, func(bool) { sent.Done() })
-	}
-	dirs := newTaskDirs(a.Opts.TFTP, a.Opts.ToolchainName)
-	for _, d := range []string{dirs.Get, dirs.Put, filepath.Join(a.Opts.TFTP, "bootstrap", a.Opts.ToolchainName)} {
-		if err := fsx.RemoveOwned(a.Opts.TFTP, d); err != nil {
-			a.Log.Error("removing TFTP directory", "path", d, "error", err)
-		}
 	}
 	return &sent
 }
@@ -227,53 +243,6 @@ func (a *Agent) recoverReceived(j *journal.Journal, e *journal.Entry) {
 		a.Log.Info("recovered a result uploaded before the agent crashed", "entry", e.ID, "status", sum.Status)
 		return
 	}
-}
-
-// Run works until ctx ends (SIGTERM/SIGINT), then reports an interrupted
-// task as "interrupt" and returns nil.
-func (a *Agent) Run(ctx context.Context) error {
-	if err := a.open(ctx); err != nil {
-		return err
-	}
-	if a.Ready != nil {
-		a.Ready()
-	}
-	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(os.Getpid())))
-	for ctx.Err() == nil {
-		if wait, why := a.backingOff(); wait > 0 {
-			a.status(fmt.Sprintf("backing off %s after a host fault: %s", wait.Round(time.Second), why))
-			select {
-			case <-ctx.Done():
-			case <-time.After(wait):
-			}
-			continue
-		}
-		a.status("enumerating machines")
-		machines, err := a.Enumerator.Enumerate(ctx)
-		if err != nil && ctx.Err() == nil {
-			a.Log.Error("enumerating machines", "error", err)
-		}
-		worked := false
-		if len(machines) == 0 {
-			a.Log.Warn("no usable machines")
-		} else if ctx.Err() == nil {
-			worked = a.poll(ctx, machines)
-		}
-		if worked {
-			continue // after a task, poll again at once
-		}
-		a.status("idle")
-		// ±20 % jitter so that agents do not poll in lock-step.
-		sleep := time.Duration(float64(a.Opts.PollInterval) * (0.8 + 0.4*r.Float64()))
-		select {
-		case <-ctx.Done():
-		case <-a.Rescan:
-			a.Log.Info("rescanning machines")
-		case <-time.After(sleep):
-		}
-	}
-	a.status("stopping")
-	return nil
 }
 
 // sigtermSendGrace bounds the POST of a task's result after SIGTERM.
@@ -328,26 +297,12 @@ func (a *Agent) taskRequest(machines []*inventory.Machine) manifest.TaskRequest 
 	return req
 }
 
-// poll asks for a task and performs it; it reports whether there was one.
-func (a *Agent) poll(ctx context.Context, machines []*inventory.Machine) bool {
-	a.status("polling controllers")
-	resp, ctl, err := a.Client.RequestTask(ctx, a.taskRequest(machines))
-	if err != nil || resp == nil {
-		if err != nil && ctx.Err() == nil {
-			a.Log.Error("requesting task", "error", err)
-		}
-		return false
-	}
-	received := time.Now()
-	a.Log.Info("task received", "controller", ctl.URL, "package", resp.Task.Name(), "version", resp.Task.Version(), "machine", resp.Task.Machine())
-	a.deliver(ctx, resp, machines, received)
-	return true
-}
-
-// deliver performs the task, sends its entry in parallel with the
-// teardown, and returns the entry (nil when the journal failed).
-func (a *Agent) deliver(ctx context.Context, resp *manifest.TaskResponse, machines []*inventory.Machine, received time.Time) *journal.Entry {
-	e, teardown := a.handle(ctx, resp, machines, received)
+// deliver performs the task in slot s (jctx ends it early: SIGTERM, or a
+// higher-priority task), sends its entry in parallel with the teardown,
+// and returns the entry (nil when the journal failed). ctx is the agent's:
+// when it ends (SIGTERM), the POST gets a short grace.
+func (a *Agent) deliver(ctx, jctx context.Context, s *slot, resp *manifest.TaskResponse, machines []*inventory.Machine, received time.Time, cpus int, onHold func()) *journal.Entry {
+	e, teardown := a.handle(jctx, s, resp, machines, received, cpus, onHold)
 	if e != nil {
 		// SIGTERM, before or during the POST, leaves it a short grace
 		// (one quick try); what is still unsent goes at the next start.
@@ -365,7 +320,7 @@ func (a *Agent) deliver(ctx context.Context, resp *manifest.TaskResponse, machin
 			cancel()
 		}()
 		id := e.ID
-		a.Sender.Async(sendCtx, a.Journal, e, func(ok bool) { close(sent); a.delivered(id, ok) })
+		a.Sender.Async(sendCtx, s.journal, e, func(ok bool) { close(sent); a.delivered(id, ok) })
 	}
 	teardown() // in parallel with the POST
 	if ctx.Err() != nil {
@@ -387,7 +342,8 @@ func (a *Agent) Next(ctx context.Context) (*manifest.TaskResponse, []*inventory.
 			return nil, nil, err
 		}
 		if len(machines) > 0 {
-			resp, _, err := a.Client.RequestTask(ctx, a.taskRequest(machines))
+			req := a.taskRequest(machines)
+			resp, _, err := a.Client.RequestTask(ctx, func(controller.Controller) (manifest.TaskRequest, bool) { return req, true })
 			if err != nil {
 				return nil, nil, err
 			}
@@ -418,7 +374,7 @@ func (a *Agent) WorkerTaskFor(resp *manifest.TaskResponse, machines []*inventory
 // delivery attempt) and returns the result (for --dump-result).
 func (a *Agent) Handle(ctx context.Context, resp *manifest.TaskResponse, machines []*inventory.Machine) (manifest.Result, error) {
 	var res manifest.Result
-	e, teardown := a.handle(ctx, resp, machines, time.Now())
+	e, teardown := a.handle(ctx, a.slots[0], resp, machines, time.Now(), a.Opts.CPU, nil)
 	defer teardown()
 	if e == nil {
 		return res, errors.New("the task journal could not be written")
@@ -457,7 +413,7 @@ func (a *Agent) RunTask(ctx context.Context, task *manifest.Task) (manifest.Resu
 		return manifest.Result{}, errors.Join(errNoMachine, errors.New("the task names "+task.Machine()+"; usable: "+strings.Join(names, ", ")))
 	}
 	resp := &manifest.TaskResponse{Fields: manifest.Fields{{Name: "session", Value: "fake-request"}}, Task: task}
-	e, teardown := a.handle(ctx, resp, machines, time.Now())
+	e, teardown := a.handle(ctx, a.slots[0], resp, machines, time.Now(), a.Opts.CPU, nil)
 	teardown()
 	if e == nil {
 		return manifest.Result{}, errors.New("the task journal could not be written")

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/build2/bbot-agent-go/agent/internal/crash"
@@ -48,6 +49,7 @@ type session struct {
 	maxFile  int64
 	maxTotal int64
 	entry    string // journal entry id, for the VM record
+	cpus     int    // virtual CPUs: --cpu, or all threads for a boosted task
 	// noVM: a --fake-machine session: no snapshot, tap or QEMU, no
 	// session prefix (a person or a worker under development plays the
 	// guest with any TFTP client); the wait is for the result only.
@@ -179,11 +181,11 @@ func (s *session) start(ctx context.Context) (sessionReport, bool) {
 		return rep, false
 	}
 	prefix := s.prefix
-	cfg := v.machineConfig(s.mc, s.snapshot, s.mode)
+	cfg := v.machineConfig(s.mc, s.snapshot, s.mode, s.cpus)
 	// The prefix reaches the guest through a file in the 0700 run dir,
 	// never on QEMU's command line (world-readable in /proc).
-	prefixFile := filepath.Join(v.Opts.RunDir, "oem-prefix")
-	if err := os.MkdirAll(v.Opts.RunDir, 0o700); err != nil {
+	prefixFile := filepath.Join(v.runDir, "oem-prefix")
+	if err := os.MkdirAll(v.runDir, 0o700); err != nil {
 		return host("run directory", err)
 	}
 	if err := fsx.WriteFileAtomic(prefixFile, []byte("bbot.tftp-prefix="+prefix), 0o600); err != nil {
@@ -211,14 +213,14 @@ func (s *session) start(ctx context.Context) (sessionReport, bool) {
 	s.m = m
 	info := m.Info()
 	s.qemuStarted = info.Started
-	if err := writeVMRecord(v.Opts.RunDir, vmRecord{PID: info.PID, StartTime: processStartTime(info.PID),
+	if err := writeVMRecord(v.runDir, vmRecord{PID: info.PID, StartTime: processStartTime(info.PID),
 		Snapshot: s.snapshot, Entry: s.entry, Mode: s.mode}); err != nil {
 		m.ForceDown()
 		return host("recording the VM", err)
 	}
 	s.push(func() {
 		m.ForceDown()
-		removeVMRecord(v.Opts.RunDir)
+		removeVMRecord(v.runDir)
 		if s.mode == "build" {
 			crash.Point("during-teardown") // VM down, snapshot not yet deleted
 		}
@@ -437,13 +439,13 @@ func (s *session) hold(ctx context.Context, why string) {
 	}
 	v.Log.Warn("machine suspended for inspection: "+why,
 		"snapshot", s.snapshot, "console", info.ConsoleLog, "qmp", info.AdminSocket, "pid", info.PID,
-		"release", fmt.Sprintf("bbot-agent --run-dir %s --release (or kill %d)", v.Opts.RunDir, info.PID))
+		"release", fmt.Sprintf("bbot-agent --run-dir %s --release (or kill %d)", v.runDir, info.PID))
 	rec := Suspended{PID: info.PID, StartTime: processStartTime(info.PID), Snapshot: s.snapshot, ConsoleLog: info.ConsoleLog,
 		AdminSocket: info.AdminSocket, Since: time.Now().UTC(), Reason: why}
-	if err := writeSuspended(v.Opts.RunDir, rec); err != nil {
+	if err := writeSuspended(v.runDir, rec); err != nil {
 		v.Log.Error("recording the suspended machine", "error", err)
 	}
-	defer os.Remove(filepath.Join(v.Opts.RunDir, suspendedFile))
+	defer os.Remove(filepath.Join(v.runDir, suspendedFile))
 	if v.onSuspend != nil {
 		v.onSuspend(m)
 	}
@@ -475,7 +477,8 @@ func (s *session) consoleNote() string {
 
 // tftpBind is where sessions bind the TFTP server and what the guest is
 // told, from the options.
-func tftpBind(o *Options, port string) (bind, endpoint, guest, gw string, err error) {
+func tftpBind(o *Options, plan SlotPlan) (bind, endpoint, guest, gw string, err error) {
+	port := strconv.Itoa(plan.TFTPPort)
 	bind = o.TFTPAddress
 	switch o.Network {
 	case "user":
@@ -484,7 +487,7 @@ func tftpBind(o *Options, port string) (bind, endpoint, guest, gw string, err er
 		}
 		return net.JoinHostPort(bind, port), "10.0.2.2:" + port, "", "", nil // QEMU user networking's host
 	default:
-		b, guest, gw, err := bridgeAddresses(o.Bridge, o.ToolchainNum)
+		b, guest, gw, err := bridgeAddresses(o, plan)
 		if err != nil && !o.FakeBootstrap && !o.FakeBuild && o.FakeMachine == "" {
 			return "", "", "", "", fmt.Errorf("--bridge %s: %w (use --network user without a bridge)", o.Bridge, err)
 		}

@@ -35,6 +35,18 @@ type VMs struct {
 	// bbot.gw in bridge mode.
 	GuestIP, GatewayIP string
 
+	// The slot's part of the address plan: run files, tap, MAC offset,
+	// bootstrap upload directory.
+	runDir       string
+	tap          string
+	offset       int
+	bootstrapPut string
+
+	*vmHooks // shared by every slot's VMs
+}
+
+// vmHooks are test seams shared by all slots.
+type vmHooks struct {
 	// onSuspend, if set, is told about each machine held after a soft
 	// failure (tests inspect it).
 	onSuspend func(*machine.Machine)
@@ -51,18 +63,27 @@ type VMs struct {
 	powerOffWait, powerButtonGrace time.Duration
 }
 
+// taskRAM is the RAM a machine gets: --build-ram, lowered to the machine's
+// ram-maximum.
+func taskRAM(o *Options, h manifest.MachineHeader) uint64 {
+	if h.RAMMaximum > 0 && h.RAMMaximum < o.RAM {
+		return h.RAMMaximum
+	}
+	return o.RAM
+}
+
 // machineConfig is the QEMU configuration for one boot.
-func (v *VMs) machineConfig(mc manifest.Machine, dir, mode string) machine.Config {
+func (v *VMs) machineConfig(mc manifest.Machine, dir, mode string, cpus int) machine.Config {
 	o := v.Opts
 	oem := []string{"bbot.tftp=" + v.TFTPEndpoint, "bbot.mode=" + mode}
 	cfg := machine.Config{
 		QEMU:          o.QEMU,
 		Name:          mc.Name,
 		Dir:           dir,
-		RunDir:        o.RunDir,
+		RunDir:        v.runDir,
 		Accel:         v.Accel.Current(),
-		CPUs:          o.CPU,
-		RAM:           o.RAM,
+		CPUs:          cpus,
+		RAM:           taskRAM(o, mc.MachineHeader),
 		Network:       o.Network,
 		MAC:           mc.MAC,
 		Options:       mc.Options,
@@ -71,10 +92,10 @@ func (v *VMs) machineConfig(mc manifest.Machine, dir, mode string) machine.Confi
 		RunAs:         o.QEMURunAs(),
 	}
 	if o.Network == "bridge" {
-		cfg.Tap = "bb" + strconv.Itoa(o.ToolchainNum)
+		cfg.Tap = v.tap
 		oem = append(oem, "bbot.ip="+v.GuestIP, "bbot.gw="+v.GatewayIP)
 		if cfg.MAC == "" {
-			cfg.MAC = derivedMAC(mc.Name, o.ToolchainNum)
+			cfg.MAC = derivedMAC(mc.Name, v.offset)
 		}
 	}
 	if _, err := os.Stat(filepath.Join(dir, "disk.img")); err == nil {
@@ -93,7 +114,8 @@ func derivedMAC(name string, num int) string {
 // bridgeAddresses derives the TFTP bind address, the guest's address and
 // the gateway from the bridge's IPv4 network: guest = network + 100 +
 // toolchain number (SPEC §6).
-func bridgeAddresses(bridge string, num int) (bind, guest, gw string, err error) {
+func bridgeAddresses(o *Options, plan SlotPlan) (bind, guest, gw string, err error) {
+	bridge, num := o.Bridge, plan.Offset
 	ifi, err := net.InterfaceByName(bridge)
 	if err != nil {
 		return "", "", "", err
@@ -119,7 +141,7 @@ func bridgeAddresses(bridge string, num int) (bind, guest, gw string, err error)
 
 func (v *VMs) dropTap() {
 	if v.Opts.Network == "bridge" {
-		machine.DeleteTap("bb" + strconv.Itoa(v.Opts.ToolchainNum))
+		machine.DeleteTap(v.tap)
 	}
 }
 
@@ -134,7 +156,7 @@ const maxBootstrapUpload = 1 << 20
 func (v *VMs) Bootstrap(ctx context.Context, req inventory.BootstrapRequest) (manifest.Bootstrap, error) {
 	o := v.Opts
 	s := &session{v: v, mode: "bootstrap", mc: req.Machine, source: req.Image, snapshot: req.Snapshot, fixed: true,
-		get: filepath.Join(o.TFTP, "toolchains", o.ToolchainName), put: filepath.Join(o.TFTP, "bootstrap", o.ToolchainName),
+		get: filepath.Join(o.TFTP, "toolchains", o.ToolchainName), put: v.bootstrapPut, cpus: o.CPU,
 		names: []string{"manifest"}, startup: o.BootstrapStartup, timeout: o.BootstrapTimeout, retries: o.BootstrapRetries,
 		maxFile: maxBootstrapUpload, maxTotal: 16 * maxBootstrapUpload}
 	rep := s.run(ctx)
