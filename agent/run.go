@@ -328,10 +328,15 @@ func (a *Agent) taskRequest(machines []*inventory.Machine) manifest.TaskRequest 
 	return req
 }
 
+// offerAll offers every machine to every controller.
+func (a *Agent) offerAll(machines []*inventory.Machine) func(controller.Controller) (manifest.TaskRequest, bool) {
+	return func(controller.Controller) (manifest.TaskRequest, bool) { return a.taskRequest(machines), true }
+}
+
 // poll asks for a task and performs it; it reports whether there was one.
 func (a *Agent) poll(ctx context.Context, machines []*inventory.Machine) bool {
 	a.status("polling controllers")
-	resp, ctl, err := a.Client.RequestTask(ctx, a.taskRequest(machines))
+	resp, ctl, err := a.Client.RequestTask(ctx, a.offerAll(machines))
 	if err != nil || resp == nil {
 		if err != nil && ctx.Err() == nil {
 			a.Log.Error("requesting task", "error", err)
@@ -387,7 +392,7 @@ func (a *Agent) Next(ctx context.Context) (*manifest.TaskResponse, []*inventory.
 			return nil, nil, err
 		}
 		if len(machines) > 0 {
-			resp, _, err := a.Client.RequestTask(ctx, a.taskRequest(machines))
+			resp, _, err := a.Client.RequestTask(ctx, a.offerAll(machines))
 			if err != nil {
 				return nil, nil, err
 			}
