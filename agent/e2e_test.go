@@ -428,14 +428,15 @@ func TestRecoverKillsLeftovers(t *testing.T) {
 	other.Start()
 	defer other.Process.Kill()
 	a := &Agent{Opts: &Options{RunDir: run, TFTP: t.TempDir(), ToolchainName: "e2e"}, Log: testLog(t)}
-	a.killLeftovers()
+	s := &slot{plan: SlotPlan{Instance: 1, RunDir: run}, log: a.Log}
+	a.killLeftovers(s)
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("leftover QEMU not killed")
 	}
 	writeVMRecord(run, vmRecord{PID: other.Process.Pid, StartTime: processStartTime(other.Process.Pid) + 1, Mode: "build"})
-	a.killLeftovers()
+	a.killLeftovers(s)
 	if err := other.Process.Signal(syscall.Signal(0)); err != nil {
 		t.Errorf("unrelated process killed: %v", err)
 	}

@@ -35,7 +35,7 @@ func FuzzOptions(f *testing.F) {
 			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 				t.Fatalf("controller %q accepted as %+v", ctl, c)
 			}
-			if c.Priority < 0 || c.Priority > 99999 || !strings.HasSuffix(ctl, c.URL) {
+			if c.Priority < 0 || c.Priority > controller.MaxPriority || !strings.HasSuffix(ctl, c.URL) {
 				t.Fatalf("controller %q accepted as %+v", ctl, c)
 			}
 		}

@@ -297,6 +297,11 @@ func (a *Agent) taskRequest(machines []*inventory.Machine) manifest.TaskRequest 
 	return req
 }
 
+// offerAll offers every machine to every controller.
+func (a *Agent) offerAll(machines []*inventory.Machine) func(controller.Controller) (manifest.TaskRequest, bool) {
+	return func(controller.Controller) (manifest.TaskRequest, bool) { return a.taskRequest(machines), true }
+}
+
 // deliver performs the task in slot s (jctx ends it early: SIGTERM, or a
 // higher-priority task), sends its entry in parallel with the teardown,
 // and returns the entry (nil when the journal failed). ctx is the agent's:
@@ -342,8 +347,7 @@ func (a *Agent) Next(ctx context.Context) (*manifest.TaskResponse, []*inventory.
 			return nil, nil, err
 		}
 		if len(machines) > 0 {
-			req := a.taskRequest(machines)
-			resp, _, err := a.Client.RequestTask(ctx, func(controller.Controller) (manifest.TaskRequest, bool) { return req, true })
+			resp, _, err := a.Client.RequestTask(ctx, a.offerAll(machines))
 			if err != nil {
 				return nil, nil, err
 			}

@@ -11,6 +11,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/build2/bbot-agent-go/agent/journal"
@@ -28,6 +29,12 @@ type Client struct {
 	Log         *slog.Logger
 	Rand        *rand.Rand
 	Min, Max    time.Duration // backoff bounds between retry rounds
+
+	// fitMu guards the rotation through the machines of requests over
+	// brep's limit (see fit).
+	fitMu     sync.Mutex
+	fitOffset int
+	fitWarned bool
 }
 
 // DefaultRequestTimeout bounds one request when the HTTP client has no
@@ -44,10 +51,17 @@ func (e *apiError) Error() string   { return e.err.Error() }
 func (e *apiError) Unwrap() error   { return e.err }
 func (e *apiError) Retryable() bool { return e.retryable }
 
-// RequestTask offers the machines to the controllers, higher priority
-// first, random among equals, and returns the first task found (nil, nil,
-// nil when nobody has work or every controller failed; failures are
-// logged). An error is returned only for a bad request or when ctx ends.
+// RequestTask asks the controllers for a task, higher priority first,
+// random among equals, and returns the first task found (nil, nil, nil
+// when nobody has work or every controller failed; failures are logged).
+// An error is returned only for a bad request or when ctx ends.
+//
+// offer gives the request for a controller; it is called just before each
+// time the controller is asked, so that it reflects the slots of that
+// moment. Its false skips the controller this time (reserved by a running
+// task of a higher priority, or nothing to offer it); a skipped controller
+// that is in the retry set stays there. A request over brep's limit offers
+// a rotating subset of its machines (see fit).
 //
 // A poll runs in rounds. Round 0 asks every controller once, in priority
 // order; the first task ends the poll. Controllers that failed in a
@@ -72,15 +86,7 @@ func (e *apiError) Retryable() bool { return e.retryable }
 // is. A retry round whose backoff would pass the deadline is not started.
 // Reaching the deadline ends the poll like "no task"; ctx ending ends it at
 // once with ctx's error.
-func (c *Client) RequestTask(ctx context.Context, req manifest.TaskRequest) (*manifest.TaskResponse, *Controller, error) {
-	var b bytes.Buffer
-	if err := req.Serialize(&b); err != nil {
-		return nil, nil, err
-	}
-	if b.Len() >= MaxTaskRequest {
-		return nil, nil, fmt.Errorf("task request is %d bytes, over brep's limit", b.Len())
-	}
-	body := b.Bytes()
+func (c *Client) RequestTask(ctx context.Context, offer func(Controller) (manifest.TaskRequest, bool)) (*manifest.TaskResponse, *Controller, error) {
 	ctls := OrderControllers(c.Controllers, c.Rand)
 	deadline := time.Now().Add(c.pollBound(len(ctls)))
 	pctx, cancel := context.WithDeadline(ctx, deadline)
@@ -104,6 +110,18 @@ func (c *Client) RequestTask(ctx context.Context, req manifest.TaskRequest) (*ma
 		}
 		var failed []Controller
 		for _, ctl := range pending {
+			req, ok := offer(ctl)
+			if !ok {
+				c.Log.Debug("not asked", "url", ctl.URL, "round", round)
+				if round > 0 { // still owes an answer
+					failed = append(failed, ctl)
+				}
+				continue
+			}
+			body, err := c.fit(req)
+			if err != nil {
+				return nil, nil, err
+			}
 			resp, err := c.ask(pctx, ctl, body)
 			if ctx.Err() != nil {
 				return nil, nil, ctx.Err()
@@ -130,6 +148,66 @@ func (c *Client) RequestTask(ctx context.Context, req manifest.TaskRequest) (*ma
 		pending = failed
 	}
 	return nil, nil, nil
+}
+
+// fit serializes req below brep's limit. When the whole request is over
+// it, a subset of its machines is offered: as many as fit, starting at a
+// rotating offset that advances by the number offered, so that over
+// successive requests every machine gets its turn. The subset's size is
+// found by serializing (sizes grow with the count), not by estimating.
+func (c *Client) fit(req manifest.TaskRequest) ([]byte, error) {
+	body, err := serialize(req)
+	if err != nil || len(body) < MaxTaskRequest {
+		return body, err
+	}
+	n := len(req.Machines)
+	c.fitMu.Lock()
+	defer c.fitMu.Unlock()
+	offset := 0
+	if n > 0 {
+		offset = c.fitOffset % n
+	}
+	subset := func(k int) manifest.TaskRequest {
+		r := req
+		r.Machines = make([]manifest.MachineHeader, k)
+		for i := range k {
+			r.Machines[i] = req.Machines[(offset+i)%n]
+		}
+		return r
+	}
+	// Binary search for the largest fitting count below n (n does not fit).
+	fits, tooMany := 0, n
+	var fitting []byte
+	for tooMany-fits > 1 {
+		k := (fits + tooMany) / 2
+		b, err := serialize(subset(k))
+		if err != nil {
+			return nil, err
+		}
+		if len(b) < MaxTaskRequest {
+			fits, fitting = k, b
+		} else {
+			tooMany = k
+		}
+	}
+	if fits == 0 {
+		if n > 1 {
+			return nil, fmt.Errorf("task request is %d bytes, over brep's limit even with one of its %d machines", len(body), n)
+		}
+		return nil, fmt.Errorf("task request is %d bytes, over brep's limit", len(body))
+	}
+	c.fitOffset = (offset + fits) % n
+	if !c.fitWarned {
+		c.fitWarned = true
+		c.Log.Warn("task request over brep's limit: offering the machines in turns", "offered", fits, "machines", n, "limit", MaxTaskRequest)
+	}
+	return fitting, nil
+}
+
+func serialize(req manifest.TaskRequest) ([]byte, error) {
+	var b bytes.Buffer
+	err := req.Serialize(&b)
+	return b.Bytes(), err
 }
 
 // requestTimeout is the per-request timeout.

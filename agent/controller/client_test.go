@@ -3,6 +3,8 @@ package controller
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"strings"
@@ -20,6 +22,11 @@ func testRequest(t *testing.T) manifest.TaskRequest {
 		Agent: "test-agent", ToolchainName: "ci", ToolchainVersion: mustVersion(t, "0.17.0"),
 		Machines: []manifest.MachineHeader{{ID: "id1", Name: "x86_64-linux_test", Summary: "test"}},
 	}
+}
+
+// offerAll offers req to every controller.
+func offerAll(req manifest.TaskRequest) func(Controller) (manifest.TaskRequest, bool) {
+	return func(Controller) (manifest.TaskRequest, bool) { return req, true }
 }
 
 func testClient(t *testing.T, ctls ...Controller) *Client {
@@ -62,7 +69,7 @@ func TestClientFaults(t *testing.T) {
 			var calls atomic.Int32
 			srv.Fault = func(r *http.Request, n int) int { calls.Add(1); return tc.fault(n) }
 			c := testClient(t, Controller{URL: srv.TaskURL()})
-			resp, _, err := c.RequestTask(context.Background(), testRequest(t))
+			resp, _, err := c.RequestTask(context.Background(), offerAll(testRequest(t)))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -86,16 +93,16 @@ func TestClientPriorities(t *testing.T) {
 	low.QueueTask("low-task", "x86_64-linux_test")
 	high.QueueTask("high-task", "x86_64-linux_test")
 	c := testClient(t, Controller{URL: low.TaskURL(), Priority: 1}, Controller{URL: high.TaskURL(), Priority: 9})
-	resp, ctl, err := c.RequestTask(context.Background(), testRequest(t))
+	resp, ctl, err := c.RequestTask(context.Background(), offerAll(testRequest(t)))
 	if err != nil || resp == nil || resp.Task.Name() != "high-task" || ctl.Priority != 9 {
 		t.Fatalf("got %v from %v (%v)", resp, ctl, err)
 	}
 	// The high one is empty now: the low one's task comes next.
-	resp, _, _ = c.RequestTask(context.Background(), testRequest(t))
+	resp, _, _ = c.RequestTask(context.Background(), offerAll(testRequest(t)))
 	if resp == nil || resp.Task.Name() != "low-task" {
 		t.Fatalf("second task %v", resp)
 	}
-	resp, _, _ = c.RequestTask(context.Background(), testRequest(t))
+	resp, _, _ = c.RequestTask(context.Background(), offerAll(testRequest(t)))
 	if resp != nil {
 		t.Fatalf("no task expected, got %v", resp.Task.Name())
 	}
@@ -112,7 +119,7 @@ func TestClientInterrupted(t *testing.T) {
 	c.Min, c.Max = time.Hour, time.Hour
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	_, _, err := c.RequestTask(ctx, testRequest(t))
+	_, _, err := c.RequestTask(ctx, offerAll(testRequest(t)))
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("got %v", err)
 	}
@@ -196,7 +203,7 @@ func TestClientHungTopController(t *testing.T) {
 	low.QueueTask("low-task", "x86_64-linux_test")
 	c := pollClient(t, Controller{URL: hung.TaskURL(), Priority: 9}, Controller{URL: low.TaskURL(), Priority: 1})
 	start := time.Now()
-	resp, ctl, err := c.RequestTask(context.Background(), testRequest(t))
+	resp, ctl, err := c.RequestTask(context.Background(), offerAll(testRequest(t)))
 	elapsed := time.Since(start)
 	if err != nil || resp == nil || resp.Task.Name() != "low-task" || ctl.Priority != 1 {
 		t.Fatalf("got %v from %v (%v)", resp, ctl, err)
@@ -224,7 +231,7 @@ func TestClientFlakyRetried(t *testing.T) {
 		srv := pollServer(t, &log, "flaky", false, flaky)
 		srv.QueueTask("hello", "x86_64-linux_test")
 		c := pollClient(t, Controller{URL: srv.TaskURL()})
-		resp, _, err := c.RequestTask(context.Background(), testRequest(t))
+		resp, _, err := c.RequestTask(context.Background(), offerAll(testRequest(t)))
 		if err != nil || resp == nil || resp.Task.Name() != "hello" {
 			t.Fatalf("got %v (%v)", resp, err)
 		}
@@ -238,7 +245,7 @@ func TestClientFlakyRetried(t *testing.T) {
 		high.QueueTask("high-task", "x86_64-linux_test")
 		low := pollServer(t, &log, "low", false, func(int) int { return 503 })
 		c := pollClient(t, Controller{URL: low.TaskURL(), Priority: 1}, Controller{URL: high.TaskURL(), Priority: 5})
-		resp, ctl, err := c.RequestTask(context.Background(), testRequest(t))
+		resp, ctl, err := c.RequestTask(context.Background(), offerAll(testRequest(t)))
 		if err != nil || resp == nil || resp.Task.Name() != "high-task" || ctl.Priority != 5 {
 			t.Fatalf("got %v from %v (%v)", resp, ctl, err)
 		}
@@ -261,7 +268,7 @@ func TestClientNotRetried(t *testing.T) {
 			bad.QueueTask("hello", "x86_64-linux_test")
 			busy := pollServer(t, &log, "busy", false, func(int) int { return 503 })
 			c := pollClient(t, Controller{URL: bad.TaskURL(), Priority: 2}, Controller{URL: busy.TaskURL(), Priority: 1})
-			resp, _, err := c.RequestTask(context.Background(), testRequest(t))
+			resp, _, err := c.RequestTask(context.Background(), offerAll(testRequest(t)))
 			if err != nil || resp != nil {
 				t.Fatalf("got %v (%v)", resp, err)
 			}
@@ -281,7 +288,7 @@ func TestClientPollBounded(t *testing.T) {
 	c := pollClient(t, Controller{URL: a.TaskURL(), Priority: 2}, Controller{URL: b.TaskURL(), Priority: 1})
 	bound := c.pollBound(2) // 3 x 300 ms + 10 ms
 	start := time.Now()
-	resp, _, err := c.RequestTask(context.Background(), testRequest(t))
+	resp, _, err := c.RequestTask(context.Background(), offerAll(testRequest(t)))
 	elapsed := time.Since(start)
 	if err != nil || resp != nil {
 		t.Fatalf("got %v (%v)", resp, err)
@@ -306,7 +313,7 @@ func TestClientPollCancel(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		time.AfterFunc(100*time.Millisecond, cancel)
 		start := time.Now()
-		_, _, err := c.RequestTask(ctx, testRequest(t))
+		_, _, err := c.RequestTask(ctx, offerAll(testRequest(t)))
 		if !errors.Is(err, context.Canceled) {
 			t.Errorf("got %v", err)
 		}
@@ -325,7 +332,7 @@ func TestClientPollCancel(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		time.AfterFunc(100*time.Millisecond, cancel)
 		start := time.Now()
-		_, _, err := c.RequestTask(ctx, testRequest(t))
+		_, _, err := c.RequestTask(ctx, offerAll(testRequest(t)))
 		if !errors.Is(err, context.Canceled) {
 			t.Errorf("got %v", err)
 		}
@@ -333,4 +340,149 @@ func TestClientPollCancel(t *testing.T) {
 			t.Errorf("cancelled poll took %v", d)
 		}
 	})
+}
+
+// The offer is asked per controller, each time before it is asked; false
+// skips the controller, and a skipped one is kept for the retry rounds.
+func TestClientOffer(t *testing.T) {
+	t.Run("per controller", func(t *testing.T) {
+		var log pollLog
+		high := pollServer(t, &log, "high", false, nil)
+		high.QueueTask("high-task", "x86_64-linux_test")
+		low := pollServer(t, &log, "low", false, nil)
+		low.QueueTask("low-task", "x86_64-linux_other")
+		c := pollClient(t, Controller{URL: high.TaskURL(), Priority: 100}, Controller{URL: low.TaskURL(), Priority: 1})
+		var offered []string
+		offer := func(ctl Controller) (manifest.TaskRequest, bool) {
+			offered = append(offered, ctl.URL)
+			if ctl.Priority == 100 {
+				return manifest.TaskRequest{}, false // say, reserved
+			}
+			req := testRequest(t)
+			req.Machines[0].Name = "x86_64-linux_other"
+			return req, true
+		}
+		resp, ctl, err := c.RequestTask(context.Background(), offer)
+		if err != nil || resp == nil || resp.Task.Name() != "low-task" || ctl.Priority != 1 {
+			t.Fatalf("got %v from %v (%v)", resp, ctl, err)
+		}
+		if got := log.String(); got != "low" {
+			t.Errorf("asked %s, want low only", got)
+		}
+		if len(offered) != 2 || offered[0] != high.TaskURL() || offered[1] != low.TaskURL() {
+			t.Errorf("offers made for %v", offered)
+		}
+	})
+	t.Run("each round", func(t *testing.T) {
+		var log pollLog
+		srv := pollServer(t, &log, "flaky", false, func(n int) int {
+			if n == 1 {
+				return 503
+			}
+			return 0
+		})
+		srv.QueueTask("hello", "x86_64-linux_test")
+		c := pollClient(t, Controller{URL: srv.TaskURL()})
+		calls := 0
+		offer := func(Controller) (manifest.TaskRequest, bool) {
+			calls++
+			// Skipped in round 1, asked again in round 2.
+			return testRequest(t), calls != 2
+		}
+		resp, _, err := c.RequestTask(context.Background(), offer)
+		if err != nil || resp == nil || resp.Task.Name() != "hello" {
+			t.Fatalf("got %v (%v)", resp, err)
+		}
+		if calls != 3 || log.String() != "flaky,flaky" {
+			t.Errorf("%d offers, asked %s; want 3 offers, flaky,flaky", calls, log.String())
+		}
+	})
+}
+
+// bigRequest has n machines whose headers take about 250 bytes each.
+func bigRequest(t *testing.T, n int) manifest.TaskRequest {
+	req := testRequest(t)
+	req.Machines = nil
+	for i := range n {
+		req.Machines = append(req.Machines, manifest.MachineHeader{ID: fmt.Sprintf("id%d", i),
+			Name: fmt.Sprintf("x86_64-linux_m%d", i), Summary: strings.Repeat("a long summary ", 14)})
+	}
+	return req
+}
+
+// A request over brep's limit offers the machines in turns, all of them
+// over a few polls, with one warning for the client's life.
+func TestClientRequestLimit(t *testing.T) {
+	srv := controllertest.New() // refuses a body of 100 KiB or more
+	defer srv.Close()
+	var logBuf syncBuffer
+	c := testClient(t, Controller{URL: srv.TaskURL()})
+	c.Log = slog.New(slog.NewTextHandler(&logBuf, nil))
+	req := bigRequest(t, 2000)
+	if b, _ := serialize(req); len(b) < 4*MaxTaskRequest {
+		t.Fatalf("request of %d bytes is too small for the test", len(b))
+	}
+	const polls = 6
+	for range polls {
+		if resp, _, err := c.RequestTask(context.Background(), offerAll(req)); err != nil || resp != nil {
+			t.Fatalf("got %v (%v)", resp, err)
+		}
+	}
+	reqs := srv.Requests()
+	if len(reqs) != polls {
+		t.Fatalf("%d requests accepted, want %d; log:\n%s", len(reqs), polls, logBuf.String())
+	}
+	seen := map[string]bool{}
+	for _, r := range reqs {
+		b, _ := serialize(r)
+		if len(b) >= MaxTaskRequest || len(r.Machines) == 0 {
+			t.Errorf("request of %d bytes, %d machines", len(b), len(r.Machines))
+		}
+		for _, m := range r.Machines {
+			seen[m.Name] = true
+		}
+	}
+	if len(seen) != len(req.Machines) {
+		t.Errorf("%d of %d machines offered over %d polls", len(seen), len(req.Machines), polls)
+	}
+	if n := strings.Count(logBuf.String(), "over brep's limit"); n != 1 {
+		t.Errorf("%d warnings, want 1; log:\n%s", n, logBuf.String())
+	}
+}
+
+// A request that does not fit even with one machine is an error, and
+// nobody is asked.
+func TestClientRequestTooBig(t *testing.T) {
+	for _, n := range []int{1, 3} {
+		srv := controllertest.New()
+		defer srv.Close()
+		c := testClient(t, Controller{URL: srv.TaskURL()})
+		req := bigRequest(t, n)
+		req.Machines[0].Summary = strings.Repeat("x", MaxTaskRequest)
+		for i := range req.Machines {
+			req.Machines[i].Summary = req.Machines[0].Summary
+		}
+		_, _, err := c.RequestTask(context.Background(), offerAll(req))
+		if err == nil || !strings.Contains(err.Error(), "over brep's limit") || len(srv.Requests()) != 0 {
+			t.Errorf("%d machines: got %v, %d requests", n, err, len(srv.Requests()))
+		}
+	}
+}
+
+// syncBuffer is a log destination safe for the server's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
