@@ -107,7 +107,7 @@ func TestCrashPoints(t *testing.T) {
 				srv.QueueTask(tc.pkg, testMachine)
 			}
 			if tc.stalePut {
-				put := filepath.Join(e.opts.TFTP, "build", "e2e", "put")
+				put := filepath.Join(e.opts.TFTP, "build", "e2e-1", "put")
 				os.MkdirAll(put, 0o755)
 				old := filepath.Join(put, "manifest")
 				os.WriteFile(old, []byte(": 1\nname: hello\nversion: 1.0.0\nstatus: success\n"), 0o644)
@@ -245,7 +245,7 @@ func tail(s string, n int) string {
 func checkNothingLeft(t *testing.T, e *e2e) {
 	t.Helper()
 	e.checkHost(t)
-	if s, err := ReadSuspended(e.opts.RunDir); s != nil || err != nil {
+	if s, err := ReadSuspended(e.slotRun(1)); s != nil || err != nil {
 		t.Errorf("--suspended shows %+v, %v", s, err)
 	}
 	j, err := journal.Open(journal.Dir(e.opts.StateDir, 1))

@@ -80,6 +80,9 @@ func newE2E(t testing.TB, controllers ...controller.Controller) *e2e {
 	return e
 }
 
+// slotRun is slot n's run directory (the address plan).
+func (e *e2e) slotRun(n int) string { return PlanSlot(&e.opts, n).RunDir }
+
 // start wires and runs the agent until the returned stop is called.
 func (e *e2e) start() {
 	a, err := New(&e.opts, testLog(e.t))
@@ -146,7 +149,7 @@ func (e *e2e) checkHost(t testing.TB) {
 		}
 		return nil
 	})
-	for _, d := range []string{filepath.Join(e.opts.TFTP, "build", "e2e"), filepath.Join(e.opts.TFTP, "bootstrap", "e2e")} {
+	for _, d := range []string{filepath.Join(e.opts.TFTP, "build", "e2e-1"), filepath.Join(e.opts.TFTP, "bootstrap", "e2e-1")} {
 		if ents, err := os.ReadDir(d); err == nil && len(ents) > 0 {
 			t.Errorf("TFTP files left in %s: %v", d, ents)
 		}
@@ -301,17 +304,17 @@ func TestHangSuspends(t *testing.T) {
 	}
 	// The administrator finds it, lets it run, then releases it (the admin
 	// commands go through the second QMP socket).
-	rec, err := ReadSuspended(e.opts.RunDir)
+	rec, err := ReadSuspended(e.slotRun(1))
 	if err != nil || rec == nil || rec.PID != m.PID() || !strings.Contains(rec.Reason, "build timeout") {
 		t.Fatalf("suspended record %+v, %v", rec, err)
 	}
-	if _, err := ResumeSuspended(e.opts.RunDir); err != nil {
+	if _, err := ResumeSuspended(e.slotRun(1)); err != nil {
 		t.Fatal(err)
 	}
 	if st, err := m.Status(context.Background()); err != nil || st != "running" {
 		t.Errorf("after --resume: status %q, %v", st, err)
 	}
-	if _, err := ReleaseSuspended(e.opts.RunDir); err != nil {
+	if _, err := ReleaseSuspended(e.slotRun(1)); err != nil {
 		t.Fatal(err)
 	}
 	results := srv.WaitResults(1, 30*time.Second)
@@ -321,7 +324,7 @@ func TestHangSuspends(t *testing.T) {
 	if log := results[0].Request.Result.Operations[0].Log; !strings.Contains(log, "build timeout") {
 		t.Errorf("diagnostics %q", log)
 	}
-	if rec, _ := ReadSuspended(e.opts.RunDir); rec != nil {
+	if rec, _ := ReadSuspended(e.slotRun(1)); rec != nil {
 		t.Errorf("suspended record left: %+v", rec)
 	}
 }
@@ -392,7 +395,7 @@ func TestInterrupt(t *testing.T) {
 	srv.QueueTask("hang", testMachine)
 	e := newE2E(t, controller.Controller{URL: srv.TaskURL()})
 	e.start()
-	get := filepath.Join(e.opts.TFTP, "build", "e2e", "get", "manifest")
+	get := filepath.Join(e.opts.TFTP, "build", "e2e-1", "get", "manifest")
 	deadline := time.Now().Add(120 * time.Second)
 	for _, err := os.Stat(get); err != nil && time.Now().Before(deadline); _, err = os.Stat(get) {
 		time.Sleep(100 * time.Millisecond)

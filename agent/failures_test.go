@@ -135,7 +135,7 @@ func TestFullStateDir(t *testing.T) {
 		}
 	}
 	f.Close()
-	console := filepath.Join(e.opts.RunDir, "console.log")
+	console := filepath.Join(e.slotRun(1), "console.log")
 	fi0, _ := os.Stat(console)
 	srv.QueueTask("hello", testMachine)
 	rs := srv.WaitResults(1, 30*time.Second)
@@ -207,7 +207,7 @@ func TestHostWriteFailure(t *testing.T) {
 	defer srv.Close()
 	e := newE2E(t, controller.Controller{URL: srv.TaskURL()})
 	e.opts.BuildTimeout = 120 * time.Second
-	build := filepath.Join(e.opts.TFTP, "build", "e2e")
+	build := filepath.Join(e.opts.TFTP, "build", "e2e-1")
 	os.MkdirAll(build, 0o755)
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", build).CombinedOutput(); err != nil {
 		t.Fatalf("mount tmpfs: %v %s", err, out)

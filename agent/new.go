@@ -51,7 +51,9 @@ func New(o *Options, log *slog.Logger) (*Agent, error) {
 
 	accel := &machine.Accel{Requested: o.Accel, StateFile: filepath.Join(o.StateDir, "accel"), Log: log}
 	hooks := &vmHooks{}
-	slots := max(o.Slots, 1)
+	// Zero values (a Go caller's Options) mean the defaults.
+	o.Instance, o.Slots = max(o.Instance, 1), max(o.Slots, 1)
+	slots := o.Slots
 	for i := o.Instance; i < o.Instance+slots; i++ {
 		plan := PlanSlot(o, i)
 		vms := &VMs{Opts: o, Log: log.With("slot", i), Accel: accel, runDir: plan.RunDir, tap: plan.Tap,

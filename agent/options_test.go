@@ -203,8 +203,8 @@ func TestValidateQEMUUser(t *testing.T) {
 	if got := o.QEMURunAs(); got != want {
 		t.Errorf("QEMURunAs as uid %d: %q, want %q", os.Geteuid(), got, want)
 	}
-	v := &VMs{Opts: &o, Accel: &machine.Accel{Requested: o.Accel}, TFTPEndpoint: "10.0.2.2:23401"}
-	cfg := v.machineConfig(manifest.Machine{MachineHeader: manifest.MachineHeader{Name: "m"}}, t.TempDir(), "build")
+	v := &VMs{Opts: &o, Accel: &machine.Accel{Requested: o.Accel}, TFTPEndpoint: "10.0.2.2:23401", runDir: t.TempDir()}
+	cfg := v.machineConfig(manifest.Machine{MachineHeader: manifest.MachineHeader{Name: "m"}}, t.TempDir(), "build", 1)
 	if !cfg.Sandbox || cfg.RunAs != want {
 		t.Errorf("machine config: Sandbox %v, RunAs %q", cfg.Sandbox, cfg.RunAs)
 	}

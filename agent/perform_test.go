@@ -14,7 +14,9 @@ func TestRemoveOwnedTaskDirs(t *testing.T) {
 	victim := filepath.Join(base, "get")
 	os.MkdirAll(root, 0o755)
 	os.MkdirAll(victim, 0o755)
-	if err := newTaskDirs(root, "../..").Remove(); err == nil {
+	plan := PlanSlot(&Options{TFTP: root, ToolchainName: "../..", ToolchainNum: 1}, 1)
+	plan.TFTPBuildGet = filepath.Join(root, "..", "get") // as if the name escaped
+	if err := newTaskDirs(root, plan).Remove(); err == nil {
 		t.Error("escaping task dirs removed without error")
 	}
 	if _, err := os.Stat(victim); err != nil {

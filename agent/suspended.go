@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"time"
 
 	"github.com/build2/bbot-agent-go/agent/internal/fsx"
@@ -75,4 +77,38 @@ func adminCommand(runDir, execute string) (*Suspended, error) {
 	}
 	_, err = machine.AdminCommand(s.AdminSocket, execute)
 	return s, err
+}
+
+// HeldSlot is a machine held in one slot.
+type HeldSlot struct {
+	Instance  int
+	Suspended *Suspended
+}
+
+// ListSuspended returns the machines held in every slot's run directory
+// (<run>/<instance>/), by instance.
+func ListSuspended(runDir string) ([]HeldSlot, error) {
+	ents, err := os.ReadDir(runDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var held []HeldSlot
+	for _, de := range ents {
+		n, err := strconv.Atoi(de.Name())
+		if err != nil || !de.IsDir() || strconv.Itoa(n) != de.Name() {
+			continue
+		}
+		s, err := ReadSuspended(filepath.Join(runDir, de.Name()))
+		if err != nil {
+			return held, err
+		}
+		if s != nil {
+			held = append(held, HeldSlot{Instance: n, Suspended: s})
+		}
+	}
+	slices.SortFunc(held, func(a, b HeldSlot) int { return a.Instance - b.Instance })
+	return held, nil
 }

@@ -282,32 +282,51 @@ func fakeMachineTask(ctx context.Context, o *agent.Options, stdout, stderr io.Wr
 	return res.Serialize(stdout)
 }
 
-// admin runs --suspended, --release or --resume against the run directory.
+// admin runs --suspended (every slot), --release or --resume (the slot of
+// --instance) against the run directory.
 func admin(o *agent.Options, stdout io.Writer) error {
-	var s *agent.Suspended
-	var err error
-	switch {
-	case o.Release:
-		s, err = agent.ReleaseSuspended(o.RunDir)
-	case o.Resume:
-		s, err = agent.ResumeSuspended(o.RunDir)
-	default:
-		s, err = agent.ReadSuspended(o.RunDir)
+	if o.Release || o.Resume {
+		dir := agent.PlanSlot(o, o.Instance).RunDir
+		var s *agent.Suspended
+		var err error
+		if o.Release {
+			s, err = agent.ReleaseSuspended(dir)
+		} else {
+			s, err = agent.ResumeSuspended(dir)
+		}
+		if err != nil {
+			return &exitError{1, err}
+		}
+		if s == nil {
+			fmt.Fprintln(stdout, "no suspended machine in", dir)
+			return nil
+		}
+		printSuspended(stdout, o.Instance, s)
+		if o.Release {
+			fmt.Fprintln(stdout, "released")
+		} else {
+			fmt.Fprintln(stdout, "resumed")
+		}
+		return nil
 	}
+	held, err := agent.ListSuspended(o.RunDir)
 	if err != nil {
 		return &exitError{1, err}
 	}
-	if s == nil {
+	if len(held) == 0 {
 		fmt.Fprintln(stdout, "no suspended machine in", o.RunDir)
 		return nil
 	}
-	fmt.Fprintf(stdout, "pid: %d\nsnapshot: %s\nconsole: %s\nqmp: %s\nsince: %s\nreason: %s\n",
-		s.PID, s.Snapshot, s.ConsoleLog, s.AdminSocket, s.Since.Format(time.RFC3339), s.Reason)
-	switch {
-	case o.Release:
-		fmt.Fprintln(stdout, "released")
-	case o.Resume:
-		fmt.Fprintln(stdout, "resumed")
+	for i, h := range held {
+		if i > 0 {
+			fmt.Fprintln(stdout)
+		}
+		printSuspended(stdout, h.Instance, h.Suspended)
 	}
 	return nil
+}
+
+func printSuspended(w io.Writer, instance int, s *agent.Suspended) {
+	fmt.Fprintf(w, "instance: %d\npid: %d\nsnapshot: %s\nconsole: %s\nqmp: %s\nsince: %s\nreason: %s\n",
+		instance, s.PID, s.Snapshot, s.ConsoleLog, s.AdminSocket, s.Since.Format(time.RFC3339), s.Reason)
 }
