@@ -74,7 +74,9 @@ func (v *VMs) machineConfig(mc manifest.Machine, dir, mode string) machine.Confi
 		cfg.Tap = "bb" + strconv.Itoa(o.ToolchainNum)
 		oem = append(oem, "bbot.ip="+v.GuestIP, "bbot.gw="+v.GatewayIP)
 		if cfg.MAC == "" {
-			cfg.MAC = derivedMAC(mc.Name, o.ToolchainNum)
+			// Today's single slot is numbered by the toolchain, as its
+			// tap is.
+			cfg.MAC = SlotMAC(mc.Name, o.ToolchainNum)
 		}
 	}
 	if _, err := os.Stat(filepath.Join(dir, "disk.img")); err == nil {
@@ -82,12 +84,6 @@ func (v *VMs) machineConfig(mc manifest.Machine, dir, mode string) machine.Confi
 	}
 	cfg.OEMStrings = oem
 	return cfg
-}
-
-// derivedMAC is a stable locally administered MAC for a machine and slot.
-func derivedMAC(name string, num int) string {
-	sum := agentChecksum(name, strconv.Itoa(num), "")
-	return fmt.Sprintf("02:%s:%s:%s:%s:%02x", sum[0:2], sum[2:4], sum[4:6], sum[6:8], num)
 }
 
 // bridgeAddresses derives the TFTP bind address, the guest's address and
