@@ -55,7 +55,8 @@ func FuzzOptions(f *testing.F) {
 		if nameErr != nil || ctlErr != nil {
 			t.Fatalf("Validate accepted toolchain name %q (%v), controller %q (%v)", name, nameErr, ctl, ctlErr)
 		}
-		if port < 1 || port+num > 65535 || num < 1 || num > 99 || cpu < 1 || verbose < 0 || ram < 65536 ||
+		// Instance 1 (validOptions) listens on port+(num-1)*100+1.
+		if port < 1 || port+(num-1)*100+1 > 65535 || num < 1 || num > 99 || cpu < 1 || verbose < 0 || ram < 65536 ||
 			startup < 1 || timeout < 1 || startup > maxSeconds || timeout > maxSeconds {
 			t.Fatalf("Validate accepted out of range values: %+v", o)
 		}

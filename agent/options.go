@@ -29,7 +29,7 @@ const Version = "0.17.0"
 type Options struct {
 	Machines      string // machine volumes root
 	TFTP          string // TFTP root
-	TFTPPort      int    // base port; the server listens on TFTPPort+ToolchainNum
+	TFTPPort      int    // base port; instance i listens on TFTPPort+Offset(ToolchainNum, i)
 	TFTPAddress   string // bind address override
 	ToolchainName string
 	ToolchainNum  int
@@ -43,15 +43,37 @@ type Options struct {
 	BuildTimeout     time.Duration
 	BuildRetries     int
 
-	CPU int
-	RAM uint64 // KiB
+	// This process runs up to Slots tasks at once, as bbot's instances
+	// Instance..Instance+Slots-1; InstanceMax (0: none) caps the tasks
+	// running at once across all processes of the toolchain on the host.
+	Slots       int
+	Instance    int
+	InstanceMax int
 
-	Slots         int
-	Instance      int
-	InstanceMax   int
+	CPU int
+	RAM uint64 // KiB (--build-ram)
+
+	AuxiliaryCPU       int
+	AuxiliaryRAM       uint64 // KiB; 0: no auxiliary machines (the only value supported yet)
+	BootstrapAuxiliary time.Duration
+
+	Interactive        string // "false" (the only value supported yet), "true" or "both"
+	InteractiveTimeout time.Duration
+
+	// Accepted for bbot compatibility and ignored: the agent signs and
+	// fingerprints in Go.
+	OpenSSL        string
+	OpenSSLOptions []string
+
+	// Admission of tasks: the running tasks' CPUs may not exceed the host's
+	// hardware threads times CPUOvercommit, nor their RAM the host's
+	// memory minus RAMReserve.
 	CPUOvercommit float64
 	RAMReserve    uint64 // KiB
-	GuestRange    string
+
+	// GuestRange (ADDR/LEN, "" for the upper half of the bridge's network)
+	// is where --network bridge guest addresses come from (see GuestBlock).
+	GuestRange string
 
 	ConnectTimeout time.Duration
 	RequestTimeout time.Duration
@@ -95,35 +117,54 @@ type Options struct {
 // them stays far from overflowing.
 const maxSeconds = 7 * 24 * 3600
 
-// Range is an option's accepted values, inclusive.
-type Range struct{ Min, Max int64 }
+// Range is an option's accepted values, inclusive. Bounds are float64 so
+// that one table holds the integer options and --cpu-overcommit; every
+// integer bound is exact in a float64.
+type Range struct{ Min, Max float64 }
 
-func (r Range) String() string { return fmt.Sprintf("%d..%d", r.Min, r.Max) }
+func (r Range) String() string { return formatBound(r.Min) + ".." + formatBound(r.Max) }
+
+// Contains is false for NaN.
+func (r Range) Contains(v float64) bool { return v >= r.Min && v <= r.Max }
+
+func formatBound(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
 
 // Ranges are the accepted values of the numeric options, by option name;
-// durations are in seconds. --tftp-port is also limited by --toolchain-num
-// (their sum is the port). cmd/bbot-agent shows them in --help.
+// durations are in seconds. --tftp-port is also limited by the instances
+// (see PlanSlot: the port is offset per instance). cmd/bbot-agent shows them
+// in --help.
 var Ranges = map[string]Range{
 	"tftp-port":     {1, 65534},
 	"toolchain-num": {1, 99}, // bbot's limit: it offsets ports and interface names
+	// bbot's limits too (Offset); instances Instance..Instance+Slots-1
+	// must all be within them.
+	"slots":        {1, 99},
+	"instance":     {1, 99},
+	"instance-max": {0, 99}, // 0: no cap beyond the claimed instances
 	// Each bootstrap or build retry is a whole VM start (up to its startup
 	// timeout); each request retry waits up to a backoff maximum: 100 keeps
 	// the worst case to hours, not forever, and above bbot's usual values.
-	"bootstrap-retries": {0, 100},
-	"build-retries":     {0, 100},
-	"request-retries":   {0, 100},
-	"cpu":               {1, 1024},        // QEMU's -smp limit on x86 is of this order
-	"ram":               {65536, 1 << 30}, // KiB: 64 MiB (machine.Config's minimum) .. 1 TiB
-	"verbose":           {0, 6},
-	"bootstrap-startup": {1, maxSeconds},
-	"bootstrap-timeout": {1, maxSeconds},
-	"build-startup":     {1, maxSeconds},
-	"build-timeout":     {1, maxSeconds},
-	"connect-timeout":   {1, maxSeconds},
-	"request-timeout":   {1, maxSeconds},
-	"poll-interval":     {1, maxSeconds},
-	"result-ttl":        {1, maxSeconds},
-	"suspend-timeout":   {0, maxSeconds}, // 0: hold forever
+	"bootstrap-retries":   {0, 100},
+	"build-retries":       {0, 100},
+	"request-retries":     {0, 100},
+	"cpu":                 {1, 1024},        // QEMU's -smp limit on x86 is of this order
+	"build-ram":           {65536, 1 << 30}, // KiB: 64 MiB (machine.Config's minimum) .. 1 TiB
+	"auxiliary-cpu":       {1, 1024},
+	"auxiliary-ram":       {0, 0}, // KiB; until auxiliary machines are supported
+	"cpu-overcommit":      {0.1, 16},
+	"ram-reserve":         {0, 1 << 30}, // KiB
+	"verbose":             {0, 6},
+	"bootstrap-startup":   {1, maxSeconds},
+	"bootstrap-timeout":   {1, maxSeconds},
+	"build-startup":       {1, maxSeconds},
+	"build-timeout":       {1, maxSeconds},
+	"connect-timeout":     {1, maxSeconds},
+	"request-timeout":     {1, maxSeconds},
+	"poll-interval":       {1, maxSeconds},
+	"result-ttl":          {1, maxSeconds},
+	"suspend-timeout":     {0, maxSeconds}, // 0: hold forever
+	"bootstrap-auxiliary": {1, maxSeconds},
+	"interactive-timeout": {1, maxSeconds},
 }
 
 // OptionError is a bad option value; it names the option.
@@ -146,22 +187,50 @@ func (o *Options) Validate() error {
 	if err := validateToolchainName(o.ToolchainName); err != nil {
 		return err
 	}
-	for _, n := range []struct {
-		name string
-		v    int
-	}{{"toolchain-num", o.ToolchainNum}, {"verbose", o.Verbose}, {"cpu", o.CPU},
-		{"bootstrap-retries", o.BootstrapRetries}, {"build-retries", o.BuildRetries},
-		{"request-retries", o.RequestRetries}} {
-		if r := Ranges[n.name]; int64(n.v) < r.Min || int64(n.v) > r.Max {
-			return &OptionError{n.name, strconv.Itoa(n.v), "must be between " + strconv.FormatInt(r.Min, 10) + " and " + strconv.FormatInt(r.Max, 10)}
+	type numeric struct {
+		name  string
+		v     float64
+		shown string // as given: a large uint64 is not exact as a float64
+		unit  string
+	}
+	whole := func(name string, v int) numeric { return numeric{name, float64(v), strconv.Itoa(v), ""} }
+	size := func(name string, v uint64) numeric {
+		return numeric{name, float64(v), strconv.FormatUint(v, 10), " KiB"}
+	}
+	for _, n := range []numeric{
+		whole("toolchain-num", o.ToolchainNum), whole("slots", o.Slots), whole("instance", o.Instance),
+		whole("instance-max", o.InstanceMax), whole("verbose", o.Verbose), whole("cpu", o.CPU),
+		whole("auxiliary-cpu", o.AuxiliaryCPU), whole("bootstrap-retries", o.BootstrapRetries),
+		whole("build-retries", o.BuildRetries), whole("request-retries", o.RequestRetries),
+		size("build-ram", o.RAM), size("ram-reserve", o.RAMReserve),
+		{"cpu-overcommit", o.CPUOvercommit, formatBound(o.CPUOvercommit), ""},
+	} {
+		if r := Ranges[n.name]; !r.Contains(n.v) {
+			return &OptionError{n.name, n.shown, "must be between " + formatBound(r.Min) + " and " + formatBound(r.Max) + n.unit}
 		}
 	}
-	// The server listens on --tftp-port plus --toolchain-num.
-	if o.TFTPPort < 1 || o.TFTPPort > 65535-o.ToolchainNum {
-		return &OptionError{"tftp-port", strconv.Itoa(o.TFTPPort), "must be between 1 and 65535 minus --toolchain-num (" + strconv.Itoa(65535-o.ToolchainNum) + ")"}
+	if last := o.Instance + o.Slots - 1; last > int(Ranges["instance"].Max) {
+		return &OptionError{"slots", strconv.Itoa(o.Slots), fmt.Sprintf("instances %d..%d: the last one must be at most %d, bbot's limit (it offsets ports and interface names)", o.Instance, last, int(Ranges["instance"].Max))}
 	}
-	if r := Ranges["ram"]; o.RAM < uint64(r.Min) || o.RAM > uint64(r.Max) {
-		return &OptionError{"ram", strconv.FormatUint(o.RAM, 10), "must be between " + strconv.FormatInt(r.Min, 10) + " and " + strconv.FormatInt(r.Max, 10) + " KiB"}
+	// Every instance's TFTP server listens on --tftp-port plus its offset;
+	// the last instance has the largest.
+	if top := Offset(o.ToolchainNum, o.Instance+o.Slots-1); o.TFTPPort < 1 || o.TFTPPort > 65535-top {
+		return &OptionError{"tftp-port", strconv.Itoa(o.TFTPPort), fmt.Sprintf("must be between 1 and %d: instance %d of toolchain %d listens on it plus %d", 65535-top, o.Instance+o.Slots-1, o.ToolchainNum, top)}
+	}
+	if o.AuxiliaryRAM != 0 {
+		return &OptionError{"auxiliary-ram", strconv.FormatUint(o.AuxiliaryRAM, 10), "auxiliary machines are not supported yet; 0 (the default) disables them"}
+	}
+	switch o.Interactive {
+	case "false":
+	case "true", "both":
+		return &OptionError{"interactive", o.Interactive, "interactive builds are not supported yet"}
+	default:
+		return &OptionError{"interactive", o.Interactive, "must be 'false', 'true' or 'both'"}
+	}
+	if o.GuestRange != "" {
+		if _, err := parseGuestRange(o.GuestRange); err != nil {
+			return err
+		}
 	}
 	if o.TFTPAddress != "" {
 		if a, err := netip.ParseAddr(o.TFTPAddress); err != nil || a.Zone() != "" {
@@ -185,12 +254,13 @@ func (o *Options) Validate() error {
 		{"build-startup", o.BuildStartup}, {"build-timeout", o.BuildTimeout},
 		{"connect-timeout", o.ConnectTimeout}, {"request-timeout", o.RequestTimeout},
 		{"poll-interval", o.PollInterval}, {"result-ttl", o.ResultTTL},
-		{"suspend-timeout", o.SuspendTimeout}} {
+		{"suspend-timeout", o.SuspendTimeout}, {"bootstrap-auxiliary", o.BootstrapAuxiliary},
+		{"interactive-timeout", o.InteractiveTimeout}} {
 		r := Ranges[d.name]
 		// Min is 0 or 1: positive, allowing the sub-second values Go
 		// callers may set.
 		if d.v < 0 || (r.Min > 0 && d.v == 0) || d.v > time.Duration(r.Max)*time.Second {
-			return &OptionError{d.name, strconv.FormatInt(int64(d.v/time.Second), 10), "must be between " + strconv.FormatInt(r.Min, 10) + " and " + strconv.FormatInt(r.Max, 10) + " seconds"}
+			return &OptionError{d.name, strconv.FormatInt(int64(d.v/time.Second), 10), "must be between " + formatBound(r.Min) + " and " + formatBound(r.Max) + " seconds"}
 		}
 	}
 	if o.QEMUUser != "" && !machine.ValidUserName(o.QEMUUser) {

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"errors"
+	"math"
 	"os"
 	"slices"
 	"strings"
@@ -94,9 +96,13 @@ func TestValidateToolchainName(t *testing.T) {
 func validOptions() Options {
 	return Options{
 		ToolchainName: "default", ToolchainNum: 1, TFTPPort: 23400,
+		Slots: 1, Instance: 1,
 		BootstrapStartup: 300 * time.Second, BootstrapTimeout: 3600 * time.Second, BootstrapRetries: 2,
 		BuildStartup: 60 * time.Second, BuildTimeout: 5400 * time.Second, BuildRetries: 2,
 		CPU: 2, RAM: 2097152,
+		AuxiliaryCPU: 1, BootstrapAuxiliary: 900 * time.Second,
+		Interactive: "false", InteractiveTimeout: 10800 * time.Second, OpenSSL: "openssl",
+		CPUOvercommit: 1, RAMReserve: 1048576,
 		ConnectTimeout: 60 * time.Second, RequestTimeout: 300 * time.Second, RequestRetries: 4,
 		Verbose: 1, Network: "bridge", Accel: "auto",
 		PollInterval: 60 * time.Second, ResultTTL: 10800 * time.Second,
@@ -109,27 +115,44 @@ func validOptions() Options {
 // max and refused just outside, with an error naming it; every Ranges entry
 // is covered.
 func TestValidateRanges(t *testing.T) {
-	secs := func(p func(*Options) *time.Duration) func(*Options, int64) {
-		return func(o *Options, v int64) { *p(o) = time.Duration(v) * time.Second }
+	whole := func(p func(*Options) *int) func(*Options, float64) {
+		return func(o *Options, v float64) { *p(o) = int(v) }
 	}
-	set := map[string]func(*Options, int64){
-		"tftp-port":         func(o *Options, v int64) { o.TFTPPort = int(v) },
-		"toolchain-num":     func(o *Options, v int64) { o.ToolchainNum = int(v); o.TFTPPort = 1 },
-		"bootstrap-retries": func(o *Options, v int64) { o.BootstrapRetries = int(v) },
-		"build-retries":     func(o *Options, v int64) { o.BuildRetries = int(v) },
-		"request-retries":   func(o *Options, v int64) { o.RequestRetries = int(v) },
-		"cpu":               func(o *Options, v int64) { o.CPU = int(v) },
-		"ram":               func(o *Options, v int64) { o.RAM = uint64(v) },
-		"verbose":           func(o *Options, v int64) { o.Verbose = int(v) },
-		"bootstrap-startup": secs(func(o *Options) *time.Duration { return &o.BootstrapStartup }),
-		"bootstrap-timeout": secs(func(o *Options) *time.Duration { return &o.BootstrapTimeout }),
-		"build-startup":     secs(func(o *Options) *time.Duration { return &o.BuildStartup }),
-		"build-timeout":     secs(func(o *Options) *time.Duration { return &o.BuildTimeout }),
-		"connect-timeout":   secs(func(o *Options) *time.Duration { return &o.ConnectTimeout }),
-		"request-timeout":   secs(func(o *Options) *time.Duration { return &o.RequestTimeout }),
-		"poll-interval":     secs(func(o *Options) *time.Duration { return &o.PollInterval }),
-		"result-ttl":        secs(func(o *Options) *time.Duration { return &o.ResultTTL }),
-		"suspend-timeout":   secs(func(o *Options) *time.Duration { return &o.SuspendTimeout }),
+	// Through int64, so that -1 becomes a huge value, not an
+	// implementation-defined one.
+	size := func(p func(*Options) *uint64) func(*Options, float64) {
+		return func(o *Options, v float64) { *p(o) = uint64(int64(v)) }
+	}
+	secs := func(p func(*Options) *time.Duration) func(*Options, float64) {
+		return func(o *Options, v float64) { *p(o) = time.Duration(v) * time.Second }
+	}
+	set := map[string]func(*Options, float64){
+		"tftp-port":           whole(func(o *Options) *int { return &o.TFTPPort }),
+		"toolchain-num":       func(o *Options, v float64) { o.ToolchainNum = int(v); o.TFTPPort = 1 },
+		"slots":               whole(func(o *Options) *int { return &o.Slots }),
+		"instance":            whole(func(o *Options) *int { return &o.Instance }),
+		"instance-max":        whole(func(o *Options) *int { return &o.InstanceMax }),
+		"bootstrap-retries":   whole(func(o *Options) *int { return &o.BootstrapRetries }),
+		"build-retries":       whole(func(o *Options) *int { return &o.BuildRetries }),
+		"request-retries":     whole(func(o *Options) *int { return &o.RequestRetries }),
+		"cpu":                 whole(func(o *Options) *int { return &o.CPU }),
+		"build-ram":           size(func(o *Options) *uint64 { return &o.RAM }),
+		"auxiliary-cpu":       whole(func(o *Options) *int { return &o.AuxiliaryCPU }),
+		"auxiliary-ram":       size(func(o *Options) *uint64 { return &o.AuxiliaryRAM }),
+		"cpu-overcommit":      func(o *Options, v float64) { o.CPUOvercommit = v },
+		"ram-reserve":         size(func(o *Options) *uint64 { return &o.RAMReserve }),
+		"verbose":             whole(func(o *Options) *int { return &o.Verbose }),
+		"bootstrap-startup":   secs(func(o *Options) *time.Duration { return &o.BootstrapStartup }),
+		"bootstrap-timeout":   secs(func(o *Options) *time.Duration { return &o.BootstrapTimeout }),
+		"build-startup":       secs(func(o *Options) *time.Duration { return &o.BuildStartup }),
+		"build-timeout":       secs(func(o *Options) *time.Duration { return &o.BuildTimeout }),
+		"connect-timeout":     secs(func(o *Options) *time.Duration { return &o.ConnectTimeout }),
+		"request-timeout":     secs(func(o *Options) *time.Duration { return &o.RequestTimeout }),
+		"poll-interval":       secs(func(o *Options) *time.Duration { return &o.PollInterval }),
+		"result-ttl":          secs(func(o *Options) *time.Duration { return &o.ResultTTL }),
+		"suspend-timeout":     secs(func(o *Options) *time.Duration { return &o.SuspendTimeout }),
+		"bootstrap-auxiliary": secs(func(o *Options) *time.Duration { return &o.BootstrapAuxiliary }),
+		"interactive-timeout": secs(func(o *Options) *time.Duration { return &o.InteractiveTimeout }),
 	}
 	if len(set) != len(Ranges) {
 		t.Errorf("%d options tested, %d in Ranges", len(set), len(Ranges))
@@ -141,36 +164,124 @@ func TestValidateRanges(t *testing.T) {
 			continue
 		}
 		for _, c := range []struct {
-			v  int64
+			v  float64
 			ok bool
 		}{{r.Min - 1, false}, {r.Min, true}, {r.Max, true}, {r.Max + 1, false}} {
 			o := validOptions()
 			f(&o, c.v)
 			err := o.Validate()
 			if (err == nil) != c.ok {
-				t.Errorf("--%s %d: got %v, want ok=%v", name, c.v, err, c.ok)
+				t.Errorf("--%s %v: got %v, want ok=%v", name, c.v, err, c.ok)
 			}
 			if err != nil && !strings.Contains(err.Error(), "--"+name+" ") {
-				t.Errorf("--%s %d: error does not name the option: %v", name, c.v, err)
+				t.Errorf("--%s %v: error does not name the option: %v", name, c.v, err)
 			}
 		}
 	}
-	// The port limit moves with --toolchain-num: the sum is the port.
+	// The port limit moves with the last instance: the port is --tftp-port
+	// plus Offset(toolchain, instance).
 	for _, c := range []struct {
-		port, num int
-		ok        bool
-	}{{65436, 99, true}, {65437, 99, false}, {65534, 1, true}, {0, 99, false}} {
+		port, num, instance, slots int
+		ok                         bool
+	}{
+		{65534, 1, 1, 1, true}, {65535, 1, 1, 1, false},
+		{65535 - 9801, 99, 1, 1, true}, {65535 - 9800, 99, 1, 1, false},
+		{65535 - 9899, 99, 1, 99, true}, {65535 - 9898, 99, 1, 99, false},
+		{65535 - 9899, 99, 99, 1, true}, {65535 - 9898, 99, 50, 50, false},
+		{0, 99, 1, 1, false},
+	} {
 		o := validOptions()
-		o.TFTPPort, o.ToolchainNum = c.port, c.num
-		if err := o.Validate(); (err == nil) != c.ok {
-			t.Errorf("--tftp-port %d --toolchain-num %d: got %v, want ok=%v", c.port, c.num, err, c.ok)
+		o.TFTPPort, o.ToolchainNum, o.Instance, o.Slots = c.port, c.num, c.instance, c.slots
+		err := o.Validate()
+		if (err == nil) != c.ok {
+			t.Errorf("--tftp-port %d --toolchain-num %d --instance %d --slots %d: got %v, want ok=%v", c.port, c.num, c.instance, c.slots, err, c.ok)
+		}
+		if err != nil && !strings.Contains(err.Error(), "--tftp-port ") {
+			t.Errorf("--tftp-port %d --toolchain-num %d: error does not name the option: %v", c.port, c.num, err)
 		}
 	}
-	// A RAM value beyond int64 does not wrap into the range.
-	o := validOptions()
-	o.RAM = 1<<63 + 65536
-	if err := o.Validate(); err == nil {
-		t.Errorf("--ram %d accepted", o.RAM)
+	// Instances past 99 are refused as a --slots error, whose reason says
+	// which instances.
+	for _, c := range []struct {
+		instance, slots int
+		ok              bool
+	}{{1, 99, true}, {2, 98, true}, {2, 99, false}, {99, 1, true}, {99, 2, false}, {50, 60, false}} {
+		o := validOptions()
+		o.TFTPPort, o.Instance, o.Slots = 1, c.instance, c.slots
+		err := o.Validate()
+		if (err == nil) != c.ok {
+			t.Errorf("--instance %d --slots %d: got %v, want ok=%v", c.instance, c.slots, err, c.ok)
+		}
+		if err != nil && (!strings.Contains(err.Error(), "--slots ") || !strings.Contains(err.Error(), "99")) {
+			t.Errorf("--instance %d --slots %d: error does not name --slots and the limit: %v", c.instance, c.slots, err)
+		}
+	}
+	// A RAM value beyond int64 does not wrap into the range, and is shown
+	// exactly.
+	for name, p := range map[string]func(*Options) *uint64{
+		"build-ram":     func(o *Options) *uint64 { return &o.RAM },
+		"ram-reserve":   func(o *Options) *uint64 { return &o.RAMReserve },
+		"auxiliary-ram": func(o *Options) *uint64 { return &o.AuxiliaryRAM },
+	} {
+		o := validOptions()
+		*p(&o) = 1<<63 + 65537
+		if err := o.Validate(); err == nil || !strings.Contains(err.Error(), "--"+name+" value '9223372036854841345'") {
+			t.Errorf("--%s %d: %v", name, *p(&o), err)
+		}
+	}
+	// Fractions and NaN for --cpu-overcommit.
+	for v, ok := range map[float64]bool{0.1: true, 0.09999: false, 1.5: true, 16.000001: false, math.NaN(): false, math.Inf(1): false} {
+		o := validOptions()
+		o.CPUOvercommit = v
+		if err := o.Validate(); (err == nil) != ok {
+			t.Errorf("--cpu-overcommit %v: got %v, want ok=%v", v, err, ok)
+		}
+	}
+}
+
+// TestOptionsStrings: the new string options' values and errors.
+func TestOptionsStrings(t *testing.T) {
+	for _, c := range []struct {
+		option string
+		set    func(*Options)
+		reason string // "" for accepted
+	}{
+		{"interactive", func(o *Options) { o.Interactive = "false" }, ""},
+		{"interactive", func(o *Options) { o.Interactive = "true" }, "interactive builds are not supported yet"},
+		{"interactive", func(o *Options) { o.Interactive = "both" }, "interactive builds are not supported yet"},
+		{"interactive", func(o *Options) { o.Interactive = "" }, "must be 'false', 'true' or 'both'"},
+		{"interactive", func(o *Options) { o.Interactive = "False" }, "must be 'false', 'true' or 'both'"},
+		{"interactive", func(o *Options) { o.Interactive = "yes" }, "must be 'false', 'true' or 'both'"},
+		{"auxiliary-ram", func(o *Options) { o.AuxiliaryRAM = 0 }, ""},
+		{"auxiliary-ram", func(o *Options) { o.AuxiliaryRAM = 4194304 }, "auxiliary machines are not supported yet; 0 (the default) disables them"},
+		{"guest-range", func(o *Options) { o.GuestRange = "" }, ""},
+		{"guest-range", func(o *Options) { o.GuestRange = "10.0.0.128/25" }, ""},
+		{"guest-range", func(o *Options) { o.GuestRange = "192.168.1.0/24" }, ""}, // the bridge is checked when known
+		{"guest-range", func(o *Options) { o.GuestRange = "10.0.0.129/25" }, "host bits are set; did you mean 10.0.0.128/25?"},
+		{"guest-range", func(o *Options) { o.GuestRange = "10.0.0.128" }, "expected an IPv4 ADDR/LEN"},
+		{"guest-range", func(o *Options) { o.GuestRange = "10.0.0.128/33" }, "expected an IPv4 ADDR/LEN"},
+		{"guest-range", func(o *Options) { o.GuestRange = "fd00::/64" }, "expected an IPv4 ADDR/LEN"},
+		{"guest-range", func(o *Options) { o.GuestRange = "::ffff:10.0.0.0/120" }, "expected an IPv4 ADDR/LEN"},
+		{"guest-range", func(o *Options) { o.GuestRange = "nonsense" }, "expected an IPv4 ADDR/LEN"},
+		{"openssl", func(o *Options) { o.OpenSSL, o.OpenSSLOptions = "/opt/openssl3", []string{"-engine", "a,b"} }, ""},
+	} {
+		o := validOptions()
+		c.set(&o)
+		err := o.Validate()
+		switch {
+		case c.reason == "" && err != nil:
+			t.Errorf("--%s %+v: %v", c.option, o, err)
+		case c.reason == "":
+		case err == nil:
+			t.Errorf("--%s: accepted, want %q", c.option, c.reason)
+		case !strings.Contains(err.Error(), "--"+c.option) || !strings.Contains(err.Error(), c.reason):
+			t.Errorf("--%s: %v, want %q", c.option, err, c.reason)
+		default:
+			var oe *OptionError
+			if !errors.As(err, &oe) || oe.Option != c.option {
+				t.Errorf("--%s: not an *OptionError for it: %#v", c.option, err)
+			}
+		}
 	}
 }
 

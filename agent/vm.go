@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -95,7 +94,7 @@ func (v *VMs) machineConfig(mc manifest.Machine, dir, mode string, cpus int) mac
 		cfg.Tap = v.tap
 		oem = append(oem, "bbot.ip="+v.GuestIP, "bbot.gw="+v.GatewayIP)
 		if cfg.MAC == "" {
-			cfg.MAC = derivedMAC(mc.Name, v.offset)
+			cfg.MAC = SlotMAC(mc.Name, v.offset)
 		}
 	}
 	if _, err := os.Stat(filepath.Join(dir, "disk.img")); err == nil {
@@ -103,12 +102,6 @@ func (v *VMs) machineConfig(mc manifest.Machine, dir, mode string, cpus int) mac
 	}
 	cfg.OEMStrings = oem
 	return cfg
-}
-
-// derivedMAC is a stable locally administered MAC for a machine and slot.
-func derivedMAC(name string, num int) string {
-	sum := agentChecksum(name, strconv.Itoa(num), "")
-	return fmt.Sprintf("02:%s:%s:%s:%s:%02x", sum[0:2], sum[2:4], sum[4:6], sum[6:8], num)
 }
 
 // bridgeAddresses derives the TFTP bind address, the guest's address and

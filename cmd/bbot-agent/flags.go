@@ -2,7 +2,9 @@ package main
 
 import (
 	"errors"
+	"math"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -50,6 +52,41 @@ func (k kib) String() string {
 	return strconv.FormatUint(*k.p, 10)
 }
 
+// ratio is a finite decimal number.
+type ratio struct{ p *float64 }
+
+func (r ratio) Set(s string) error {
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil || math.IsInf(v, 0) || math.IsNaN(v) {
+		return errors.New("number expected")
+	}
+	*r.p = v
+	return nil
+}
+
+func (r ratio) String() string {
+	if r.p == nil {
+		return ""
+	}
+	return strconv.FormatFloat(*r.p, 'f', -1, 64)
+}
+
+// repeated collects every occurrence of a flag, unsplit: unlike
+// cli.StringSliceFlag it keeps commas (OpenSSL options may have them).
+type repeated struct{ p *[]string }
+
+func (r repeated) Set(s string) error {
+	*r.p = append(*r.p, s)
+	return nil
+}
+
+func (r repeated) String() string {
+	if r.p == nil {
+		return ""
+	}
+	return strings.Join(*r.p, " ")
+}
+
 // seconds is a duration given in integer seconds, as bbot takes them.
 type seconds struct{ p *time.Duration }
 
@@ -72,29 +109,38 @@ func (s seconds) String() string {
 // defaultOptions are bbot-agent's defaults (SPEC §10).
 func defaultOptions() agent.Options {
 	return agent.Options{
-		Machines:         "/build/machines/",
-		TFTP:             "/build/tftp/",
-		TFTPPort:         23400,
-		ToolchainName:    "default",
-		ToolchainNum:     1,
-		BootstrapStartup: 300 * time.Second,
-		BootstrapTimeout: 3600 * time.Second,
-		BootstrapRetries: 2,
-		BuildStartup:     60 * time.Second,
-		BuildTimeout:     5400 * time.Second,
-		BuildRetries:     2,
-		CPU:              2,
-		RAM:              2097152,
-		ConnectTimeout:   60 * time.Second,
-		RequestTimeout:   controller.DefaultRequestTimeout,
-		RequestRetries:   4,
-		Verbose:          1,
-		Network:          "bridge",
-		Bridge:           "br1",
-		Accel:            "auto",
-		QEMUUser:         "nobody",
-		PollInterval:     60 * time.Second,
-		ResultTTL:        10800 * time.Second,
+		Machines:           "/build/machines/",
+		TFTP:               "/build/tftp/",
+		TFTPPort:           23400,
+		ToolchainName:      "default",
+		ToolchainNum:       1,
+		Slots:              1,
+		Instance:           1,
+		BootstrapStartup:   300 * time.Second,
+		BootstrapTimeout:   3600 * time.Second,
+		BootstrapRetries:   2,
+		BuildStartup:       60 * time.Second,
+		BuildTimeout:       5400 * time.Second,
+		BuildRetries:       2,
+		CPU:                2,
+		RAM:                2097152,
+		AuxiliaryCPU:       1,
+		BootstrapAuxiliary: 900 * time.Second,
+		Interactive:        "false",
+		InteractiveTimeout: 10800 * time.Second,
+		OpenSSL:            "openssl",
+		CPUOvercommit:      1,
+		RAMReserve:         1048576,
+		ConnectTimeout:     60 * time.Second,
+		RequestTimeout:     controller.DefaultRequestTimeout,
+		RequestRetries:     4,
+		Verbose:            1,
+		Network:            "bridge",
+		Bridge:             "br1",
+		Accel:              "auto",
+		QEMUUser:           "nobody",
+		PollInterval:       60 * time.Second,
+		ResultTTL:          10800 * time.Second,
 	}
 }
 
@@ -114,13 +160,18 @@ func flags(o *agent.Options, toolchainVer *string, trust *cli.StringSlice) []cli
 	secs := func(name, usage string, p *time.Duration) cli.Flag {
 		return &cli.GenericFlag{Name: name, Usage: usage + " (in `SECONDS`, " + agent.Ranges[name].String() + ")", Value: seconds{p}}
 	}
+	size := func(name, usage string, p *uint64, aliases ...string) cli.Flag {
+		return &cli.GenericFlag{Name: name, Aliases: aliases, Usage: usage + " (in `KiB`, " + agent.Ranges[name].String() + ")", Value: kib{p}}
+	}
 	return []cli.Flag{
 		// bbot's options.
 		str("machines", "machine volumes `DIR`ectory", &o.Machines),
 		str("tftp", "TFTP root `DIR`ectory", &o.TFTP),
-		&cli.GenericFlag{Name: "tftp-port", Usage: "TFTP base `PORT` (1..65535 minus --toolchain-num); the server listens on this plus --toolchain-num", Value: decimal{&o.TFTPPort}},
+		&cli.GenericFlag{Name: "tftp-port", Usage: "TFTP base `PORT` (" + agent.Ranges["tftp-port"].String() + "); instance I of toolchain T listens on this plus (T-1)*100+I, which must be at most 65535", Value: decimal{&o.TFTPPort}},
 		str("toolchain-name", "toolchain `NAME`: letters, digits, _ . + -, starting with a letter or digit, at most 64, not a number or <digits>.*", &o.ToolchainName),
 		num("toolchain-num", "toolchain `NUM`ber, offsets ports and interfaces", &o.ToolchainNum),
+		num("instance", "first instance `NUM`ber of this process (see --slots)", &o.Instance),
+		num("instance-max", "at most `N` tasks at once across this toolchain's processes on the host; 0 = no cap beyond the instances claimed", &o.InstanceMax),
 		&cli.StringFlag{Name: "toolchain-ver", Usage: "toolchain standard `VERSION`", Value: agent.Version, Destination: toolchainVer},
 		str("toolchain-id", "toolchain `ID`; a change re-bootstraps every machine", &o.ToolchainID),
 		secs("bootstrap-startup", "wait this long for a bootstrapping machine's first TFTP request", &o.BootstrapStartup),
@@ -130,7 +181,14 @@ func flags(o *agent.Options, toolchainVer *string, trust *cli.StringSlice) []cli
 		secs("build-timeout", "build time limit", &o.BuildTimeout),
 		num("build-retries", "up to `N` build mis-boot retries", &o.BuildRetries),
 		num("cpu", "virtual `CPU`s per machine", &o.CPU),
-		&cli.GenericFlag{Name: "ram", Usage: "machine RAM in `KiB` (" + agent.Ranges["ram"].String() + ")", Value: kib{&o.RAM}},
+		size("build-ram", "build machine RAM", &o.RAM, "ram"),
+		num("auxiliary-cpu", "virtual `CPU`s per auxiliary machine", &o.AuxiliaryCPU),
+		size("auxiliary-ram", "auxiliary machine RAM; 0 disables them, the only value supported yet", &o.AuxiliaryRAM),
+		secs("bootstrap-auxiliary", "auxiliary machine bootstrap time limit", &o.BootstrapAuxiliary),
+		str("interactive", "interactive builds `MODE`: false, true or both (only false is supported yet)", &o.Interactive),
+		secs("interactive-timeout", "interactive build time limit", &o.InteractiveTimeout),
+		str("openssl", "openssl `PROGRAM` (ignored: the agent signs and fingerprints in Go)", &o.OpenSSL),
+		&cli.GenericFlag{Name: "openssl-option", Usage: "openssl `OPTION` (repeatable; ignored like --openssl)", Value: repeated{&o.OpenSSLOptions}},
 		secs("connect-timeout", "controller connection timeout", &o.ConnectTimeout),
 		secs("request-timeout", "controller request timeout", &o.RequestTimeout),
 		num("request-retries", "up to `N` controller request retries", &o.RequestRetries),
@@ -146,6 +204,10 @@ func flags(o *agent.Options, toolchainVer *string, trust *cli.StringSlice) []cli
 		boolean("dump-task", "print the task the worker would get and exit", &o.DumpTask),
 		boolean("dump-result", "print the result manifest and exit", &o.DumpResult),
 		// Ours.
+		num("slots", "run up to `N` tasks at once, as instances --instance..--instance+N-1", &o.Slots),
+		&cli.GenericFlag{Name: "cpu-overcommit", Usage: "start a task only while the running tasks' CPUs stay within the host's hardware threads times `RATIO` (" + agent.Ranges["cpu-overcommit"].String() + ")", Value: ratio{&o.CPUOvercommit}},
+		size("ram-reserve", "start a task only while the running tasks' RAM stays within the host's memory minus this much", &o.RAMReserve),
+		str("guest-range", "guest addresses for --network bridge: an IPv4 `ADDR/LEN` inside the bridge's network, one per toolchain (default: the upper half of the bridge's network, shared)", &o.GuestRange),
 		str("qemu", "QEMU `BINARY` (default qemu-system-x86_64 on PATH)", &o.QEMU),
 		str("qemu-user", "`USER` QEMU switches to (-runas) when the agent runs as root; '' keeps it root", &o.QEMUUser),
 		str("network", "machine networking: `bridge` or user", &o.Network),

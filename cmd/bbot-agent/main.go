@@ -76,7 +76,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 			if err := opts.Validate(); err != nil {
 				return &exitError{1, err}
 			}
-			return execute(c.Context, &opts, stdout, stderr)
+			log := logger(&opts, stderr)
+			if c.IsSet("openssl") || c.IsSet("openssl-option") {
+				// bbot's own options, so a bbot command line keeps
+				// working; said once so the admin knows they do nothing.
+				log.Warn("--openssl and --openssl-option are ignored: the agent signs and fingerprints in Go")
+			}
+			return execute(c.Context, &opts, stdout, stderr, log)
 		},
 	}
 	// Errors are printed once, on one line, by us.
@@ -175,8 +181,7 @@ func (j journalHandler) WithGroup(name string) slog.Handler {
 }
 
 // execute runs the mode the options select.
-func execute(ctx context.Context, o *agent.Options, stdout, stderr io.Writer) error {
-	log := logger(o, stderr)
+func execute(ctx context.Context, o *agent.Options, stdout, stderr io.Writer, log *slog.Logger) error {
 	switch {
 	case o.AdminCommand():
 		return admin(o, stdout)
