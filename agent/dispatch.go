@@ -44,7 +44,7 @@ func (a *Agent) dispatch(ctx context.Context) {
 	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(os.Getpid())))
 	for ctx.Err() == nil {
 		if wait, why := a.backingOff(); wait > 0 {
-			a.status(fmt.Sprintf("backing off %s after a host fault: %s", wait.Round(time.Second), why))
+			a.statusLine(fmt.Sprintf("backing off %s after a host fault: %s", wait.Round(time.Second), why))
 			select {
 			case <-ctx.Done():
 			case <-time.After(wait):
@@ -66,6 +66,7 @@ func (a *Agent) dispatch(ctx context.Context) {
 		if len(usable) == 0 && len(pending) == 0 && !a.anyBusy() {
 			a.Log.Warn("no usable machines")
 		}
+		a.setStatus(nil, "") // the slots' status (after a backoff line)
 		// ±20 % jitter so that agents do not poll in lock-step. A job
 		// ending (a slot freed, a machine bootstrapped) ends the wait.
 		sleep := time.Duration(float64(a.Opts.PollInterval) * (0.8 + 0.4*r.Float64()))
@@ -152,9 +153,11 @@ func (a *Agent) endJob(s *slot, j *job) {
 	if s.job == j {
 		s.job = nil
 	}
+	tok := j.token
+	j.token = nil
 	a.mu.Unlock()
-	if j.token != nil {
-		j.token.Close()
+	if tok != nil {
+		tok.Close()
 	}
 	close(j.done)
 	a.setStatus(s, "idle")
@@ -232,13 +235,8 @@ func (a *Agent) pollOnce(ctx context.Context, usable []*inventory.Machine) bool 
 				ms = append(ms, m)
 			}
 		}
-		if len(ms) == 0 {
-			return manifest.TaskRequest{}, false
-		}
-		return a.taskRequest(ms), true
-	}
-	if free > 0 {
-		a.status("polling controllers")
+		req := a.taskRequest(ms)
+		return req, len(req.Machines) > 0
 	}
 	resp, ctl, err := a.Client.RequestTask(ctx, offer)
 	if err != nil || resp == nil {
@@ -336,9 +334,17 @@ func (a *Agent) startTask(ctx context.Context, s *slot, resp *manifest.TaskRespo
 		defer cancel(nil)
 		defer a.endJob(s, j)
 		a.deliver(ctx, jctx, s, resp, offered, received, cpus, func() {
+			// Held, paused: no longer a running task, so it gives its
+			// --instance-max token back (it keeps its RAM, see admits).
 			a.mu.Lock()
 			j.held = true
+			tok := j.token
+			j.token = nil
 			a.mu.Unlock()
+			if tok != nil {
+				tok.Close()
+			}
+			a.signalChanged()
 		})
 		return nil
 	})

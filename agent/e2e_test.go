@@ -149,7 +149,10 @@ func (e *e2e) checkHost(t testing.TB) {
 		}
 		return nil
 	})
-	for _, d := range []string{filepath.Join(e.opts.TFTP, "build", "e2e-1"), filepath.Join(e.opts.TFTP, "bootstrap", "e2e-1")} {
+	// Every slot's directories (build/<tc>-<i>, bootstrap/<tc>-<i>).
+	dirs, _ := filepath.Glob(filepath.Join(e.opts.TFTP, "build", "*"))
+	boots, _ := filepath.Glob(filepath.Join(e.opts.TFTP, "bootstrap", "*"))
+	for _, d := range append(dirs, boots...) {
 		if ents, err := os.ReadDir(d); err == nil && len(ents) > 0 {
 			t.Errorf("TFTP files left in %s: %v", d, ents)
 		}

@@ -56,7 +56,7 @@ func New(o *Options, log *slog.Logger) (*Agent, error) {
 	slots := o.Slots
 	for i := o.Instance; i < o.Instance+slots; i++ {
 		plan := PlanSlot(o, i)
-		vms := &VMs{Opts: o, Log: log.With("slot", i), Accel: accel, runDir: plan.RunDir, tap: plan.Tap,
+		vms := &VMs{Opts: o, Log: log.With("slot", i), Accel: accel, instance: i, runDir: plan.RunDir, tap: plan.Tap,
 			offset: plan.Offset, bootstrapPut: plan.TFTPBootstrapPut, vmHooks: hooks}
 		var err error
 		if vms.bind, vms.TFTPEndpoint, vms.GuestIP, vms.GatewayIP, err = tftpBind(o, plan); err != nil {

@@ -48,10 +48,11 @@ type Agent struct {
 	// slots are the instances --instance .. --instance+--slots-1; mu
 	// guards their jobs and status; changed wakes the dispatcher when a
 	// job ends; jobs runs the dispatcher and every job.
-	slots   []*slot
-	mu      sync.Mutex
-	changed chan struct{}
-	jobs    *errgroup.Group
+	slots      []*slot
+	mu         sync.Mutex
+	changed    chan struct{}
+	jobs       *errgroup.Group
+	lastStatus string
 
 	// Host-wide backoff after a host fault: no task is asked for until
 	// it passes.
@@ -287,11 +288,16 @@ func (a *Agent) backingOff() (time.Duration, string) {
 	return time.Until(a.backoffUntil), a.backoffWhy
 }
 
-// taskRequest offers the machines.
+// taskRequest offers the machines; those whose ram-minimum exceeds
+// --build-ram are left out (they could not run a task here).
 func (a *Agent) taskRequest(machines []*inventory.Machine) manifest.TaskRequest {
 	req := manifest.TaskRequest{Agent: a.Name, ToolchainName: a.Opts.ToolchainName,
 		ToolchainVersion: a.Opts.ToolchainVer, Fingerprint: a.Fingerprint}
 	for _, m := range machines {
+		if h := m.Header(); h.RAMMinimum > a.Opts.RAM {
+			a.Log.Debug("machine not offered: its ram-minimum exceeds --build-ram", "machine", h.Name, "ram-minimum", h.RAMMinimum)
+			continue
+		}
 		req.Machines = append(req.Machines, m.Header())
 	}
 	return req

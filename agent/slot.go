@@ -202,7 +202,9 @@ func (a *Agent) admits(cpus int, ram uint64) bool {
 // (systemd STATUS=): one part per slot.
 func (a *Agent) setStatus(s *slot, status string) {
 	a.mu.Lock()
-	s.status = status
+	if s != nil {
+		s.status = status
+	}
 	var parts []string
 	for _, x := range a.slots {
 		st := x.status
@@ -216,6 +218,22 @@ func (a *Agent) setStatus(s *slot, status string) {
 		}
 	}
 	line := strings.Join(parts, "; ")
+	changed := line != a.lastStatus
+	a.lastStatus = line
 	a.mu.Unlock()
-	a.status(line)
+	if changed {
+		a.status(line)
+	}
+}
+
+// statusLine publishes a host-wide status line (a backoff) in place of the
+// slots' status.
+func (a *Agent) statusLine(line string) {
+	a.mu.Lock()
+	changed := line != a.lastStatus
+	a.lastStatus = line
+	a.mu.Unlock()
+	if changed {
+		a.status(line)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -36,6 +37,7 @@ type VMs struct {
 
 	// The slot's part of the address plan: run files, tap, MAC offset,
 	// bootstrap upload directory.
+	instance     int
 	runDir       string
 	tap          string
 	offset       int
@@ -105,11 +107,10 @@ func (v *VMs) machineConfig(mc manifest.Machine, dir, mode string, cpus int) mac
 }
 
 // bridgeAddresses derives the TFTP bind address, the guest's address and
-// the gateway from the bridge's IPv4 network: guest = network + 100 +
-// toolchain number (SPEC §6).
+// the gateway from the bridge's IPv4 network: the guest gets the first
+// address of its slot's block (GuestBlock: the address plan).
 func bridgeAddresses(o *Options, plan SlotPlan) (bind, guest, gw string, err error) {
-	bridge, num := o.Bridge, plan.Offset
-	ifi, err := net.InterfaceByName(bridge)
+	ifi, err := net.InterfaceByName(o.Bridge)
 	if err != nil {
 		return "", "", "", err
 	}
@@ -123,13 +124,14 @@ func bridgeAddresses(o *Options, plan SlotPlan) (bind, guest, gw string, err err
 			continue
 		}
 		ones, _ := ipn.Mask.Size()
-		netIP := ipn.IP.To4().Mask(ipn.Mask)
-		g := make(net.IP, 4)
-		copy(g, netIP)
-		g[3] += byte(100 + num)
-		return ipn.IP.String(), fmt.Sprintf("%s/%d", g, ones), ipn.IP.String(), nil
+		addr, _ := netip.AddrFromSlice(ipn.IP.To4())
+		first, err := GuestBlock(netip.PrefixFrom(addr, ones), o.GuestRange, o.ToolchainNum, plan.Instance)
+		if err != nil {
+			return "", "", "", err
+		}
+		return addr.String(), fmt.Sprintf("%s/%d", first, ones), addr.String(), nil
 	}
-	return "", "", "", fmt.Errorf("bridge %s has no IPv4 address", bridge)
+	return "", "", "", fmt.Errorf("bridge %s has no IPv4 address", o.Bridge)
 }
 
 func (v *VMs) dropTap() {

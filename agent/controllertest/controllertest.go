@@ -28,6 +28,7 @@ import (
 type Result struct {
 	Request  manifest.ResultRequest
 	Received time.Time
+	Machine  string // the task's machine
 }
 
 // Server is the test controller. Its zero value is not ready: use New.
@@ -325,7 +326,7 @@ func (s *Server) buildResult(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	delete(s.issued, rr.Session) // a repeated POST is a silent drop
-	s.results = append(s.results, Result{Request: rr, Received: time.Now()})
+	s.results = append(s.results, Result{Request: rr, Received: time.Now(), Machine: is.task.Machine()})
 	s.mu.Unlock()
 	select {
 	case s.received <- struct{}{}:
