@@ -344,6 +344,7 @@ func (a *Agent) startTask(ctx context.Context, s *slot, resp *manifest.TaskRespo
 			if tok != nil {
 				tok.Close()
 			}
+			a.setStatus(s, "holding "+j.machine+" for inspection")
 			a.signalChanged()
 		})
 		return nil
