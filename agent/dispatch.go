@@ -126,6 +126,10 @@ func (a *Agent) startBootstraps(ctx context.Context, pending []string) {
 			a.mu.Unlock()
 			continue
 		}
+		if !a.admits(a.Opts.CPU, a.Opts.RAM) {
+			a.mu.Unlock()
+			return
+		}
 		s := idle[0]
 		j := &job{bootstrap: true, dir: dir, cpus: a.Opts.CPU, ram: a.Opts.RAM, done: make(chan struct{})}
 		s.job = j
@@ -159,8 +163,9 @@ func (a *Agent) endJob(s *slot, j *job) {
 	if tok != nil {
 		tok.Close()
 	}
-	close(j.done)
+	// Idle before done: a preempting task may start in s at once.
 	a.setStatus(s, "idle")
+	close(j.done)
 	a.signalChanged()
 }
 
@@ -199,41 +204,69 @@ func closeTokens(ts []*os.File) {
 	}
 }
 
-// pollOnce asks the controllers for one task and starts it; it reports
-// whether there was one.
-func (a *Agent) pollOnce(ctx context.Context, usable []*inventory.Machine) bool {
-	a.mu.Lock()
-	running := a.runningTasks()
-	free, tokens := a.capacity()
-	busyMachines := map[string]*inventory.Machine{}
+// slotState returns, from the slots now, the interruptible running tasks,
+// their machines, and the scanned machines that no job uses (a job's
+// machine may still be unlocked while the job starts, so the scan alone
+// would offer it again). Called with a.mu held.
+func (a *Agent) slotState(scanned []*inventory.Machine) (running []runningTask, busy map[string]*inventory.Machine, free []*inventory.Machine) {
+	running = a.runningTasks()
+	busy = map[string]*inventory.Machine{}
+	inUse := map[string]bool{}
 	for _, s := range a.slots {
-		if j := s.job; j != nil && !j.bootstrap && !j.held && s.jobMachine != nil {
-			busyMachines[j.machine] = s.jobMachine
+		j := s.job
+		if j == nil {
+			continue
+		}
+		inUse[j.dir] = true
+		if !j.bootstrap && !j.held && s.jobMachine != nil {
+			busy[j.machine] = s.jobMachine
 		}
 	}
+	for _, m := range scanned {
+		if !inUse[m.Dir] {
+			free = append(free, m)
+		}
+	}
+	return running, busy, free
+}
+
+// pollOnce asks the controllers for one task and starts it; it reports
+// whether there was one.
+func (a *Agent) pollOnce(ctx context.Context, scanned []*inventory.Machine) bool {
+	a.mu.Lock()
+	free, tokens := a.capacity()
+	anyRunning := len(a.runningTasks()) > 0
 	a.mu.Unlock()
 	defer func() { closeTokens(tokens) }()
-	if free == 0 && len(running) == 0 {
+	if free == 0 && !anyRunning {
 		return false
 	}
 
-	offered := slices.Clone(usable)
-	for _, m := range busyMachines {
-		offered = append(offered, m)
-	}
+	// Each controller is offered what the slots allow when it is asked (a
+	// poll with retries lasts a while): free machines, and busy ones whose
+	// task its priority may interrupt.
+	offered := map[string]*inventory.Machine{}
 	offer := func(ctl controller.Controller) (manifest.TaskRequest, bool) {
-		ask, interruptible := planAsk(controller.Priority(ctl.Priority), running, free)
-		if !ask {
+		p := controller.Priority(ctl.Priority)
+		a.mu.Lock()
+		running, busy, usable := a.slotState(scanned)
+		boostFits := !p.Boost() || a.admitsBoost(p)
+		a.mu.Unlock()
+		ask, interruptible := planAsk(p, running, free)
+		if !ask || !boostFits {
 			return manifest.TaskRequest{}, false
 		}
 		var ms []*inventory.Machine
 		if free > 0 || len(interruptible) > 0 {
 			ms = append(ms, usable...)
 		}
-		for name, m := range busyMachines {
+		for name, m := range busy {
 			if interruptible[name] {
 				ms = append(ms, m)
 			}
+		}
+		for _, m := range ms {
+			offered[m.Header().Name] = m
 		}
 		req := a.taskRequest(ms)
 		return req, len(req.Machines) > 0
@@ -249,34 +282,63 @@ func (a *Agent) pollOnce(ctx context.Context, usable []*inventory.Machine) bool 
 	prio := controller.Priority(ctl.Priority)
 	a.Log.Info("task received", "controller", ctl.URL, "priority", int(prio), "package", resp.Task.Name(), "version", resp.Task.Version(), "machine", resp.Task.Machine())
 
-	victims, ok := planStart(prio, resp.Task.Machine(), running, free)
+	m := offered[resp.Task.Machine()]
+	if m == nil {
+		// Not a machine we offered: settled at once (abort), in an idle
+		// slot's journal or the first slot's.
+		a.deliver(ctx, ctx, a.journalSlot(), resp, nil, received, a.Opts.CPU, nil)
+		return true
+	}
+	a.mu.Lock()
+	running, _, _ := a.slotState(scanned)
+	a.mu.Unlock()
+	victims, ok := planStart(prio, m.Header().Name, running, free)
 	var s *slot
 	if ok {
 		s = a.preempt(ctx, victims, ctl.URL)
 	}
-	if s == nil {
-		// No slot can take it (the machine was not offered, or the
-		// interrupted task did not free its slot): the task is settled
-		// without a machine, in the first idle slot or slot 1's journal.
-		a.mu.Lock()
-		if idle := a.idleSlots(); len(idle) > 0 {
-			s = idle[0]
-		} else {
-			s = a.slots[0]
-		}
-		a.mu.Unlock()
-		a.deliver(ctx, ctx, s, resp, nil, received, a.Opts.CPU, nil)
-		return true
-	}
 	var tok *os.File
-	if len(tokens) > 0 {
+	switch {
+	case s == nil:
+		a.unplaced(ctx, resp, m, received, "no slot became free for the task (the tasks it could interrupt changed, or the agent is stopping)")
+		return true
+	case len(tokens) > 0:
 		tok, tokens = tokens[0], tokens[1:]
-	} else if a.Opts.InstanceMax > 0 {
-		// The victim's token came back with its slot.
-		tok, _ = a.takeToken()
+	case a.Opts.InstanceMax > 0:
+		// The victim's token came back with its slot, unless another
+		// process took it meanwhile.
+		if tok, ok = a.takeToken(); !ok {
+			a.unplaced(ctx, resp, m, received, "--instance-max reached: another process took the interrupted task's token")
+			return true
+		}
 	}
-	a.startTask(ctx, s, resp, offered, prio, tok, received)
+	a.startTask(ctx, s, resp, m, prio, tok, received)
 	return true
+}
+
+// journalSlot is the slot whose journal records a task that runs no
+// machine: an idle one, else the first.
+func (a *Agent) journalSlot() *slot {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if idle := a.idleSlots(); len(idle) > 0 {
+		return idle[0]
+	}
+	return a.slots[0]
+}
+
+// errUnplaced is why a task for an offered machine could not start.
+type errUnplaced struct{ why string }
+
+func (e errUnplaced) Error() string { return e.why }
+
+// unplaced reports a task for a machine we offered that no slot can take
+// as interrupt (brep hands it out again), without running it.
+func (a *Agent) unplaced(ctx context.Context, resp *manifest.TaskResponse, m *inventory.Machine, received time.Time, why string) {
+	a.Log.Warn("task received but not started: reporting interrupt", "package", resp.Task.Name(), "machine", m.Header().Name, "why", why)
+	jctx, cancel := context.WithCancelCause(ctx)
+	cancel(errUnplaced{why})
+	a.deliver(ctx, jctx, a.journalSlot(), resp, []*inventory.Machine{m}, received, a.Opts.CPU, nil)
 }
 
 // preempt interrupts the victims (slot numbers), waits for their jobs to
@@ -312,41 +374,47 @@ func (a *Agent) preempt(ctx context.Context, victims []int, by string) *slot {
 }
 
 // startTask runs a task in slot s, in its own goroutine.
-func (a *Agent) startTask(ctx context.Context, s *slot, resp *manifest.TaskResponse, offered []*inventory.Machine, prio controller.Priority, tok *os.File, received time.Time) {
+func (a *Agent) startTask(ctx context.Context, s *slot, resp *manifest.TaskResponse, m *inventory.Machine, prio controller.Priority, tok *os.File, received time.Time) {
 	cpus := a.Opts.CPU
 	if prio.Boost() {
 		cpus = hostThreads() // bbot's F=1: all hardware threads
 	}
-	m := findMachine(offered, resp.Task.Machine())
-	ram := a.Opts.RAM
-	if m != nil {
-		ram = taskRAM(a.Opts, m.Header())
-	}
 	jctx, cancel := context.WithCancelCause(ctx)
-	j := &job{dir: "", machine: resp.Task.Machine(), priority: prio, cpus: cpus, ram: ram, token: tok, cancel: cancel, done: make(chan struct{})}
-	if m != nil {
-		j.dir = m.Dir
-	}
+	j := &job{dir: m.Dir, machine: m.Header().Name, priority: prio, cpus: cpus, ram: taskRAM(a.Opts, m.Header()),
+		token: tok, cancel: cancel, done: make(chan struct{})}
 	a.mu.Lock()
 	s.job, s.jobMachine = j, m
 	a.mu.Unlock()
 	a.jobs.Go(func() error {
 		defer cancel(nil)
 		defer a.endJob(s, j)
-		a.deliver(ctx, jctx, s, resp, offered, received, cpus, func() {
-			// Held, paused: no longer a running task, so it gives its
-			// --instance-max token back (it keeps its RAM, see admits).
-			a.mu.Lock()
-			j.held = true
-			tok := j.token
-			j.token = nil
-			a.mu.Unlock()
-			if tok != nil {
-				tok.Close()
-			}
-			a.setStatus(s, "holding "+j.machine+" for inspection")
-			a.signalChanged()
-		})
+		a.deliver(ctx, jctx, s, resp, []*inventory.Machine{m}, received, cpus, func() { a.markHeld(s) })
 		return nil
 	})
+}
+
+// markHeld records that slot s holds its machine for inspection: the job is
+// no longer a running task (not interruptible, not in the priority
+// decisions, no CPU in admission) and gives its --instance-max token back;
+// its RAM stays counted (the paused VM keeps it).
+func (a *Agent) markHeld(s *slot) {
+	a.mu.Lock()
+	j := s.job
+	if j == nil {
+		a.mu.Unlock()
+		return
+	}
+	j.held = true
+	tok := j.token
+	j.token = nil
+	what := j.machine
+	if what == "" {
+		what = j.dir
+	}
+	a.mu.Unlock()
+	if tok != nil {
+		tok.Close()
+	}
+	a.setStatus(s, "holding "+what+" for inspection")
+	a.signalChanged()
 }

@@ -62,7 +62,9 @@ func New(o *Options, log *slog.Logger) (*Agent, error) {
 		if vms.bind, vms.TFTPEndpoint, vms.GuestIP, vms.GatewayIP, err = tftpBind(o, plan); err != nil {
 			return nil, err
 		}
-		a.slots = append(a.slots, &slot{plan: plan, vms: vms, dirs: newTaskDirs(o.TFTP, plan), log: vms.Log})
+		sl := &slot{plan: plan, vms: vms, dirs: newTaskDirs(o.TFTP, plan), log: vms.Log}
+		vms.onHeld = func() { a.markHeld(sl) }
+		a.slots = append(a.slots, sl)
 	}
 	if len(a.slots) == 1 {
 		// One slot: logs need no slot attribute.

@@ -277,6 +277,11 @@ func (o *Options) Validate() error {
 	if o.RunDir == "" {
 		o.RunDir = filepath.Join("/run/bbot-agent", o.ToolchainName)
 	}
+	// Each slot's QMP sockets live in <run-dir>/<instance>/: they must fit
+	// in a UNIX socket path, checked now rather than at every task.
+	if abs, err := filepath.Abs(o.RunDir); err == nil && len(abs)+3 > machine.MaxRunDir {
+		return &OptionError{"run-dir", o.RunDir, fmt.Sprintf("too long: its sockets <run-dir>/<instance>/%s must fit in %d bytes", machine.AdminSocketName, machine.MaxRunDir+1+len(machine.AdminSocketName))}
+	}
 	if o.FakeMachine != "" && o.FakeRequest == "" {
 		return &OptionError{"fake-machine", "", "requires --fake-request"}
 	}

@@ -81,6 +81,11 @@ func (a *Agent) handle(ctx context.Context, sl *slot, resp *manifest.TaskRespons
 	}
 	t.entry = &journal.Entry{URL: resp.ResultURL(), Session: t.head.Session, Challenge: t.head.Challenge,
 		AgentChecksum: t.head.AgentChecksum, Package: t.rt.Name, PackageVersion: t.rt.Version, Status: "interrupt", Put: t.dirs.Put}
+	if t.mach == nil || ctx.Err() != nil {
+		// Runs no machine, perhaps in a busy slot's journal: the slot's put
+		// dir holds another task's upload, never this one's.
+		t.entry.Put = ""
+	}
 	if t.mach != nil {
 		t.entry.MachineDir = t.mach.Dir
 	}
@@ -99,6 +104,11 @@ func (a *Agent) handle(ctx context.Context, sl *slot, resp *manifest.TaskRespons
 	}
 	crash.Point("after-journal")
 	switch {
+	case ctx.Err() != nil:
+		// Stopping, or the task could not be placed (unplaced): nothing
+		// ran, brep may hand it out again.
+		a.settle(t, decideOutcome(buildPhase, evInterrupted), interruptNote(ctx))
+		return t.entry, func() {}
 	case t.mach == nil:
 		a.settle(t, decideOutcome(buildPhase, evNotOffered), "task for machine "+t.task.Machine()+", which this agent did not offer")
 		return t.entry, func() {}
@@ -117,6 +127,16 @@ func findMachine(machines []*inventory.Machine, name string) *inventory.Machine 
 		}
 	}
 	return nil
+}
+
+// interruptNote says why ctx ended: preempted or unplaced (its cause), or
+// the agent stopping.
+func interruptNote(ctx context.Context) string {
+	cause := context.Cause(ctx)
+	if errors.As(cause, new(errPreempted)) || errors.As(cause, new(errUnplaced)) {
+		return cause.Error()
+	}
+	return "the agent stopped before the task completed; the build may be retried"
 }
 
 // result is an agent-made result for the task.
@@ -152,12 +172,12 @@ func (a *Agent) settle(t *task, o outcome, notes string) bool {
 func (a *Agent) perform(ctx context.Context, t *task, received time.Time) func() {
 	lock, err := inventory.LockMachineWait(ctx, t.mach.Dir, lockWait)
 	if err != nil {
-		ev := evMachineFault
+		ev, why := evMachineFault, err.Error()
 		if ctx.Err() != nil {
-			ev = evInterrupted
+			ev, why = evInterrupted, interruptNote(ctx)
 		}
 		o := decideOutcome(buildPhase, ev)
-		if a.settle(t, o, err.Error()) {
+		if a.settle(t, o, why) {
 			o = decideOutcome(buildPhase, evHostFault)
 		}
 		a.applyBackoff(o, t.mach.Dir, err.Error())
@@ -178,10 +198,8 @@ func (a *Agent) perform(ctx context.Context, t *task, received time.Time) func()
 		s.maxFile, s.maxTotal = s.v.maxUpload, 4*s.v.maxUpload
 	}
 	rep := s.run(ctx)
-	if rep.ev == evInterrupted {
-		if cause := context.Cause(ctx); errors.As(cause, new(errPreempted)) {
-			rep.why = cause.Error()
-		}
+	if rep.ev == evInterrupted && ctx.Err() != nil {
+		rep.why = interruptNote(ctx)
 	}
 	teardown := func() {
 		s.teardown()

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -53,6 +54,7 @@ type Agent struct {
 	changed    chan struct{}
 	jobs       *errgroup.Group
 	lastStatus string
+	statusMu   sync.Mutex
 
 	// Host-wide backoff after a host fault: no task is asked for until
 	// it passes.
@@ -126,25 +128,101 @@ func (a *Agent) open(ctx context.Context) error {
 	} else if n > 0 {
 		a.Log.Info("imported results of the old outbox", "count", n)
 	}
+	a.recoverOtherInstances()
 	for _, s := range a.slots {
 		a.recoverJournal(ctx, s.journal)
-		for _, d := range []string{s.dirs.Get, s.dirs.Put, s.plan.TFTPBootstrapPut} {
-			if err := fsx.RemoveOwned(a.Opts.TFTP, d); err != nil {
-				a.Log.Error("removing TFTP directory", "path", d, "error", err)
+	}
+	for _, s := range a.slots {
+		a.removeTFTPDirs(s.plan)
+	}
+	a.removeLegacyLayout()
+	return nil
+}
+
+// removeTFTPDirs removes an instance's TFTP directories (after its journal
+// was recovered: a complete upload there is a result).
+func (a *Agent) removeTFTPDirs(p SlotPlan) {
+	for _, d := range []string{p.TFTPBuildGet, p.TFTPBuildPut, p.TFTPBootstrapPut} {
+		if err := fsx.RemoveOwned(a.Opts.TFTP, d); err != nil {
+			a.Log.Error("removing TFTP directory", "path", d, "error", err)
+		}
+	}
+}
+
+// recoverOtherInstances cleans up after instances no live process claims
+// (a crash with more --slots than now, or another process of this
+// toolchain that is gone): under the instance's flock, it kills a VM left
+// in <run>/<n>/, moves its journal entries into this process's first
+// journal (sent from there, so that the instance is free again at once)
+// and removes its TFTP directories.
+func (a *Agent) recoverOtherInstances() {
+	ours := map[int]bool{}
+	for _, s := range a.slots {
+		ours[s.n()] = true
+	}
+	found := map[int]bool{}
+	for _, dir := range []string{filepath.Join(a.Opts.StateDir, "journal"), a.Opts.RunDir} {
+		ents, _ := os.ReadDir(dir)
+		for _, de := range ents {
+			if n, err := strconv.Atoi(de.Name()); err == nil && de.IsDir() && strconv.Itoa(n) == de.Name() && n >= 1 && n <= 99 && !ours[n] {
+				found[n] = true
 			}
 		}
 	}
-	orphans, err := journal.Orphans(a.Opts.StateDir)
-	if err != nil {
-		a.Log.Error("recovering journals", "error", err)
+	adopted := 0
+	for n := range found {
+		claim, err := flockFile(filepath.Join(a.Opts.RunDir, "instance-"+strconv.Itoa(n)+".lock"))
+		if err != nil || claim == nil {
+			continue // a live process runs it
+		}
+		plan := PlanSlot(a.Opts, n)
+		a.killLeftovers(&slot{plan: plan, log: a.Log.With("instance", n)})
+		if j, err := journal.Open(journal.Dir(a.Opts.StateDir, n)); err == nil {
+			// Settle against the instance's own TFTP dirs first: a complete
+			// upload there is that task's result.
+			entries, _ := j.Entries()
+			for _, e := range entries {
+				if e.State == journal.Received {
+					a.recoverReceived(j, e)
+				}
+			}
+			k, err := a.Journal.Adopt(j)
+			if err != nil {
+				a.Log.Error("taking over another instance's journal", "instance", n, "error", err)
+			}
+			adopted += k
+			j.Close()
+		}
+		a.removeTFTPDirs(plan)
+		claim.Close()
 	}
-	for _, j := range orphans {
-		// Another instance's journal: release it once its entries are
-		// sent, so that its owner can claim it again.
-		sent := a.recoverJournal(ctx, j)
-		go func() { sent.Wait(); j.Close() }()
+	if adopted > 0 {
+		a.Log.Info("took over results left by other instances", "count", adopted)
 	}
-	return nil
+}
+
+// removeLegacyLayout cleans up after an agent of the one-instance layout
+// (before slots) that crashed before this upgrade: a VM recorded directly
+// in the run dir, and its TFTP directories build/<tc>/ and bootstrap/<tc>/
+// (after the journal was recovered: entries record their put dir). A
+// toolchain name ending in -<digits> is skipped: build/<name>/ is then
+// also another toolchain's instance directory (toolchain x, instance 1:
+// build/x-1/).
+func (a *Agent) removeLegacyLayout() {
+	a.killLeftovers(&slot{plan: SlotPlan{RunDir: a.Opts.RunDir}, log: a.Log})
+	tc := a.Opts.ToolchainName
+	if instanceSuffix.MatchString(tc) {
+		return
+	}
+	for _, d := range []string{filepath.Join(a.Opts.TFTP, "build", tc, "get"), filepath.Join(a.Opts.TFTP, "build", tc, "put"),
+		filepath.Join(a.Opts.TFTP, "bootstrap", tc)} {
+		if _, err := os.Lstat(d); err == nil {
+			if err := fsx.RemoveOwned(a.Opts.TFTP, d); err != nil {
+				a.Log.Error("removing TFTP directory of the old layout", "path", d, "error", err)
+			}
+		}
+	}
+	os.Remove(filepath.Join(a.Opts.TFTP, "build", tc)) // only if empty
 }
 
 // Close releases the slots once sends are done.
@@ -209,6 +287,9 @@ func (a *Agent) recoverJournal(ctx context.Context, j *journal.Journal) *sync.Wa
 	}
 	return &sent
 }
+
+// instanceSuffix matches names that end like an instance directory.
+var instanceSuffix = regexp.MustCompile(`-[0-9]+$`)
 
 // recoverReceived settles an entry whose task was cut short by a crash.
 func (a *Agent) recoverReceived(j *journal.Journal, e *journal.Entry) {

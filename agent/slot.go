@@ -163,17 +163,31 @@ func hostMemory() uint64 {
 // within host memory minus --ram-reserve. A held (paused) machine keeps its
 // RAM but uses no CPU. The first job is always admitted, so that a host
 // smaller than one task still works. Called with a.mu held.
-func (a *Agent) admits(cpus int, ram uint64) bool {
+func (a *Agent) admits(cpus int, ram uint64) bool { return a.admitsBeside(cpus, ram, nil) }
+
+// admitsBoost: an F=1 task of priority p takes all hardware threads; it
+// fits beside the jobs that remain once the tasks it interrupts (lower D,
+// as planStart) are gone. Called with a.mu held.
+func (a *Agent) admitsBoost(p controller.Priority) bool {
+	return a.admitsBeside(hostThreads(), a.Opts.RAM, func(j *job) bool {
+		return !j.bootstrap && !j.held && p.Level(4) > j.priority.Level(4)
+	})
+}
+
+// admitsBeside is admits, leaving out the jobs gone reports true for.
+func (a *Agent) admitsBeside(cpus int, ram uint64, gone func(*job) bool) bool {
 	var usedCPU int
 	var usedRAM uint64
 	busy := false
 	for _, s := range a.slots {
-		if j := s.job; j != nil {
-			busy = true
-			usedRAM += j.ram
-			if !j.held {
-				usedCPU += j.cpus
-			}
+		j := s.job
+		if j == nil || gone != nil && gone(j) {
+			continue
+		}
+		busy = true
+		usedRAM += j.ram
+		if !j.held {
+			usedCPU += j.cpus
 		}
 	}
 	if !busy {
@@ -201,6 +215,9 @@ func (a *Agent) admits(cpus int, ram uint64) bool {
 // setStatus records a slot's status and publishes the agent's status line
 // (systemd STATUS=): one part per slot.
 func (a *Agent) setStatus(s *slot, status string) {
+	// statusMu keeps the published lines in the order they were made.
+	a.statusMu.Lock()
+	defer a.statusMu.Unlock()
 	a.mu.Lock()
 	if s != nil {
 		s.status = status
@@ -229,6 +246,8 @@ func (a *Agent) setStatus(s *slot, status string) {
 // statusLine publishes a host-wide status line (a backoff) in place of the
 // slots' status.
 func (a *Agent) statusLine(line string) {
+	a.statusMu.Lock()
+	defer a.statusMu.Unlock()
 	a.mu.Lock()
 	changed := line != a.lastStatus
 	a.lastStatus = line

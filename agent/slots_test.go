@@ -3,7 +3,10 @@ package agent
 import (
 	"context"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -15,6 +18,7 @@ import (
 
 	"github.com/build2/bbot-agent-go/agent/controller"
 	"github.com/build2/bbot-agent-go/agent/controllertest"
+	"github.com/build2/bbot-agent-go/agent/journal"
 	"github.com/build2/bbot-agent-go/btrfs"
 	"github.com/build2/bbot-agent-go/machine/machinetest"
 )
@@ -394,4 +398,74 @@ func BenchmarkSlotsThroughput(b *testing.B) {
 	b.ReportMetric(median(two).Seconds(), "s/batch-slots2")
 	b.ReportMetric(median(one).Seconds()/median(two).Seconds(), "throughput-ratio")
 	b.Logf("slots 1: %v; slots 2: %v", one, two)
+}
+
+// TestRecoverOtherInstances: after a crash with --slots 2, a restart with
+// one slot kills the VM left in instance 2's run dir, sends instance 2's
+// journal entry (from its own journal, so that instance 2 is free again at
+// once) and removes its TFTP directories; the old one-slot layout's
+// leftovers go too.
+func TestRecoverOtherInstances(t *testing.T) {
+	var posts atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		posts.Add(1)
+		w.WriteHeader(http.StatusOK)
+	}))
+	defer srv.Close()
+	root := t.TempDir()
+	o := &Options{TFTP: filepath.Join(root, "tftp"), TFTPPort: 30000, ToolchainName: "tc", ToolchainNum: 1,
+		StateDir: filepath.Join(root, "state"), RunDir: filepath.Join(root, "run"), Network: "user",
+		PollInterval: time.Second, ResultTTL: time.Minute, Slots: 1}
+	// Instance 2, as a crashed agent left it.
+	j2, err := journal.Open(journal.Dir(o.StateDir, 2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &journal.Entry{URL: srv.URL + "/?build-result", Session: "s2", Package: "p", Status: "interrupt"}
+	if err := j2.Receive(e, []byte("interrupt request")); err != nil {
+		t.Fatal(err)
+	}
+	j2.Close()
+	sleeper := exec.Command("sleep", "300")
+	sleeper.Start()
+	done := make(chan error, 1)
+	go func() { done <- sleeper.Wait() }()
+	run2 := PlanSlot(o, 2).RunDir
+	os.MkdirAll(run2, 0o700)
+	writeVMRecord(run2, vmRecord{PID: sleeper.Process.Pid, StartTime: processStartTime(sleeper.Process.Pid), Mode: "build"})
+	put2 := PlanSlot(o, 2).TFTPBuildPut
+	os.MkdirAll(put2, 0o755)
+	os.WriteFile(filepath.Join(put2, "stale"), []byte("x"), 0o644)
+	legacy := filepath.Join(o.TFTP, "build", "tc", "get")
+	os.MkdirAll(legacy, 0o755)
+	os.WriteFile(filepath.Join(legacy, "manifest"), []byte("x"), 0o644)
+
+	a, err := New(o, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Sender.Min, a.Sender.Max = 10*time.Millisecond, 50*time.Millisecond
+	if err := a.open(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// Instance 2 is free again at once: its journal can be claimed.
+	if j, err := journal.Open(journal.Dir(o.StateDir, 2)); err != nil {
+		t.Errorf("instance 2's journal still held: %v", err)
+	} else {
+		j.Close()
+	}
+	a.Close()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Error("VM left in instance 2's run dir not killed")
+	}
+	if n := posts.Load(); n != 1 {
+		t.Errorf("instance 2's entry sent %d times, want 1", n)
+	}
+	for _, p := range []string{put2, legacy} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("%s left", p)
+		}
+	}
 }

@@ -42,6 +42,8 @@ type VMs struct {
 	tap          string
 	offset       int
 	bootstrapPut string
+	// onHeld, if set, learns that the slot holds a machine for inspection.
+	onHeld func()
 
 	*vmHooks // shared by every slot's VMs
 }
@@ -186,6 +188,9 @@ func (v *VMs) Bootstrap(ctx context.Context, req inventory.BootstrapRequest) (ma
 	if oc.Hold {
 		why := "bootstrap: " + rep.why
 		return manifest.Bootstrap{}, &inventory.HeldError{Why: why, Hold: func(hctx context.Context) {
+			if v.onHeld != nil {
+				v.onHeld()
+			}
 			s.hold(hctx, why)
 			s.teardown()
 		}}

@@ -76,6 +76,9 @@ const (
 	maxSunPath      = 107 // sizeof(sun_path) - 1 on Linux
 )
 
+// MaxRunDir is the longest RunDir whose sockets fit in sun_path.
+const MaxRunDir = maxSunPath - 1 - len(AdminSocketName)
+
 // QMPSocket is the QMP socket's path.
 func (c *Config) QMPSocket() string { return filepath.Join(c.RunDir, QMPSocketName) }
 

@@ -148,6 +148,7 @@ type Enumerator struct {
 	// backoff.
 	mu      sync.Mutex
 	waiting map[string]*machineWait
+	logOnce sync.Once // defaults Log once: slots enumerate and bootstrap in parallel
 }
 
 // machineWait is one machine's backoff.
@@ -198,9 +199,11 @@ func (e *Enumerator) Succeeded(dir string) {
 func (e *Enumerator) Snapshots() int { return int(e.snapshots.Load()) }
 
 func (e *Enumerator) log() *slog.Logger {
-	if e.Log == nil {
-		return slog.New(slog.DiscardHandler)
-	}
+	e.logOnce.Do(func() {
+		if e.Log == nil {
+			e.Log = slog.New(slog.DiscardHandler)
+		}
+	})
 	return e.Log
 }
 
@@ -224,12 +227,12 @@ func (e *Enumerator) Scan(ctx context.Context) (usable []*Machine, pending []str
 // machine may have changed, or another process bootstrapped it meanwhile.
 // It returns nil, nil when the machine is busy or not to be used.
 func (e *Enumerator) BootstrapDir(ctx context.Context, dir string, b Bootstrapper) (*Machine, error) {
-	e.Log = e.log()
+	e.log()
 	return e.machine(ctx, dir, b, nil)
 }
 
 func (e *Enumerator) scan(ctx context.Context, boot Bootstrapper) ([]*Machine, []string, error) {
-	e.Log = e.log()
+	e.log()
 	volumes, err := os.ReadDir(e.Root)
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading machines directory: %w", err)

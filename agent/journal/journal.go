@@ -271,6 +271,40 @@ func (j *Journal) Fail(e *Entry, failedDir, why string) error {
 	return os.Rename(j.metaPath(e.ID), filepath.Join(failedDir, e.ID+".json"))
 }
 
+// Adopt moves every entry of from (another instance's journal, left by a
+// dead process) into j, so that from's instance is free again at once
+// while j sends them. The body is linked first and the entry renamed
+// after: a crash in between leaves the entry whole in from (and an
+// unreferenced body in j, swept), never lost.
+func (j *Journal) Adopt(from *Journal) (int, error) {
+	ents, err := os.ReadDir(from.dir)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	var errs []error
+	for _, de := range ents {
+		id, ok := strings.CutSuffix(de.Name(), ".json")
+		if !ok || strings.HasPrefix(id, ".") {
+			continue
+		}
+		if err := os.Link(from.BodyPath(id), j.BodyPath(id)); err != nil && !errors.Is(err, os.ErrExist) && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+			continue
+		}
+		fsx.SyncDir(j.dir)
+		if err := os.Rename(from.metaPath(id), j.metaPath(id)); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		fsx.SyncDir(j.dir)
+		fsx.SyncDir(from.dir)
+		os.Remove(from.BodyPath(id))
+		n++
+	}
+	return n, errors.Join(errs...)
+}
+
 // Orphans opens the instance directories below stateDir/journal that no
 // live process holds (for recovery), each opened and flocked.
 func Orphans(stateDir string) ([]*Journal, error) {

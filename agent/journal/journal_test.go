@@ -204,3 +204,42 @@ func TestImportLegacy(t *testing.T) {
 		t.Fatal("old entry kept after import")
 	}
 }
+
+// TestAdopt: another instance's entries move whole into this journal; an
+// interrupted move (body linked, entry not yet renamed) loses nothing.
+func TestAdopt(t *testing.T) {
+	state := t.TempDir()
+	own, _ := Open(Dir(state, 1))
+	defer own.Close()
+	other, err := Open(Dir(state, 2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Entry{URL: "http://x/", Session: "a", Status: "interrupt"}
+	b := &Entry{URL: "http://x/", Session: "b", Status: "interrupt"}
+	other.Receive(a, []byte("body a"))
+	other.Receive(b, []byte("body b"))
+	// A crash mid-move of b: its body is already linked here.
+	os.Link(other.BodyPath(b.ID), own.BodyPath(b.ID))
+	n, err := own.Adopt(other)
+	if err != nil || n != 2 {
+		t.Fatalf("Adopt: %d, %v", n, err)
+	}
+	left, _ := os.ReadDir(other.Path())
+	for _, de := range left {
+		if de.Name() != ".lock" {
+			t.Errorf("left in the other journal: %s", de.Name())
+		}
+	}
+	es, err := own.Entries()
+	if err != nil || len(es) != 2 {
+		t.Fatalf("entries: %v, %v", es, err)
+	}
+	for _, e := range es {
+		body, err := os.ReadFile(own.BodyPath(e.ID))
+		if err != nil || string(body) != "body "+e.Session {
+			t.Errorf("%s: body %q, %v", e.Session, body, err)
+		}
+	}
+	other.Close()
+}

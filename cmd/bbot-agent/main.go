@@ -304,6 +304,11 @@ func admin(o *agent.Options, stdout io.Writer) error {
 		}
 		if s == nil {
 			fmt.Fprintln(stdout, "no suspended machine in", dir)
+			if held, _ := agent.ListSuspended(o.RunDir); len(held) > 0 {
+				for _, h := range held {
+					fmt.Fprintf(stdout, "instance %d holds one: add --instance %d\n", h.Instance, h.Instance)
+				}
+			}
 			return nil
 		}
 		printSuspended(stdout, o.Instance, s)
