@@ -43,17 +43,17 @@ var lockWait = 30 * time.Second
 // task is one task being performed: what the journal entry and the result
 // request need.
 type task struct {
-	slot  *slot
-	cpus  int
+	slot *slot
+	cpus int
 	// onHold, if set, learns that the machine is held for inspection.
 	onHold func()
-	resp  *manifest.TaskResponse
-	task  *manifest.Task
-	mach  *inventory.Machine
-	head  result.Head
-	rt    result.Task
-	entry *journal.Entry
-	dirs  taskDirs
+	resp   *manifest.TaskResponse
+	task   *manifest.Task
+	mach   *inventory.Machine
+	head   result.Head
+	rt     result.Task
+	entry  *journal.Entry
+	dirs   taskDirs
 }
 
 // handle performs one task: the journal entry first (with the signed
