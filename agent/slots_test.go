@@ -395,9 +395,12 @@ func BenchmarkSlotsThroughput(b *testing.B) {
 		return s[len(s)/2]
 	}
 	b.ReportMetric(median(one).Seconds(), "s/batch-slots1")
+	b.ReportMetric(slices.Min(one).Seconds(), "s/batch-slots1-min")
+	b.ReportMetric(slices.Max(one).Seconds(), "s/batch-slots1-max")
 	b.ReportMetric(median(two).Seconds(), "s/batch-slots2")
+	b.ReportMetric(slices.Min(two).Seconds(), "s/batch-slots2-min")
+	b.ReportMetric(slices.Max(two).Seconds(), "s/batch-slots2-max")
 	b.ReportMetric(median(one).Seconds()/median(two).Seconds(), "throughput-ratio")
-	b.Logf("slots 1: %v; slots 2: %v", one, two)
 }
 
 // TestRecoverOtherInstances: after a crash with --slots 2, a restart with
