@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -77,6 +78,23 @@ func flockFile(path string) (*os.File, error) {
 	return f, nil
 }
 
+// claimWait bounds the wait for an instance's flock: another process's
+// start-up recovery holds a free instance's flock for a moment; a running
+// process holds it for good.
+var claimWait = 5 * time.Second
+
+// flockFileWait retries flockFile for up to wait.
+func flockFileWait(path string, wait time.Duration) (*os.File, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		f, err := flockFile(path)
+		if err != nil || f != nil || time.Now().After(deadline) {
+			return f, err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // errInstanceClaimed: another process runs this instance.
 var errInstanceClaimed = errors.New("claimed by another bbot-agent process")
 
@@ -85,7 +103,7 @@ var errInstanceClaimed = errors.New("claimed by another bbot-agent process")
 func (a *Agent) claimSlots() error {
 	for _, s := range a.slots {
 		path := filepath.Join(a.Opts.RunDir, "instance-"+strconv.Itoa(s.n())+".lock")
-		f, err := flockFile(path)
+		f, err := flockFileWait(path, claimWait)
 		if err == nil && f == nil {
 			err = fmt.Errorf("instance %d (%s): %w; give this process another --instance, or fewer --slots", s.n(), path, errInstanceClaimed)
 		}
