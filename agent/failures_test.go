@@ -236,9 +236,9 @@ func TestQEMUDiesIsHostFault(t *testing.T) {
 	e.onSuspend = func(*machine.Machine) { held.Add(1) }
 	var status statusLog
 	e.onStatus = status.record
-	e.bootstrapThenStop() // with the real QEMU; then let it be killed
+	e.bootstrapThenStop() // with the real QEMU; then let it be killed (1 s: before any guest can upload a result)
 	qemu := filepath.Join(t.TempDir(), "qemu-system-x86_64")
-	os.WriteFile(qemu, []byte("#!/bin/sh\nexec timeout -s KILL 3 qemu-system-x86_64 \"$@\"\n"), 0o755)
+	os.WriteFile(qemu, []byte("#!/bin/sh\nexec timeout -s KILL 1 qemu-system-x86_64 \"$@\"\n"), 0o755)
 	e.opts.QEMU = qemu
 	srv.QueueTask("hello", testMachine)
 	e.stop = nil
