@@ -83,20 +83,7 @@ func TestSlots(t *testing.T) {
 	e.opts.Slots = 2
 	var seen statusSeen
 	e.onStatus = seen.add
-	var maxQEMU atomic.Int32
-	stopCount := make(chan struct{})
-	go func() {
-		for {
-			select {
-			case <-stopCount:
-				return
-			case <-time.After(100 * time.Millisecond):
-			}
-			if n := int32(countProcs(e.opts.RunDir)); n > maxQEMU.Load() {
-				maxQEMU.Store(n)
-			}
-		}
-	}()
+	maxQEMU, stopCount := watchQEMU(e.opts.RunDir)
 	srv.QueueTask("slow", testMachine)
 	srv.QueueTask("slow", testMachine2)
 	e.start()
@@ -122,6 +109,25 @@ func TestSlots(t *testing.T) {
 		t.Errorf("at most %d QEMU at once, want 2", maxQEMU.Load())
 	}
 	e.stop()
+}
+
+// watchQEMU samples the number of our QEMU processes every 100 ms until
+// stop is closed; max is the most seen at once.
+func watchQEMU(runDir string) (max *atomic.Int32, stop chan struct{}) {
+	max, stop = new(atomic.Int32), make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			if n := int32(countProcs(runDir)); n > max.Load() {
+				max.Store(n)
+			}
+		}
+	}()
+	return max, stop
 }
 
 // countProcs counts processes whose command line names dir (QEMU of ours).
@@ -285,20 +291,7 @@ func TestInstances(t *testing.T) {
 		t.Errorf("a third agent claiming instance 2: %v, want refused", err)
 	}
 
-	var maxQEMU atomic.Int32
-	stopCount := make(chan struct{})
-	go func() {
-		for {
-			select {
-			case <-stopCount:
-				return
-			case <-time.After(100 * time.Millisecond):
-			}
-			if n := int32(countProcs(e.opts.RunDir)); n > maxQEMU.Load() {
-				maxQEMU.Store(n)
-			}
-		}
-	}()
+	maxQEMU, stopCount := watchQEMU(e.opts.RunDir)
 	srvA.QueueTask("slow", testMachine)
 	srvB.QueueTask("slow", testMachine2)
 	ra := srvA.WaitResults(1, 180*time.Second)
