@@ -2,9 +2,9 @@ package agent
 
 import (
 	"context"
-	"fmt"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -26,6 +26,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.open(ctx); err != nil {
 		return err
 	}
+	a.started, a.startTime = time.Now().UTC(), processStartTime(os.Getpid())
+	a.statusMu.Lock()
+	a.statusPath = filepath.Join(a.Opts.RunDir, statusFile(a.slots[0].n()))
+	a.statusMu.Unlock()
+	a.setStatus(nil, SlotState{})
 	if a.Ready != nil {
 		a.Ready()
 	}
@@ -34,7 +39,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go(func() error { a.dispatch(gctx); return nil })
 	err := g.Wait()
 	for _, s := range a.slots {
-		a.setStatus(s, "stopping")
+		a.setStatus(s, SlotState{Activity: ActivityStopping})
 	}
 	return err
 }
@@ -43,8 +48,8 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) dispatch(ctx context.Context) {
 	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(os.Getpid())))
 	for ctx.Err() == nil {
-		if wait, why := a.backingOff(); wait > 0 {
-			a.statusLine(fmt.Sprintf("backing off %s after a host fault: %s", wait.Round(time.Second), why))
+		if wait, _ := a.backingOff(); wait > 0 {
+			a.setStatus(nil, SlotState{}) // the backoff line
 			select {
 			case <-ctx.Done():
 			case <-time.After(wait):
@@ -66,7 +71,7 @@ func (a *Agent) dispatch(ctx context.Context) {
 		if len(usable) == 0 && len(pending) == 0 && !a.anyBusy() {
 			a.Log.Warn("no usable machines")
 		}
-		a.setStatus(nil, "") // the slots' status (after a backoff line)
+		a.setStatus(nil, SlotState{}) // the slots' status (after a backoff line)
 		// ±20 % jitter so that agents do not poll in lock-step. A job
 		// ending (a slot freed, a machine bootstrapped) ends the wait.
 		sleep := time.Duration(float64(a.Opts.PollInterval) * (0.8 + 0.4*r.Float64()))
@@ -134,7 +139,7 @@ func (a *Agent) startBootstraps(ctx context.Context, pending []string) {
 		j := &job{bootstrap: true, dir: dir, cpus: a.Opts.CPU, ram: a.Opts.RAM, done: make(chan struct{})}
 		s.job = j
 		a.mu.Unlock()
-		a.setStatus(s, "bootstrapping "+dir)
+		a.setStatus(s, SlotState{Activity: ActivityBootstrapping, Machine: dir})
 		a.jobs.Go(func() error {
 			defer a.endJob(s, j)
 			var boot inventory.Bootstrapper = s.vms
@@ -164,7 +169,7 @@ func (a *Agent) endJob(s *slot, j *job) {
 		tok.Close()
 	}
 	// Idle before done: a preempting task may start in s at once.
-	a.setStatus(s, "idle")
+	a.setStatus(s, SlotState{Activity: ActivityIdle})
 	close(j.done)
 	a.signalChanged()
 }
@@ -415,6 +420,6 @@ func (a *Agent) markHeld(s *slot) {
 	if tok != nil {
 		tok.Close()
 	}
-	a.setStatus(s, "holding "+what+" for inspection")
+	a.setStatus(s, SlotState{Activity: ActivityHeld, Machine: what})
 	a.signalChanged()
 }

@@ -116,7 +116,7 @@ func (a *Agent) handle(ctx context.Context, sl *slot, resp *manifest.TaskRespons
 		a.settle(t, outcome{Status: "abort", Journaled: true}, "--fake-build: no machine was booted")
 		return t.entry, func() {}
 	}
-	a.setStatus(sl, "building "+t.rt.Name+"/"+t.rt.Version+" on "+t.mach.Header().Name)
+	a.setStatus(sl, SlotState{Activity: ActivityBuilding, Task: t.rt.Name + "/" + t.rt.Version, Machine: t.mach.Header().Name})
 	return t.entry, a.perform(ctx, t, received)
 }
 

@@ -55,6 +55,13 @@ type Agent struct {
 	jobs       *errgroup.Group
 	lastStatus string
 	statusMu   sync.Mutex
+	// The daemon's state for --status (see State): statusPath is
+	// <run-dir>/status.json while Run runs, "" otherwise.
+	statusPath        string
+	statusWriteFailed bool // guarded by statusMu
+	started           time.Time
+	startTime         uint64 // this process's, as processStartTime
+	draining          bool   // guarded by mu
 
 	// Host-wide backoff after a host fault: no task is asked for until
 	// it passes.

@@ -34,7 +34,7 @@ type slot struct {
 	// Guarded by Agent.mu.
 	job        *job
 	jobMachine *inventory.Machine // the task's machine, offered again to URLs that may interrupt it
-	status     string
+	state      SlotState
 }
 
 func (s *slot) n() int { return s.plan.Instance }
@@ -230,47 +230,20 @@ func (a *Agent) admitsBeside(cpus int, ram uint64, gone func(*job) bool) bool {
 	return true
 }
 
-// setStatus records a slot's status and publishes the agent's status line
-// (systemd STATUS=): one part per slot.
-func (a *Agent) setStatus(s *slot, status string) {
-	// statusMu keeps the published lines in the order they were made.
+// setStatus records a slot's state (nil: none changed) and publishes the
+// agent's state: systemd STATUS=, one part per slot, and the status file.
+func (a *Agent) setStatus(s *slot, st SlotState) {
 	a.statusMu.Lock()
 	defer a.statusMu.Unlock()
-	a.mu.Lock()
 	if s != nil {
-		s.status = status
-	}
-	var parts []string
-	for _, x := range a.slots {
-		st := x.status
-		if st == "" {
-			st = "idle"
-		}
-		if len(a.slots) == 1 {
-			parts = append(parts, st)
+		a.mu.Lock()
+		if st.Activity != s.state.Activity || s.state.Since.IsZero() {
+			st.Since = time.Now().UTC()
 		} else {
-			parts = append(parts, strconv.Itoa(x.n())+": "+st)
+			st.Since = s.state.Since
 		}
+		s.state = st
+		a.mu.Unlock()
 	}
-	line := strings.Join(parts, "; ")
-	changed := line != a.lastStatus
-	a.lastStatus = line
-	a.mu.Unlock()
-	if changed {
-		a.status(line)
-	}
-}
-
-// statusLine publishes a host-wide status line (a backoff) in place of the
-// slots' status.
-func (a *Agent) statusLine(line string) {
-	a.statusMu.Lock()
-	defer a.statusMu.Unlock()
-	a.mu.Lock()
-	changed := line != a.lastStatus
-	a.lastStatus = line
-	a.mu.Unlock()
-	if changed {
-		a.status(line)
-	}
+	a.publishState()
 }

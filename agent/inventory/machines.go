@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -178,6 +179,28 @@ func (e *Enumerator) Withhold(dir, why string) {
 	}
 	w.until, w.why = time.Now().Add(w.delay), why
 	e.log().Warn("machine withheld", "machine", dir, "for", w.delay, "why", why)
+}
+
+// Wait is a machine withheld after a fault.
+type Wait struct {
+	Dir   string
+	Until time.Time
+	Why   string
+}
+
+// Waiting lists the machines withheld now, by directory.
+func (e *Enumerator) Waiting() []Wait {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var ws []Wait
+	now := time.Now()
+	for dir, w := range e.waiting {
+		if now.Before(w.until) {
+			ws = append(ws, Wait{Dir: dir, Until: w.until, Why: w.why})
+		}
+	}
+	slices.SortFunc(ws, func(a, b Wait) int { return strings.Compare(a.Dir, b.Dir) })
+	return ws
 }
 
 // Withheld reports whether dir is waiting out a backoff.
