@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -37,6 +38,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	a.jobs = g
 	g.Go(func() error { a.dispatch(gctx); return nil })
+	if a.Watchdog != nil && a.WatchdogInterval > 0 {
+		g.Go(func() error { a.superviseHearts(gctx, a.WatchdogInterval, a.Watchdog); return nil })
+	}
 	err := g.Wait()
 	for _, s := range a.slots {
 		a.setStatus(s, SlotState{Activity: ActivityStopping})
@@ -47,16 +51,29 @@ func (a *Agent) Run(ctx context.Context) error {
 // dispatch is the poll loop.
 func (a *Agent) dispatch(ctx context.Context) {
 	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(os.Getpid())))
+	ctx, untrack := a.hearts.track(ctx, "dispatcher")
+	defer untrack()
+	h := heartOf(ctx)
 	for ctx.Err() == nil {
 		if wait, _ := a.backingOff(); wait > 0 {
 			a.setStatus(nil, SlotState{}) // the backoff line
-			select {
-			case <-ctx.Done():
-			case <-time.After(wait):
+			t := time.NewTimer(wait)
+		backoff:
+			for {
+				select {
+				case <-ctx.Done():
+					break backoff
+				case <-t.C:
+					break backoff
+				case <-h.beat():
+				}
 			}
+			t.Stop()
 			continue
 		}
+		uncover := h.busy(scanBound)
 		usable, pending, err := a.Enumerator.Scan(ctx)
+		uncover()
 		if err != nil && ctx.Err() == nil {
 			a.Log.Error("enumerating machines", "error", err)
 		}
@@ -74,16 +91,29 @@ func (a *Agent) dispatch(ctx context.Context) {
 		a.setStatus(nil, SlotState{}) // the slots' status (after a backoff line)
 		// ±20 % jitter so that agents do not poll in lock-step. A job
 		// ending (a slot freed, a machine bootstrapped) ends the wait.
-		sleep := time.Duration(float64(a.Opts.PollInterval) * (0.8 + 0.4*r.Float64()))
-		select {
-		case <-ctx.Done():
-		case <-a.Rescan:
-			a.Log.Info("rescanning machines")
-		case <-a.changed:
-		case <-time.After(sleep):
+		sleep := time.NewTimer(time.Duration(float64(a.Opts.PollInterval) * (0.8 + 0.4*r.Float64())))
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				break wait
+			case <-a.Rescan:
+				a.Log.Info("rescanning machines")
+				break wait
+			case <-a.changed:
+				break wait
+			case <-sleep.C:
+				break wait
+			case <-h.beat():
+			}
 		}
+		sleep.Stop()
 	}
 }
+
+// scanBound bounds a scan of the machines (directory reads, stale
+// snapshot deletion: no bootstrap) for the watchdog.
+var scanBound = 5 * time.Minute
 
 // signalChanged wakes the dispatcher.
 func (a *Agent) signalChanged() {
@@ -142,6 +172,8 @@ func (a *Agent) startBootstraps(ctx context.Context, pending []string) {
 		a.setStatus(s, SlotState{Activity: ActivityBootstrapping, Machine: dir})
 		a.jobs.Go(func() error {
 			defer a.endJob(s, j)
+			ctx, untrack := a.hearts.track(ctx, fmt.Sprintf("slot %d bootstrap", s.n()))
+			defer untrack()
 			var boot inventory.Bootstrapper = s.vms
 			if a.Opts.FakeBootstrap {
 				boot = inventory.FakeBootstrapper{Version: a.Version}
@@ -276,7 +308,11 @@ func (a *Agent) pollOnce(ctx context.Context, scanned []*inventory.Machine) bool
 		req := a.taskRequest(ms)
 		return req, len(req.Machines) > 0
 	}
+	// The poll is bounded (PollBound); answering the watchdog meanwhile
+	// is left to that bound, plus a margin for the offers' computation.
+	uncover := heartOf(ctx).busy(a.Client.PollBound() + time.Minute)
 	resp, ctl, err := a.Client.RequestTask(ctx, offer)
+	uncover()
 	if err != nil || resp == nil {
 		if err != nil && ctx.Err() == nil {
 			a.Log.Error("requesting task", "error", err)
@@ -393,6 +429,8 @@ func (a *Agent) startTask(ctx context.Context, s *slot, resp *manifest.TaskRespo
 	a.jobs.Go(func() error {
 		defer cancel(nil)
 		defer a.endJob(s, j)
+		jctx, untrack := a.hearts.track(jctx, fmt.Sprintf("slot %d task", s.n()))
+		defer untrack()
 		a.deliver(ctx, jctx, s, resp, []*inventory.Machine{m}, received, cpus, func() { a.markHeld(s) })
 		return nil
 	})

@@ -92,6 +92,7 @@ func (q *eventQueue) wait(ctx context.Context, consume bool) (tftp.Event, error)
 		}
 		q.mu.Unlock()
 		select {
+		case <-heartOf(ctx).beat():
 		case <-q.signal:
 		case <-ctx.Done():
 			return tftp.Event{}, ctx.Err()

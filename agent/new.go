@@ -25,7 +25,7 @@ import (
 // --qemu-user: directories, the journal and the TFTP port are taken by
 // Run (and the one-shot modes) when a session needs them.
 func New(o *Options, log *slog.Logger) (*Agent, error) {
-	a := &Agent{Opts: o, Log: log, Version: agentVersion()}
+	a := &Agent{Opts: o, Log: log, Version: agentVersion(), hearts: &supervisor{}}
 	a.Name, _ = os.Hostname()
 	if o.AuthKey != "" {
 		key, err := controller.LoadKey(o.AuthKey)
@@ -92,7 +92,7 @@ func New(o *Options, log *slog.Logger) (*Agent, error) {
 		Min: time.Second, Max: 60 * time.Second, Rand: newRand()}
 	a.Sender = &journal.Sender{Client: httpClient, TTL: o.ResultTTL, Failed: filepath.Join(o.StateDir, "failed"), Log: log,
 		Min: time.Second, Max: 5 * time.Minute, AbortForm: result.AbortForm,
-		Delivered: func(*journal.Entry) { crash.Point("after-post") }}
+		Delivered: func(*journal.Entry) { crash.Point("after-post") }, Watchdog: senderWatchdog{a.hearts}}
 	return a, nil
 }
 

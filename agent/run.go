@@ -70,6 +70,13 @@ type Agent struct {
 	backoffDelay time.Duration
 	backoffWhy   string
 
+	// hearts supervises the long-running goroutines; every
+	// WatchdogInterval, Watchdog (systemd WATCHDOG=1) is called if all of
+	// them answered (see superviseHearts).
+	hearts           *supervisor
+	Watchdog         func()
+	WatchdogInterval time.Duration
+
 	// Rescan wakes the poll sleep early (SIGHUP).
 	Rescan <-chan struct{}
 	// Ready, if set, is called once the agent serves (systemd READY=1).
@@ -421,7 +428,9 @@ func (a *Agent) deliver(ctx, jctx context.Context, s *slot, resp *manifest.TaskR
 		id := e.ID
 		a.Sender.Async(sendCtx, s.journal, e, func(ok bool) { close(sent); a.delivered(id, ok) })
 	}
+	uncover := heartOf(jctx).busy(sessionStepBound)
 	teardown() // in parallel with the POST
+	uncover()
 	if ctx.Err() != nil {
 		a.Sender.Wait()
 	}

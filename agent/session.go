@@ -141,6 +141,8 @@ func (s *session) run(ctx context.Context) sessionReport {
 
 // start runs the steps up to a started QEMU.
 func (s *session) start(ctx context.Context) (sessionReport, bool) {
+	// Snapshot, TFTP, tap and QEMU's start (its QMP calls have timeouts).
+	defer heartOf(ctx).busy(sessionStepBound)()
 	v := s.v
 	host := func(step string, err error) (sessionReport, bool) {
 		return sessionReport{ev: evHostFault, why: step + ": " + err.Error()}, false
@@ -406,6 +408,7 @@ func (q *eventQueue) nextOrExit(ctx context.Context, exited <-chan struct{}) (tf
 		}
 		q.mu.Unlock()
 		select {
+		case <-heartOf(ctx).beat():
 		case <-q.signal:
 		case <-exited:
 			q.mu.Lock()
@@ -456,12 +459,20 @@ func (s *session) hold(ctx context.Context, why string) {
 		defer t.Stop()
 		timeout = t.C
 	}
-	select {
-	case <-m.Exited():
-		v.Log.Info("suspended machine released", "snapshot", s.snapshot)
-	case <-timeout:
-		v.Log.Warn("suspend timeout passed, releasing machine", "snapshot", s.snapshot)
-	case <-ctx.Done():
+	h := heartOf(ctx)
+held:
+	for {
+		select {
+		case <-m.Exited():
+			v.Log.Info("suspended machine released", "snapshot", s.snapshot)
+			break held
+		case <-timeout:
+			v.Log.Warn("suspend timeout passed, releasing machine", "snapshot", s.snapshot)
+			break held
+		case <-ctx.Done():
+			break held
+		case <-h.beat():
+		}
 	}
 	m.ForceDown()
 }

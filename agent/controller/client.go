@@ -220,6 +220,9 @@ func (c *Client) requestTimeout() time.Duration {
 
 // pollBound is the longest a poll of n controllers may take (see
 // RequestTask).
+// PollBound is the longest a RequestTask call takes (see RequestTask).
+func (c *Client) PollBound() time.Duration { return c.pollBound(len(c.Controllers)) }
+
 func (c *Client) pollBound(n int) time.Duration {
 	// The largest backoff journal.Backoff gives before jitter.
 	min, max := c.Min, c.Max

@@ -34,8 +34,20 @@ type Sender struct {
 	// Delivered, if set, is called after a 2xx and before the entry is
 	// removed (crash points use it).
 	Delivered func(*Entry)
+	// Watchdog, if set, supervises the sending goroutines.
+	Watchdog Watchdog
 
 	wg sync.WaitGroup
+}
+
+// Watchdog is the agent's supervisor of long-running goroutines, as the
+// sender needs it: Track registers a goroutine (its context carries the
+// registration; the func ends it), Beat is the channel its waits answer
+// on, Cover marks a call bounded by bound as progress.
+type Watchdog interface {
+	Track(ctx context.Context, name string) (context.Context, func())
+	Beat(ctx context.Context) <-chan struct{}
+	Cover(ctx context.Context, bound time.Duration) func()
 }
 
 // Async sends in the background; done, if set, learns whether the entry
@@ -44,6 +56,11 @@ func (s *Sender) Async(ctx context.Context, j *Journal, e *Entry, done func(bool
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
+		if s.Watchdog != nil {
+			var untrack func()
+			ctx, untrack = s.Watchdog.Track(ctx, "outbox "+e.ID)
+			defer untrack()
+		}
 		ok := s.Send(ctx, j, e)
 		if done != nil {
 			done(ok)
@@ -60,7 +77,9 @@ func (s *Sender) Wait() { s.wg.Wait() }
 func (s *Sender) Send(ctx context.Context, j *Journal, e *Entry) bool {
 	abort := false
 	for attempt := 0; ; attempt++ {
+		uncover := s.cover(ctx)
 		status, answer, err := s.post(ctx, j, e, abort)
+		uncover()
 		switch {
 		case err == nil && status/100 == 2:
 			if s.Delivered != nil {
@@ -93,12 +112,42 @@ func (s *Sender) Send(ctx context.Context, j *Journal, e *Entry) bool {
 		}
 		delay := Backoff(attempt, s.Min, s.Max)
 		s.Log.Warn("result upload failed, retrying", "id", e.ID, "error", why, "retry-in", delay.Round(time.Millisecond))
+		if !s.sleep(ctx, delay) {
+			return false
+		}
+	}
+}
+
+// sleep waits d, answering the watchdog; false when ctx ends first.
+func (s *Sender) sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	var beat <-chan struct{}
+	if s.Watchdog != nil {
+		beat = s.Watchdog.Beat(ctx)
+	}
+	for {
 		select {
 		case <-ctx.Done():
 			return false
-		case <-time.After(delay):
+		case <-t.C:
+			return true
+		case <-beat:
 		}
 	}
+}
+
+// cover tells the watchdog that a POST (bounded by the HTTP client's
+// timeout) is under way.
+func (s *Sender) cover(ctx context.Context) func() {
+	if s.Watchdog == nil {
+		return func() {}
+	}
+	bound := s.Client.Timeout
+	if bound <= 0 {
+		bound = 10 * time.Minute
+	}
+	return s.Watchdog.Cover(ctx, bound+10*time.Second)
 }
 
 func (s *Sender) fail(j *Journal, e *Entry, why string) {

@@ -4,6 +4,8 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
+	"time"
 )
 
 // notifier speaks systemd's notify protocol; without NOTIFY_SOCKET it does
@@ -29,6 +31,21 @@ func newNotifier(log *slog.Logger) *notifier {
 	}
 	n.conn = conn
 	return n
+}
+
+// watchdogInterval is how often to ask for heartbeats and tell systemd
+// WATCHDOG=1: half the WatchdogSec= systemd passes in WATCHDOG_USEC (as
+// sd_watchdog_enabled(3) reads it), 0 when the watchdog is off or meant
+// for another process.
+func watchdogInterval() time.Duration {
+	usec, err := strconv.ParseUint(os.Getenv("WATCHDOG_USEC"), 10, 63)
+	if err != nil || usec == 0 {
+		return 0
+	}
+	if pid := os.Getenv("WATCHDOG_PID"); pid != "" && pid != strconv.Itoa(os.Getpid()) {
+		return 0
+	}
+	return time.Duration(usec) * time.Microsecond / 2
 }
 
 func (n *notifier) send(state string) {

@@ -55,6 +55,10 @@ func daemon(ctx context.Context, o *agent.Options, stdout io.Writer, log *slog.L
 	notify := newNotifier(log)
 	a.Ready = func() { notify.send("READY=1") }
 	a.Status = func(s string) { notify.send("STATUS=" + s) }
+	if d := watchdogInterval(); d > 0 {
+		a.WatchdogInterval = d
+		a.Watchdog = func() { notify.send("WATCHDOG=1") }
+	}
 	if o.DumpTask || o.DumpResult {
 		resp, machines, err := a.Next(ctx)
 		if err != nil {

@@ -19,8 +19,18 @@ var Points = []string{
 	"before-publish", "after-exchange",
 }
 
-// Point kills the process if name is the configured crash point.
+// StallEnv names a point where the goroutine that reaches it blocks
+// forever instead: a goroutine stuck outside its loop (a hung ioctl, say),
+// which the watchdog must notice.
+const StallEnv = "BBOT_AGENT_STALL"
+
+// Point kills the process if name is the configured crash point, or
+// blocks the calling goroutine if it is the stall point.
 func Point(name string) {
+	if os.Getenv(StallEnv) == name {
+		os.Stderr.WriteString("bbot-agent: stalled at " + name + "\n")
+		select {}
+	}
 	if os.Getenv(Env) != name {
 		return
 	}

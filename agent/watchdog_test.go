@@ -1,0 +1,117 @@
+package agent
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// loop is a goroutine with a select loop that answers its heart until
+// stopped; blocked makes it stop answering (stuck outside its loop).
+func loop(ctx context.Context, h *heart, blocked <-chan struct{}) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-blocked:
+			<-ctx.Done() // stuck: no select on the heart any more
+			return
+		case <-h.beat():
+		}
+	}
+}
+
+func TestWatchdogRound(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var s supervisor
+	a, stopA := s.add("a")
+	defer stopA()
+	b, stopB := s.add("b")
+	defer stopB()
+	blockB := make(chan struct{})
+	go loop(ctx, a, nil)
+	go loop(ctx, b, blockB)
+
+	if stuck := s.round(time.Second); len(stuck) != 0 {
+		t.Fatalf("answering loops reported stuck: %v", stuck)
+	}
+	close(blockB)
+	time.Sleep(10 * time.Millisecond)
+	if stuck := s.round(200 * time.Millisecond); !slices.Equal(stuck, []string{"b"}) {
+		t.Fatalf("stuck = %v, want [b]", stuck)
+	}
+
+	// A bounded call covers b until its bound passes.
+	uncover := b.busy(300 * time.Millisecond)
+	if stuck := s.round(100 * time.Millisecond); len(stuck) != 0 {
+		t.Fatalf("covered heart reported stuck: %v", stuck)
+	}
+	time.Sleep(400 * time.Millisecond)
+	if stuck := s.round(100 * time.Millisecond); !slices.Equal(stuck, []string{"b"}) {
+		t.Fatalf("after its bound, stuck = %v, want [b]", stuck)
+	}
+	uncover()
+
+	// A goroutine that ends is no longer asked.
+	stopB()
+	if stuck := s.round(100 * time.Millisecond); len(stuck) != 0 {
+		t.Fatalf("a removed heart reported stuck: %v", stuck)
+	}
+}
+
+func TestWatchdogRemovedDuringRound(t *testing.T) {
+	var s supervisor
+	_, stop := s.add("leaving")
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		stop()
+	}()
+	if stuck := s.round(2 * time.Second); len(stuck) != 0 {
+		t.Fatalf("a heart removed while asked reported stuck: %v", stuck)
+	}
+}
+
+// TestWatchdogPings: the supervisor pings while all answer and stops
+// pinging once one is stuck.
+func TestWatchdogPings(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a := &Agent{Log: slog.New(slog.DiscardHandler), hearts: &supervisor{}}
+	h, stop := a.hearts.add("worker")
+	defer stop()
+	block := make(chan struct{})
+	go loop(ctx, h, block)
+	var pings atomic.Int32
+	go a.superviseHearts(ctx, 40*time.Millisecond, func() { pings.Add(1) })
+	time.Sleep(300 * time.Millisecond)
+	if n := pings.Load(); n < 3 {
+		t.Fatalf("%d pings in 300 ms at a 40 ms interval while every goroutine answers", n)
+	}
+	close(block)
+	time.Sleep(100 * time.Millisecond)
+	before := pings.Load()
+	time.Sleep(300 * time.Millisecond)
+	if after := pings.Load(); after != before {
+		t.Fatalf("pinged %d times with a goroutine stuck", after-before)
+	}
+}
+
+// TestWatchdogNilHeart: code paths outside a tracked goroutine (one-shot
+// modes) work with no heart.
+func TestWatchdogNilHeart(t *testing.T) {
+	h := heartOf(context.Background())
+	if h != nil || h.beat() != nil {
+		t.Fatal("no heart expected")
+	}
+	h.busy(time.Second)()
+	var s *supervisor
+	ctx, stop := s.track(context.Background(), "x")
+	stop()
+	if heartOf(ctx) != nil {
+		t.Fatal("a nil supervisor gave a heart")
+	}
+}
