@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/build2/bbot-agent-go/agent/controller"
+	"github.com/build2/bbot-agent-go/agent/internal/crash"
 	"github.com/build2/bbot-agent-go/agent/inventory"
 	"github.com/build2/bbot-agent-go/manifest"
 )
@@ -55,6 +56,7 @@ func (a *Agent) dispatch(ctx context.Context) {
 	defer untrack()
 	h := heartOf(ctx)
 	for ctx.Err() == nil {
+		crash.Point("dispatch")
 		if wait, _ := a.backingOff(); wait > 0 {
 			a.setStatus(nil, SlotState{}) // the backoff line
 			t := time.NewTimer(wait)

@@ -97,6 +97,7 @@ type Options struct {
 	ShowSuspended bool
 	Release       bool
 	Resume        bool
+	ShowStatus    bool // --status: what the running agent does
 
 	QEMU           string // QEMU binary (default qemu-system-x86_64 on PATH)
 	QEMUUser       string // -runas user when the agent is root; "" keeps QEMU root
@@ -339,7 +340,7 @@ func (o *Options) QEMURunAs() string {
 }
 
 // AdminCommand reports whether an admin command was asked for.
-func (o *Options) AdminCommand() bool { return o.ShowSuspended || o.Release || o.Resume }
+func (o *Options) AdminCommand() bool { return o.ShowSuspended || o.Release || o.Resume || o.ShowStatus }
 
 func validTrust(fp string) bool {
 	if fp == "yes" {

@@ -113,7 +113,7 @@ func (a *Agent) State() State {
 		x := s.state
 		x.Instance = s.n()
 		if x.Activity == "" {
-			x.Activity = ActivityIdle
+			x.Activity, x.Since = ActivityIdle, a.started
 		}
 		st.Slots = append(st.Slots, x)
 	}

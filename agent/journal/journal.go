@@ -331,3 +331,37 @@ func Orphans(stateDir string) ([]*Journal, error) {
 	}
 	return out, nil
 }
+
+// Counts are the journal entries below a state directory, by state, and
+// the entries in failed/; read without taking any instance (for --status
+// beside a running agent).
+type Counts struct {
+	ByState map[State]int
+	Failed  int
+}
+
+// Count reads the counts below stateDir; entries that vanish or are half
+// written while it reads are skipped.
+func Count(stateDir string) (Counts, error) {
+	c := Counts{ByState: map[State]int{}}
+	dirs, err := os.ReadDir(filepath.Join(stateDir, "journal"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return c, err
+	}
+	for _, d := range dirs {
+		if !d.IsDir() {
+			continue
+		}
+		j := &Journal{dir: filepath.Join(stateDir, "journal", d.Name())}
+		ents, _ := j.Entries()
+		for _, e := range ents {
+			c.ByState[e.State]++
+		}
+	}
+	failed, err := filepath.Glob(filepath.Join(stateDir, "failed", "*.json"))
+	if err != nil {
+		return c, err
+	}
+	c.Failed = len(failed)
+	return c, nil
+}

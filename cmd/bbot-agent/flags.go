@@ -220,6 +220,7 @@ func flags(o *agent.Options, toolchainVer *string, trust *cli.StringSlice) []cli
 		secs("suspend-timeout", "release a suspended machine after this long; 0 = never", &o.SuspendTimeout),
 		secs("result-ttl", "keep retrying a result upload this long", &o.ResultTTL),
 		// Admin commands, run beside a running agent (same --run-dir).
+		boolean("status", "show what the agent running with this --run-dir does (per slot, since when), its backoff, the machines' bootstrap state, held machines and the journal; read-only, and exit", &o.ShowStatus),
 		boolean("suspended", "show the machine the agent holds suspended, if any, and exit", &o.ShowSuspended),
 		boolean("release", "release the suspended machine (QMP quit): the agent reports and cleans up", &o.Release),
 		boolean("resume", "let the suspended machine run again (QMP cont)", &o.Resume),

@@ -290,6 +290,9 @@ func fakeMachineTask(ctx context.Context, o *agent.Options, stdout, stderr io.Wr
 // admin runs --suspended (every slot), --release or --resume (the slot of
 // --instance) against the run directory.
 func admin(o *agent.Options, stdout io.Writer) error {
+	if o.ShowStatus {
+		return showStatus(o, stdout, time.Now())
+	}
 	if o.Release || o.Resume {
 		dir := agent.PlanSlot(o, o.Instance).RunDir
 		var s *agent.Suspended

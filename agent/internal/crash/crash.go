@@ -24,6 +24,10 @@ var Points = []string{
 // which the watchdog must notice.
 const StallEnv = "BBOT_AGENT_STALL"
 
+// StallPoints are points only stalled at (not crash points a task
+// passes): "dispatch" is the top of the dispatcher's loop.
+var StallPoints = []string{"dispatch"}
+
 // Point kills the process if name is the configured crash point, or
 // blocks the calling goroutine if it is the stall point.
 func Point(name string) {

@@ -1,0 +1,392 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The shipped unit, tested with systemd's own tools and under a real
+// systemd (PID 1 of a PID, mount, network and cgroup namespace made here).
+
+const unitFile = "bbot-agent@.service"
+
+// maxExposure is the highest `systemd-analyze security` score the unit may
+// have (README quotes the measured one).
+const maxExposure = 4.0
+
+// needTool returns the path of a tool, skipping (failing under CI)
+// when it is missing.
+func needTool(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		prereq(t, name+" not found (apt-get install systemd)")
+	}
+	return p
+}
+
+// prereq skips the test, or fails it under CI=true.
+func prereq(t *testing.T, why string) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("prerequisite missing: %s", why)
+	}
+	t.Skip(why)
+}
+
+// shippedUnit returns the unit with ExecStart's binary replaced by bin.
+func shippedUnit(t *testing.T, bin string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(unitFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(data, []byte("/usr/local/bin/bbot-agent")) {
+		t.Fatal("the unit's ExecStart no longer names /usr/local/bin/bbot-agent")
+	}
+	return bytes.ReplaceAll(data, []byte("/usr/local/bin/bbot-agent"), []byte(bin))
+}
+
+// buildAgent builds the real binary (the test binary is not one).
+func buildAgent(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "bbot-agent")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func TestUnitVerify(t *testing.T) {
+	analyze := needTool(t, "systemd-analyze")
+	dir := t.TempDir()
+	unit := filepath.Join(dir, unitFile)
+	if err := os.WriteFile(unit, shippedUnit(t, buildAgent(t)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Documentation=man:bbot-agent(1) is checked against the checked-in
+	// page.
+	man := filepath.Join(dir, "man", "man1")
+	os.MkdirAll(man, 0o755)
+	page, err := os.ReadFile("bbot-agent.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(man, "bbot-agent.1"), page, 0o644)
+	args := []string{"verify", unit}
+	if _, err := exec.LookPath("man"); err != nil {
+		args = []string{"verify", "--man=no", unit}
+	}
+	cmd := exec.Command(analyze, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "MANPATH="+filepath.Join(dir, "man"))
+	out, err := cmd.CombinedOutput()
+	if err != nil || len(bytes.TrimSpace(out)) != 0 {
+		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
+
+func TestUnitSecurity(t *testing.T) {
+	analyze := needTool(t, "systemd-analyze")
+	dir := t.TempDir()
+	unit := filepath.Join(dir, unitFile)
+	os.WriteFile(unit, shippedUnit(t, "/bin/true"), 0o644)
+	cmd := exec.Command(analyze, "security", "--offline=yes", "--no-pager", unit)
+	cmd.Dir = dir
+	out, _ := cmd.CombinedOutput() // exits non-zero above its threshold
+	m := regexp.MustCompile(`Overall exposure level for \S+: ([0-9.]+) (\S+)`).FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("no exposure level in:\n%s", out)
+	}
+	score, _ := strconv.ParseFloat(string(m[1]), 64)
+	t.Logf("systemd-analyze security --offline=yes: %.1f %s", score, m[2])
+	if score > maxExposure {
+		t.Fatalf("exposure %.1f %s, above %.1f:\n%s", score, m[2], maxExposure, out)
+	}
+}
+
+// nsSystemd is a systemd running as PID 1 of namespaces of its own. Its
+// /run, /etc and /var/lib are private (tmpfs or overlays on a tmpfs), so
+// that units, options and state stay out of the host's; its cgroup tree
+// is a sub-cgroup of the host's, removed at the end.
+type nsSystemd struct {
+	t     *testing.T
+	pid   int    // systemd's, in the host's PID namespace
+	units string // host directory bound onto its /run/systemd/system
+	etc   string // host directory holding its /etc's upper layer
+}
+
+func startSystemd(t *testing.T) *nsSystemd {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		prereq(t, "needs root for namespaces")
+	}
+	for _, tool := range []string{"unshare", "nsenter", "mount"} {
+		needTool(t, tool)
+	}
+	if _, err := os.Stat("/lib/systemd/systemd"); err != nil {
+		prereq(t, "no /lib/systemd/systemd")
+	}
+	base := "/sys/fs/cgroup"
+	if _, err := os.Stat("/sys/fs/cgroup/unified/cgroup.procs"); err == nil {
+		base = "/sys/fs/cgroup/unified" // a hybrid host: cgroup2 is here
+	} else if _, err := os.Stat("/sys/fs/cgroup/cgroup.procs"); err != nil {
+		prereq(t, "no cgroup2 hierarchy")
+	}
+	cg := filepath.Join(base, fmt.Sprintf("bbot-agent-test-%d", os.Getpid()))
+	if err := os.Mkdir(cg, 0o755); err != nil {
+		prereq(t, "cannot make a cgroup: "+err.Error())
+	}
+	dir := t.TempDir()
+	s := &nsSystemd{t: t, units: filepath.Join(dir, "units"), etc: filepath.Join(dir, "etc-add")}
+	os.MkdirAll(s.units, 0o755)
+	os.MkdirAll(filepath.Join(s.etc, "bbot-agent"), 0o755)
+	os.WriteFile(filepath.Join(s.units, "bbot-test.target"), []byte("[Unit]\nDescription=test target\n"), 0o644)
+	// Inside: cgroup2 at the namespace's root, a private /run with our
+	// units, /etc and /var/lib as overlays whose upper layers are on a
+	// tmpfs (so StateDirectory= and the options files land there).
+	script := `set -e
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mount -t tmpfs tmpfs /run
+mkdir -p /run/systemd/system
+mount --bind "$1" /run/systemd/system
+mkdir -p "$3"
+mount -t tmpfs tmpfs "$3"
+mkdir -p "$3/etc/u" "$3/etc/w" "$3/var/u" "$3/var/w"
+cp -a "$2/." "$3/etc/u/"
+mount -t overlay overlay -o lowerdir=/etc,upperdir="$3/etc/u",workdir="$3/etc/w" /etc
+mount -t overlay overlay -o lowerdir=/var/lib,upperdir="$3/var/u",workdir="$3/var/w" /var/lib
+exec /lib/systemd/systemd --system --unit=bbot-test.target --log-target=console
+`
+	inner := []string{"unshare", "--cgroup", "--pid", "--mount", "--net", "--uts", "--ipc", "--fork", "--mount-proc", "--kill-child",
+		"bash", "-c", script, "systemd-ns", s.units, s.etc, filepath.Join(dir, "ovl")}
+	// Join the sub-cgroup first: the new cgroup namespace is rooted there.
+	cmd := exec.Command("bash", append([]string{"-c", `echo $$ > "$0/cgroup.procs" && exec "$@"`, cg}, inner...)...)
+	log, _ := os.Create(filepath.Join(dir, "systemd.log"))
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if s.pid > 0 {
+			// SIGKILL to a PID namespace's init ends every process in it.
+			exec.Command("kill", "-9", strconv.Itoa(s.pid)).Run()
+		}
+		cmd.Process.Kill()
+		cmd.Wait()
+		removeCgroup(t, cg)
+		if t.Failed() {
+			out, _ := os.ReadFile(filepath.Join(dir, "systemd.log"))
+			t.Logf("systemd's console:\n%s", tail(string(out), 40))
+		}
+	})
+	// systemd is unshare's child's child: find it by its parent.
+	deadline := time.Now().Add(30 * time.Second)
+	for s.pid == 0 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+		out, _ := exec.Command("pgrep", "-f", "^/lib/systemd/systemd --system --unit=bbot-test.target").Output()
+		for _, f := range strings.Fields(string(out)) {
+			if pid, _ := strconv.Atoi(f); pid > 0 && inCgroup(pid, cg) {
+				s.pid = pid
+			}
+		}
+	}
+	if s.pid == 0 {
+		t.Fatal("systemd did not start")
+	}
+	for {
+		out, _ := s.run("systemctl", "is-system-running")
+		state := strings.TrimSpace(out)
+		if state == "running" || state == "degraded" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("systemd is %q after 30 s", state)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return s
+}
+
+func inCgroup(pid int, cg string) bool {
+	data, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
+	return bytes.Contains(data, []byte(filepath.Base(cg)))
+}
+
+// removeCgroup removes the test's cgroup tree, deepest first, once its
+// processes are gone.
+func removeCgroup(t *testing.T, cg string) {
+	for try := 0; try < 50; try++ {
+		var dirs []string
+		filepath.WalkDir(cg, func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, p)
+			}
+			return nil
+		})
+		for i := len(dirs) - 1; i >= 0; i-- {
+			os.Remove(dirs[i])
+		}
+		if _, err := os.Stat(cg); os.IsNotExist(err) {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Errorf("cgroup %s left behind", cg)
+}
+
+// run runs a command inside the namespaces.
+func (s *nsSystemd) run(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	full := append([]string{"-t", strconv.Itoa(s.pid), "-m", "-p", "-n", "-u", "-i", "--"}, args...)
+	out, err := exec.CommandContext(ctx, "nsenter", full...).CombinedOutput()
+	return string(out), err
+}
+
+// show returns a unit property.
+func (s *nsSystemd) show(unit, prop string) string {
+	out, _ := s.run("systemctl", "show", "-p", prop, "--value", unit)
+	return strings.TrimSpace(out)
+}
+
+// waitProp waits until a unit property satisfies ok.
+func (s *nsSystemd) waitProp(unit, prop string, within time.Duration, ok func(string) bool) string {
+	s.t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		v := s.show(unit, prop)
+		if ok(v) {
+			return v
+		}
+		if time.Now().After(deadline) {
+			out, _ := s.run("journalctl", "--no-pager", "-n", "40", "-u", unit)
+			st, _ := s.run("systemctl", "status", "--no-pager", unit)
+			s.t.Fatalf("%s %s = %q after %s\n%s\n%s", unit, prop, v, within, st, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func is(want string) func(string) bool { return func(v string) bool { return v == want } }
+
+// TestUnitUnderSystemd runs the shipped unit, with the documented drop-in
+// for other paths, under a real systemd: notify readiness and status,
+// the watchdog kept fed, a stuck goroutine restarted by it, a clean stop,
+// and no restart after a bad option.
+func TestUnitUnderSystemd(t *testing.T) {
+	bin := buildAgent(t)
+	s := startSystemd(t)
+	dir := t.TempDir()
+	machines, tftpRoot := filepath.Join(dir, "machines"), filepath.Join(dir, "tftp")
+	os.MkdirAll(machines, 0o755)
+	os.MkdirAll(filepath.Join(tftpRoot, "toolchains", "t1"), 0o755)
+	if err := os.WriteFile(filepath.Join(s.units, unitFile), shippedUnit(t, bin), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The drop-in README documents for paths other than the defaults; a
+	// short watchdog so that the test takes seconds.
+	dropIn := filepath.Join(s.units, "bbot-agent@t1.service.d")
+	os.MkdirAll(dropIn, 0o755)
+	writeDropIn := func(extra string) {
+		conf := fmt.Sprintf("[Unit]\nRequiresMountsFor=%s\n[Service]\nReadWritePaths=%s %s\nWatchdogSec=4\nRestartSec=1\n%s",
+			dir, machines, tftpRoot, extra)
+		if err := os.WriteFile(filepath.Join(dropIn, "paths.conf"), []byte(conf), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := s.run("systemctl", "daemon-reload"); err != nil {
+			t.Fatalf("daemon-reload: %v\n%s", err, out)
+		}
+	}
+	writeOptions := func(opts string) {
+		if out, err := s.run("sh", "-c", "cat > /etc/bbot-agent/t1.options <<'EOF'\n"+opts+"EOF\n"); err != nil {
+			t.Fatalf("writing the options file: %v\n%s", err, out)
+		}
+	}
+	writeOptions(fmt.Sprintf("# test toolchain\n--machines %s\n--tftp %s\n--network user\n--poll-interval 1\n--verbose 2\n", machines, tftpRoot))
+	if out, err := s.run("sh", "-c", "echo 'BBOT_AGENT_URLS=http://127.0.0.1:9/?build-task' > /etc/bbot-agent/t1.env"); err != nil {
+		t.Fatal(err, out)
+	}
+	writeDropIn("")
+	const unit = "bbot-agent@t1.service"
+
+	// Type=notify: `systemctl start` returns once READY=1 came.
+	if out, err := s.run("systemctl", "start", unit); err != nil {
+		st, _ := s.run("systemctl", "status", "--no-pager", unit)
+		jr, _ := s.run("journalctl", "--no-pager", "-n", "30", "-u", unit)
+		t.Fatalf("start: %v\n%s\n%s\n%s", err, out, st, jr)
+	}
+	if v := s.show(unit, "ActiveState"); v != "active" {
+		t.Fatalf("ActiveState %q right after start", v)
+	}
+	s.waitProp(unit, "StatusText", 10*time.Second, func(v string) bool { return v == "idle" })
+	// The state and run directories are the unit's own, per instance.
+	if out, err := s.run("test", "-d", "/var/lib/bbot-agent/t1/journal"); err != nil {
+		t.Fatalf("no per-instance state directory: %v %s", err, out)
+	}
+	// Fed: three watchdog periods later it is still the same process.
+	pid := s.show(unit, "MainPID")
+	time.Sleep(13 * time.Second)
+	if v := s.show(unit, "MainPID"); v != pid || s.show(unit, "NRestarts") != "0" {
+		t.Fatalf("restarted with every goroutine answering: pid %s -> %s, NRestarts %s", pid, v, s.show(unit, "NRestarts"))
+	}
+	// --status beside it, binding nothing.
+	if out, err := s.run(bin, "--status", "--toolchain-name", "t1", "--run-dir", "/run/bbot-agent/t1",
+		"--state-dir", "/var/lib/bbot-agent/t1", "--machines", machines); err != nil || !strings.Contains(out, "idle") {
+		t.Fatalf("--status beside the daemon: %v\n%s", err, out)
+	}
+	// SIGTERM: a clean stop, exit 0.
+	if out, err := s.run("systemctl", "stop", unit); err != nil {
+		t.Fatalf("stop: %v\n%s", err, out)
+	}
+	if v := s.show(unit, "Result"); v != "success" {
+		t.Fatalf("Result %q after stop", v)
+	}
+
+	// A goroutine stuck outside its loop: no WATCHDOG=1, SIGABRT, restart.
+	writeDropIn("Environment=BBOT_AGENT_STALL=dispatch\n")
+	if out, err := s.run("systemctl", "start", unit); err != nil {
+		t.Fatalf("start: %v\n%s", err, out)
+	}
+	s.waitProp(unit, "NRestarts", 30*time.Second, func(v string) bool { n, _ := strconv.Atoi(v); return n >= 1 })
+	jr, _ := s.run("journalctl", "--no-pager", "-u", unit)
+	if !strings.Contains(jr, "Watchdog timeout") {
+		t.Fatalf("restarted, but not by the watchdog:\n%s", tail(jr, 30))
+	}
+	if !strings.Contains(jr, "stuck") {
+		t.Errorf("the agent did not name the stuck goroutine:\n%s", tail(jr, 30))
+	}
+	s.run("systemctl", "stop", unit)
+	s.run("systemctl", "reset-failed", unit)
+
+	// A bad option: exit 64, and no restart loop.
+	writeDropIn("")
+	writeOptions("--cpu 0\n")
+	s.run("systemctl", "start", unit)
+	s.waitProp(unit, "ActiveState", 15*time.Second, is("failed"))
+	if v := s.show(unit, "ExecMainStatus"); v != "64" {
+		t.Fatalf("ExecMainStatus %q for a bad option, want 64", v)
+	}
+	time.Sleep(3 * time.Second) // RestartSec=1: a restart would show by now
+	if v := s.show(unit, "NRestarts"); v != "0" {
+		t.Fatalf("restarted %s times after exit 64", v)
+	}
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
