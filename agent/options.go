@@ -340,7 +340,9 @@ func (o *Options) QEMURunAs() string {
 }
 
 // AdminCommand reports whether an admin command was asked for.
-func (o *Options) AdminCommand() bool { return o.ShowSuspended || o.Release || o.Resume || o.ShowStatus }
+func (o *Options) AdminCommand() bool {
+	return o.ShowSuspended || o.Release || o.Resume || o.ShowStatus
+}
 
 func validTrust(fp string) bool {
 	if fp == "yes" {
