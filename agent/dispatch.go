@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -36,7 +37,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.Ready != nil {
 		a.Ready()
 	}
-	g, gctx := errgroup.WithContext(ctx)
+	rctx, stopAll := context.WithCancelCause(ctx)
+	defer stopAll(nil)
+	a.stopAll = stopAll
+	g, gctx := errgroup.WithContext(rctx)
 	a.jobs = g
 	g.Go(func() error { a.dispatch(gctx); return nil })
 	if a.Watchdog != nil && a.WatchdogInterval > 0 {
@@ -57,6 +61,19 @@ func (a *Agent) dispatch(ctx context.Context) {
 	h := heartOf(ctx)
 	for ctx.Err() == nil {
 		crash.Point("dispatch")
+		select {
+		case <-a.Drain:
+			a.startDrain()
+		default:
+		}
+		if a.isDraining() {
+			if !a.anyRunning() {
+				a.finishDrain(h)
+				return
+			}
+			a.waitJobs(ctx)
+			continue
+		}
 		if wait, _ := a.backingOff(); wait > 0 {
 			a.setStatus(nil, SlotState{}) // the backoff line
 			t := time.NewTimer(wait)
@@ -66,6 +83,9 @@ func (a *Agent) dispatch(ctx context.Context) {
 				case <-ctx.Done():
 					break backoff
 				case <-t.C:
+					break backoff
+				case <-a.Drain:
+					a.startDrain()
 					break backoff
 				case <-h.beat():
 				}
@@ -106,6 +126,9 @@ func (a *Agent) dispatch(ctx context.Context) {
 				break wait
 			case <-sleep.C:
 				break wait
+			case <-a.Drain:
+				a.startDrain()
+				break wait
 			case <-h.beat():
 			}
 		}
@@ -116,6 +139,75 @@ func (a *Agent) dispatch(ctx context.Context) {
 // scanBound bounds a scan of the machines (directory reads, stale
 // snapshot deletion: no bootstrap) for the watchdog.
 var scanBound = 5 * time.Minute
+
+// startDrain stops taking work: running tasks and bootstraps finish, no
+// controller is asked again, and once none runs the agent exits 0.
+func (a *Agent) startDrain() {
+	a.mu.Lock()
+	was := a.draining
+	a.draining = true
+	a.mu.Unlock()
+	if !was {
+		a.Log.Warn("draining: finishing running tasks and bootstraps, taking no new ones, then exiting")
+		a.setStatus(nil, SlotState{})
+	}
+}
+
+func (a *Agent) isDraining() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.draining
+}
+
+// anyRunning reports a job that is not a held machine: holds do not
+// delay a drain (they end as on SIGTERM).
+func (a *Agent) anyRunning() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, s := range a.slots {
+		if s.job != nil && !s.job.held {
+			return true
+		}
+	}
+	return false
+}
+
+// waitJobs waits for a job to end (or a heartbeat ask, or ctx).
+func (a *Agent) waitJobs(ctx context.Context) {
+	select {
+	case <-ctx.Done():
+	case <-a.changed:
+	case <-heartOf(ctx).beat():
+	}
+}
+
+// drainSendGrace bounds how long a drain waits for results still being
+// POSTed; what is unsent stays journaled and goes at the next start.
+var drainSendGrace = time.Minute
+
+// errDrained ends the agent after a drain.
+var errDrained = errors.New("drained")
+
+// finishDrain waits a little for the outbox, then stops the agent: held
+// machines are forced down as on SIGTERM.
+func (a *Agent) finishDrain(h *heart) {
+	sent := make(chan struct{})
+	go func() { a.Sender.Wait(); close(sent) }()
+	t := time.NewTimer(drainSendGrace)
+	defer t.Stop()
+	for waiting := true; waiting; {
+		select {
+		case <-sent:
+			waiting = false
+		case <-t.C:
+			a.Log.Warn("drained with results still being sent; they stay journaled for the next start")
+			waiting = false
+		case <-h.beat():
+		}
+	}
+	a.Log.Warn("drained: no task running, exiting")
+	a.stopAll(errDrained)
+}
 
 // signalChanged wakes the dispatcher.
 func (a *Agent) signalChanged() {

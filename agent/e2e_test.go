@@ -34,6 +34,8 @@ type e2e struct {
 	opts      Options
 	agent     *Agent
 	stop      func()
+	drain     chan struct{} // the agent's Drain, when set
+	done      chan error    // Run's return
 }
 
 func freeUDPPort(t testing.TB) int {
@@ -95,9 +97,11 @@ func (e *e2e) start() {
 	a.VMs.onSuspend = e.onSuspend
 	a.VMs.maxUpload = 8 << 20 // the "huge" task reaches the cap in seconds, even on a loaded host
 	a.Status = e.onStatus
+	a.Drain = e.drain
 	e.agent = a
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
+	e.done = done
 	go func() { done <- a.Run(ctx) }()
 	var once sync.Once
 	e.stop = func() { once.Do(func() { e.stopAgent(cancel, done, a, cleanup) }) }

@@ -77,6 +77,11 @@ type Agent struct {
 	Watchdog         func()
 	WatchdogInterval time.Duration
 
+	// Drain, when it fires, makes the agent finish its running tasks,
+	// take no new ones and return from Run (SIGUSR1).
+	Drain   <-chan struct{}
+	stopAll context.CancelCauseFunc
+
 	// Rescan wakes the poll sleep early (SIGHUP).
 	Rescan <-chan struct{}
 	// Ready, if set, is called once the agent serves (systemd READY=1).
