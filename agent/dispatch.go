@@ -14,6 +14,7 @@ import (
 
 	"github.com/build2/bbot-agent-go/agent/controller"
 	"github.com/build2/bbot-agent-go/agent/internal/crash"
+	"github.com/build2/bbot-agent-go/agent/internal/logx"
 	"github.com/build2/bbot-agent-go/agent/inventory"
 	"github.com/build2/bbot-agent-go/manifest"
 )
@@ -275,7 +276,7 @@ func (a *Agent) startBootstraps(ctx context.Context, pending []string) {
 			if m, err := a.Enumerator.BootstrapDir(ctx, dir, boot); err != nil {
 				s.log.Warn("bootstrap failed", "machine", dir, "error", err)
 			} else if m != nil {
-				s.log.Info("machine bootstrapped", "machine", dir)
+				s.log.Log(ctx, logx.LevelNotice, "machine bootstrapped", "machine", dir)
 			}
 			return nil
 		})
@@ -415,7 +416,7 @@ func (a *Agent) pollOnce(ctx context.Context, scanned []*inventory.Machine) bool
 	}
 	received := time.Now()
 	prio := controller.Priority(ctl.Priority)
-	a.Log.Info("task received", "controller", ctl.URL, "priority", int(prio), "package", resp.Task.Name(), "version", resp.Task.Version(), "machine", resp.Task.Machine())
+	a.Log.Log(ctx, logx.LevelNotice, "task received", "controller", ctl.URL, "priority", int(prio), "package", resp.Task.Name(), "version", resp.Task.Version(), "machine", resp.Task.Machine())
 
 	m := offered[resp.Task.Machine()]
 	if m == nil {

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	mathrand "math/rand/v2"
@@ -9,10 +10,13 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/build2/bbot-agent-go/agent/controller"
 	"github.com/build2/bbot-agent-go/agent/internal/crash"
+	"github.com/build2/bbot-agent-go/agent/internal/logx"
 	"github.com/build2/bbot-agent-go/agent/inventory"
 	"github.com/build2/bbot-agent-go/agent/journal"
 	"github.com/build2/bbot-agent-go/agent/result"
@@ -106,4 +110,40 @@ func agentVersion() manifest.StandardVersion {
 
 func newRand() *mathrand.Rand {
 	return mathrand.New(mathrand.NewPCG(uint64(time.Now().UnixNano()), uint64(os.Getpid())))
+}
+
+// LevelNotice is the level of the events shown at the default verbosity
+// (start-up, tasks received and delivered, bootstraps).
+const LevelNotice = logx.LevelNotice
+
+// LogStartup says, at the default verbosity, what this agent is: its
+// controllers, key fingerprint, paths, slots and accelerator.
+func (a *Agent) LogStartup() {
+	o := a.Opts
+	var urls []string
+	for _, c := range o.Controllers {
+		if c.Priority != 0 {
+			urls = append(urls, strconv.Itoa(int(c.Priority))+"="+c.URL)
+		} else {
+			urls = append(urls, c.URL)
+		}
+	}
+	fp := a.Fingerprint
+	if fp == "" {
+		fp = "none (no --auth-key)"
+	}
+	a.Log.Log(context.Background(), LevelNotice, "bbot-agent started",
+		"version", Version, "toolchain", o.ToolchainName, "toolchain-num", o.ToolchainNum,
+		"controllers", strings.Join(urls, " "), "fingerprint", fp,
+		"machines", o.Machines, "tftp", o.TFTP, "state-dir", o.StateDir, "run-dir", o.RunDir,
+		"instances", fmt.Sprintf("%d..%d", o.Instance, o.Instance+o.Slots-1), "tftp-endpoint", a.VMs.TFTPEndpoint)
+	acc := a.VMs.Accel
+	if acc.Requested == "auto" && acc.StateFile != "" {
+		if data, err := os.ReadFile(acc.StateFile); err == nil {
+			a.Log.Log(context.Background(), LevelNotice, "accelerator: learned earlier that kvm mis-boots here, using "+strings.TrimSpace(string(data)),
+				"state", acc.StateFile, "reset", "rm "+acc.StateFile+" (or pass --accel kvm)")
+			return
+		}
+	}
+	a.Log.Log(context.Background(), LevelNotice, "accelerator", "requested", acc.Requested, "next", acc.Current())
 }

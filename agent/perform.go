@@ -13,6 +13,7 @@ import (
 	"github.com/build2/bbot-agent-go/agent/controller"
 	"github.com/build2/bbot-agent-go/agent/internal/crash"
 	"github.com/build2/bbot-agent-go/agent/internal/fsx"
+	"github.com/build2/bbot-agent-go/agent/internal/logx"
 	"github.com/build2/bbot-agent-go/agent/inventory"
 	"github.com/build2/bbot-agent-go/agent/journal"
 	"github.com/build2/bbot-agent-go/agent/result"
@@ -277,7 +278,7 @@ func (a *Agent) persistUpload(t *task, path, notes string) error {
 		return err
 	}
 	crash.Point("after-persist")
-	t.slot.log.Info("task done", "package", t.rt.Name, "status", sum.Status, "entry", t.entry.ID, "size", sum.Size)
+	t.slot.log.Log(context.Background(), logx.LevelNotice, "task done", "package", t.rt.Name, "status", sum.Status, "entry", t.entry.ID, "size", sum.Size)
 	return nil
 }
 

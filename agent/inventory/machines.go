@@ -25,6 +25,7 @@ import (
 	"github.com/build2/bbot-agent-go/agent/internal/crash"
 	"github.com/build2/bbot-agent-go/agent/internal/fsx"
 
+	"github.com/build2/bbot-agent-go/agent/internal/logx"
 	"github.com/build2/bbot-agent-go/btrfs"
 	"github.com/build2/bbot-agent-go/manifest"
 )
@@ -417,7 +418,7 @@ func (e *Enumerator) machine(ctx context.Context, dir string, boot Bootstrapper,
 		*needsBootstrap = true
 		return nil, nil
 	}
-	e.Log.Info("bootstrapping machine", "machine", dir, "reason", reason)
+	e.Log.Log(ctx, logx.LevelNotice, "bootstrapping machine", "machine", dir, "reason", reason)
 	bm, err := e.bootstrap(ctx, boot, dir, image, bootstrapped, mc)
 	if err != nil {
 		if ctx.Err() == nil {

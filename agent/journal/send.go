@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/build2/bbot-agent-go/agent/internal/logx"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -88,7 +89,7 @@ func (s *Sender) Send(ctx context.Context, j *Journal, e *Entry) bool {
 			if err := j.Remove(e.ID); err != nil {
 				s.Log.Error("removing delivered journal entry", "id", e.ID, "error", err)
 			}
-			s.Log.Info("result delivered", "id", e.ID, "package", e.Package, "status", e.Status, "url", e.URL, "http", status)
+			s.Log.Log(context.Background(), logx.LevelNotice, "result delivered", "id", e.ID, "package", e.Package, "status", e.Status, "url", e.URL, "http", status)
 			return true
 		case err == nil && status == http.StatusBadRequest && e.Status == "interrupt" && !abort && s.AbortForm != nil:
 			s.Log.Warn("controller refused interrupt, resending as abort", "id", e.ID, "answer", answer)

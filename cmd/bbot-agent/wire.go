@@ -87,12 +87,12 @@ func daemon(ctx context.Context, o *agent.Options, stdout io.Writer, log *slog.L
 		}
 		return res.Serialize(stdout)
 	}
-	log.Info("bbot-agent started", "version", agent.Version, "toolchain", o.ToolchainName, "controllers", len(o.Controllers), "tftp", a.VMs.TFTPEndpoint)
+	a.LogStartup()
 	err = a.Run(ctx)
 	notify.send("STOPPING=1")
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return &exitError{1, err}
 	}
-	log.Info("bbot-agent stopped")
+	log.Log(context.Background(), agent.LevelNotice, "bbot-agent stopped")
 	return nil
 }
