@@ -30,7 +30,7 @@ func New(o *Options, log *slog.Logger) (*Agent, error) {
 	if o.AuthKey != "" {
 		key, err := controller.LoadKey(o.AuthKey)
 		if err != nil {
-			return nil, &OptionError{Option: "auth-key", Value: o.AuthKey, Reason: err.Error()}
+			return nil, &ConfigError{&OptionError{Option: "auth-key", Value: o.AuthKey, Reason: err.Error()}}
 		}
 		a.Key = key
 		if fi, err := os.Stat(o.AuthKey); err == nil && controller.KeyFileExposed(fi.Mode()) {
@@ -38,12 +38,12 @@ func New(o *Options, log *slog.Logger) (*Agent, error) {
 				"path", o.AuthKey, "mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
 		}
 		if a.Fingerprint, err = controller.Fingerprint(&key.PublicKey); err != nil {
-			return nil, err
+			return nil, &ConfigError{&OptionError{Option: "auth-key", Value: o.AuthKey, Reason: err.Error()}}
 		}
 	}
 	if u := o.QEMURunAs(); u != "" {
 		if _, err := user.Lookup(u); err != nil {
-			return nil, &OptionError{Option: "qemu-user", Value: u, Reason: err.Error()}
+			return nil, &ConfigError{&OptionError{Option: "qemu-user", Value: u, Reason: err.Error()}}
 		}
 	} else if os.Geteuid() == 0 {
 		log.Warn("--qemu-user is empty: QEMU runs as root (still under -sandbox)")
@@ -60,7 +60,9 @@ func New(o *Options, log *slog.Logger) (*Agent, error) {
 			offset: plan.Offset, bootstrapPut: plan.TFTPBootstrapPut, vmHooks: hooks}
 		var err error
 		if vms.bind, vms.TFTPEndpoint, vms.GuestIP, vms.GatewayIP, err = tftpBind(o, plan); err != nil {
-			return nil, err
+			// Every tftpBind error is the bridge's: missing, no IPv4, or
+			// its network does not hold the guest addresses.
+			return nil, &ConfigError{err}
 		}
 		sl := &slot{plan: plan, vms: vms, dirs: newTaskDirs(o.TFTP, plan), log: vms.Log}
 		vms.onHeld = func() { a.markHeld(sl) }
