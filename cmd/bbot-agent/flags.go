@@ -146,7 +146,7 @@ func defaultOptions() agent.Options {
 	}
 }
 
-// The --help and man page sections. Every flag is in one (TestFlagCategories).
+// The --help and man page sections. Every flag is in one (TestHelpCategories).
 const (
 	categoryGeneral     = "General"
 	categoryMachines    = "Machines and toolchain"

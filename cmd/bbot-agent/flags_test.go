@@ -118,9 +118,9 @@ func TestHelp(t *testing.T) {
 	}
 }
 
-// TestFlagCategories: every option is in a category, and --help shows each
+// TestHelpCategories: every option is in a category, and --help shows each
 // category's options under its heading.
-func TestFlagCategories(t *testing.T) {
+func TestHelpCategories(t *testing.T) {
 	app := newApp(io.Discard, io.Discard)
 	app.Setup()
 	for _, f := range app.VisibleFlags() {
