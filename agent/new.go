@@ -23,7 +23,8 @@ import (
 // New builds the agent from the options. It does no I/O beyond reading
 // the --auth-key (warning if its mode lets others read it) and looking up
 // --qemu-user: directories, the journal and the TFTP port are taken by
-// Run (and the one-shot modes) when a session needs them.
+// Run (and the one-shot modes) when a session needs them. Its errors are
+// *ConfigError: the options parsed, the host does not fit them.
 func New(o *Options, log *slog.Logger) (*Agent, error) {
 	a := &Agent{Opts: o, Log: log, Version: agentVersion()}
 	a.Name, _ = os.Hostname()
