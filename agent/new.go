@@ -22,7 +22,7 @@ import (
 
 // New builds the agent from the options. It does no I/O beyond reading
 // the --auth-key (warning if its mode lets others read it) and looking up
-// --qemu-user: directories, the journal and the TFTP port are taken by
+// --qemu-user and the --bridge's address: directories, the journal and the TFTP port are taken by
 // Run (and the one-shot modes) when a session needs them. Its errors are
 // *ConfigError: the options parsed, the host does not fit them.
 func New(o *Options, log *slog.Logger) (*Agent, error) {
