@@ -35,6 +35,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.statusPath = filepath.Join(a.Opts.RunDir, statusFile(a.slots[0].n()))
 	a.statusMu.Unlock()
 	a.setStatus(nil, SlotState{})
+	a.LogStartup()
 	if a.Ready != nil {
 		a.Ready()
 	}

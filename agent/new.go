@@ -26,15 +26,16 @@ import (
 
 // New builds the agent from the options. It does no I/O beyond reading
 // the --auth-key (warning if its mode lets others read it) and looking up
-// --qemu-user: directories, the journal and the TFTP port are taken by
-// Run (and the one-shot modes) when a session needs them.
+// --qemu-user and the --bridge's address: directories, the journal and the TFTP port are taken by
+// Run (and the one-shot modes) when a session needs them. Its errors are
+// *ConfigError: the options parsed, the host does not fit them.
 func New(o *Options, log *slog.Logger) (*Agent, error) {
 	a := &Agent{Opts: o, Log: log, Version: agentVersion(), hearts: &supervisor{}}
 	a.Name, _ = os.Hostname()
 	if o.AuthKey != "" {
 		key, err := controller.LoadKey(o.AuthKey)
 		if err != nil {
-			return nil, &OptionError{Option: "auth-key", Value: o.AuthKey, Reason: err.Error()}
+			return nil, &ConfigError{&OptionError{Option: "auth-key", Value: o.AuthKey, Reason: err.Error()}}
 		}
 		a.Key = key
 		if fi, err := os.Stat(o.AuthKey); err == nil && controller.KeyFileExposed(fi.Mode()) {
@@ -42,12 +43,12 @@ func New(o *Options, log *slog.Logger) (*Agent, error) {
 				"path", o.AuthKey, "mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
 		}
 		if a.Fingerprint, err = controller.Fingerprint(&key.PublicKey); err != nil {
-			return nil, err
+			return nil, &ConfigError{&OptionError{Option: "auth-key", Value: o.AuthKey, Reason: err.Error()}}
 		}
 	}
 	if u := o.QEMURunAs(); u != "" {
 		if _, err := user.Lookup(u); err != nil {
-			return nil, &OptionError{Option: "qemu-user", Value: u, Reason: err.Error()}
+			return nil, &ConfigError{&OptionError{Option: "qemu-user", Value: u, Reason: err.Error()}}
 		}
 	} else if os.Geteuid() == 0 {
 		log.Warn("--qemu-user is empty: QEMU runs as root (still under -sandbox)")
@@ -64,7 +65,9 @@ func New(o *Options, log *slog.Logger) (*Agent, error) {
 			offset: plan.Offset, bootstrapPut: plan.TFTPBootstrapPut, vmHooks: hooks}
 		var err error
 		if vms.bind, vms.TFTPEndpoint, vms.GuestIP, vms.GatewayIP, err = tftpBind(o, plan); err != nil {
-			return nil, err
+			// Every tftpBind error is the bridge's: missing, no IPv4, or
+			// its network does not hold the guest addresses.
+			return nil, &ConfigError{err}
 		}
 		sl := &slot{plan: plan, vms: vms, dirs: newTaskDirs(o.TFTP, plan), log: vms.Log}
 		vms.onHeld = func() { a.markHeld(sl) }
@@ -93,8 +96,8 @@ func New(o *Options, log *slog.Logger) (*Agent, error) {
 		},
 	}
 	a.Client = &controller.Client{Controllers: o.Controllers, HTTP: httpClient, Retries: o.RequestRetries, Log: log,
-		Min: time.Second, Max: 60 * time.Second, Rand: newRand()}
-	a.Sender = &journal.Sender{Client: httpClient, TTL: o.ResultTTL, Failed: filepath.Join(o.StateDir, "failed"), Log: log,
+		Min: time.Second, Max: 60 * time.Second, Rand: newRand(), UserAgent: UserAgent()}
+	a.Sender = &journal.Sender{Client: httpClient, TTL: o.ResultTTL, Failed: filepath.Join(o.StateDir, "failed"), Log: log, UserAgent: UserAgent(),
 		Min: time.Second, Max: 5 * time.Minute, AbortForm: result.AbortForm,
 		Delivered: func(*journal.Entry) { crash.Point("after-post") }, Watchdog: senderWatchdog{a.hearts}}
 	return a, nil

@@ -84,6 +84,7 @@ type Options struct {
 
 	SystemdDaemon bool
 	Verbose       int
+	LogFormat     string // "text" (the default) or "json"
 
 	FakeBootstrap bool
 	FakeBuild     bool
@@ -242,6 +243,11 @@ func (o *Options) Validate() error {
 	case "bridge", "user":
 	default:
 		return &OptionError{"network", o.Network, "must be 'bridge' or 'user'"}
+	}
+	switch o.LogFormat {
+	case "", "text", "json":
+	default:
+		return &OptionError{"log-format", o.LogFormat, "must be 'text' or 'json'"}
 	}
 	switch o.Accel {
 	case "auto", "kvm", "tcg":

@@ -116,14 +116,14 @@ func (a *Agent) status(s string) {
 // which are settled (a complete uploaded result is sent instead of the
 // interrupt) and sent.
 func (a *Agent) open(ctx context.Context) error {
-	for _, d := range []string{a.Opts.StateDir, a.Opts.RunDir} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return err
+	for _, d := range []struct{ option, dir string }{{"state-dir", a.Opts.StateDir}, {"run-dir", a.Opts.RunDir}} {
+		if err := os.MkdirAll(d.dir, 0o700); err != nil {
+			return &ConfigError{fmt.Errorf("--%s: %w", d.option, err)}
 		}
 		// An existing directory keeps its mode (it may be shared):
 		// warn, since it holds QMP sockets or signed challenges.
-		if fi, err := os.Stat(d); err == nil && fi.Mode().Perm()&0o077 != 0 {
-			a.Log.Warn("directory is accessible to its group or others; make it 0700", "dir", d, "mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
+		if fi, err := os.Stat(d.dir); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			a.Log.Warn("directory is accessible to its group or others; make it 0700", "dir", d.dir, "mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
 		}
 	}
 	if a.changed == nil {
@@ -133,12 +133,18 @@ func (a *Agent) open(ctx context.Context) error {
 		a.slots[0].journal = a.Journal // set by a test
 	}
 	if err := a.claimSlots(); err != nil {
-		return err
+		// A busy journal is an earlier agent still sending: it passes.
+		// Another process's instance, or directories this one cannot
+		// use, do not.
+		if errors.Is(err, journal.ErrBusy) {
+			return err
+		}
+		return &ConfigError{err}
 	}
 	a.Journal = a.slots[0].journal
 	for _, s := range a.slots {
 		if err := os.MkdirAll(s.plan.RunDir, 0o700); err != nil {
-			return err
+			return &ConfigError{fmt.Errorf("--run-dir: %w", err)}
 		}
 		a.killLeftovers(s)
 	}

@@ -29,6 +29,7 @@ type Client struct {
 	Log         *slog.Logger
 	Rand        *rand.Rand
 	Min, Max    time.Duration // backoff bounds between retry rounds
+	UserAgent   string        // the requests' User-Agent; "" leaves Go's
 
 	// fitMu guards the rotation through the machines of requests over
 	// brep's limit (see fit).
@@ -249,6 +250,9 @@ func (c *Client) post(ctx context.Context, url string, body []byte) (*manifest.T
 		return nil, &apiError{err, false}
 	}
 	req.Header.Set("Content-Type", "text/manifest")
+	if c.UserAgent != "" {
+		req.Header.Set("User-Agent", c.UserAgent)
+	}
 	hc := c.HTTP
 	if hc == nil {
 		hc = http.DefaultClient

@@ -486,3 +486,38 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.b.String()
 }
+
+// Task requests say who asks (controllers log it; brep's admins tell agent
+// builds apart by it).
+func TestClientUserAgent(t *testing.T) {
+	srv := controllertest.New()
+	defer srv.Close()
+	srv.QueueTask("hello", "x86_64-linux_test")
+	var mu sync.Mutex
+	var agents []string
+	srv.Fault = func(r *http.Request, n int) int {
+		mu.Lock()
+		defer mu.Unlock()
+		agents = append(agents, r.UserAgent())
+		if n == 1 {
+			return 503 // the retry carries it too
+		}
+		return 0
+	}
+	c := testClient(t, Controller{URL: srv.TaskURL()})
+	c.UserAgent = "bbot-agent/0.17.0 (0123456789ab)"
+	resp, _, err := c.RequestTask(context.Background(), offerAll(testRequest(t)))
+	if err != nil || resp == nil {
+		t.Fatalf("no task: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(agents) != 2 {
+		t.Fatalf("%d requests", len(agents))
+	}
+	for _, ua := range agents {
+		if ua != c.UserAgent {
+			t.Errorf("User-Agent %q", ua)
+		}
+	}
+}

@@ -85,6 +85,7 @@ type controller struct {
 	statuses []int
 	bodies   []string
 	methods  []string
+	agents   []string // User-Agent headers
 }
 
 func (c *controller) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -93,6 +94,7 @@ func (c *controller) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer c.mu.Unlock()
 	c.bodies = append(c.bodies, string(b))
 	c.methods = append(c.methods, r.Method)
+	c.agents = append(c.agents, r.UserAgent())
 	st := http.StatusOK
 	if len(c.statuses) > 0 {
 		st, c.statuses = c.statuses[0], c.statuses[1:]
@@ -121,7 +123,7 @@ func sendOne(t *testing.T, statuses []int, status string, ttl time.Duration) (*c
 	}
 	j.Settle(e, Sendable, status, "", nil)
 	s := &Sender{Client: srv.Client(), TTL: ttl, Failed: filepath.Join(state, "failed"), Log: testLog(),
-		Min: time.Millisecond, Max: 5 * time.Millisecond,
+		UserAgent: testUserAgent, Min: time.Millisecond, Max: 5 * time.Millisecond,
 		AbortForm: func(dst io.Writer, src io.Reader) error {
 			b, _ := io.ReadAll(src)
 			_, err := dst.Write(bytes.ReplaceAll(b, []byte("interrupt"), []byte("abort")))
@@ -129,6 +131,30 @@ func sendOne(t *testing.T, statuses []int, status string, ttl time.Duration) (*c
 		}}
 	ok := s.Send(context.Background(), j, e)
 	return c, j, e, ok
+}
+
+const testUserAgent = "bbot-agent/0.17.0 (0123456789ab)"
+
+// Every POST, retries and the in-memory fallback too, says who sends it.
+func TestSendUserAgent(t *testing.T) {
+	c, _, _, ok := sendOne(t, []int{503, 200}, "success", time.Hour)
+	if !ok {
+		t.Fatal("not delivered")
+	}
+	srv := httptest.NewServer(c)
+	defer srv.Close()
+	s := &Sender{Client: srv.Client(), UserAgent: testUserAgent}
+	if st, err := s.PostBytes(context.Background(), srv.URL, []byte("status: success\n")); err != nil || st != 200 {
+		t.Fatalf("PostBytes: %d %v", st, err)
+	}
+	if len(c.agents) != 3 {
+		t.Fatalf("%d posts", len(c.agents))
+	}
+	for _, ua := range c.agents {
+		if ua != testUserAgent {
+			t.Errorf("User-Agent %q", ua)
+		}
+	}
 }
 
 func TestSendDelivered(t *testing.T) {

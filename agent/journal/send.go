@@ -27,6 +27,8 @@ type Sender struct {
 	TTL    time.Duration
 	Failed string // failed/ directory
 	Log    *slog.Logger
+	// UserAgent is the POSTs' User-Agent; "" leaves Go's.
+	UserAgent string
 	// Min and Max bound the retry backoff.
 	Min, Max time.Duration
 	// AbortForm, if set, rewrites an interrupt request as abort, for
@@ -186,6 +188,7 @@ func (s *Sender) post(ctx context.Context, j *Journal, e *Entry, abort bool) (in
 	}
 	req.ContentLength = size
 	req.Header.Set("Content-Type", "text/manifest")
+	s.setUserAgent(req)
 	client := *s.Client
 	// A redirect would turn the POST into a GET that "succeeds": it is a
 	// failure instead, retried until the TTL.
@@ -203,6 +206,12 @@ func (s *Sender) post(ctx context.Context, j *Journal, e *Entry, abort bool) (in
 	return resp.StatusCode, text, nil
 }
 
+func (s *Sender) setUserAgent(req *http.Request) {
+	if s.UserAgent != "" {
+		req.Header.Set("User-Agent", s.UserAgent)
+	}
+}
+
 // PostBytes POSTs a request from memory once, without redirects (when the
 // journal cannot be written).
 func (s *Sender) PostBytes(ctx context.Context, url string, body []byte) (int, error) {
@@ -211,6 +220,7 @@ func (s *Sender) PostBytes(ctx context.Context, url string, body []byte) (int, e
 		return 0, err
 	}
 	req.Header.Set("Content-Type", "text/manifest")
+	s.setUserAgent(req)
 	client := *s.Client
 	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	resp, err := client.Do(req)

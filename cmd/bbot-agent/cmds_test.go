@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -24,6 +25,28 @@ var scriptCmds = map[string]func(ts *testscript.TestScript, neg bool, args []str
 	"waitgone":   cmdWaitgone,
 	"hup":        cmdHup,
 	"sleep":      cmdSleep,
+	"exits":      cmdExits,
+}
+
+// exits STATUS PROGRAM [ARGS...]: run PROGRAM like exec and check its exit
+// status (exec and ! exec tell only zero from non-zero).
+func cmdExits(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) < 2 {
+		ts.Fatalf("usage: exits STATUS PROGRAM [ARGS...]")
+	}
+	want, err := strconv.Atoi(args[0])
+	ts.Check(err)
+	status := 0
+	if err := ts.Exec(args[1], args[2:]...); err != nil {
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) {
+			ts.Fatalf("%s: %v", args[1], err)
+		}
+		status = ee.ExitCode()
+	}
+	if status != want {
+		ts.Fatalf("%s exited with status %d, want %d", args[1], status, want)
+	}
 }
 
 // sleep DURATION (Go syntax, e.g. 500ms).

@@ -2,7 +2,9 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -144,6 +146,39 @@ func defaultOptions() agent.Options {
 	}
 }
 
+// The --help and man page sections. Every flag is in one (TestHelpCategories).
+const (
+	categoryGeneral     = "General"
+	categoryMachines    = "Machines and toolchain"
+	categoryTimeouts    = "Timeouts and retries"
+	categoryResources   = "Resources and slots"
+	categoryControllers = "Controllers and authentication"
+	categoryNetwork     = "Networking and QEMU"
+	categoryPaths       = "Paths and agent loop"
+	categoryDryRuns     = "Dry runs"
+	categoryAdmin       = "Admin commands"
+	categoryLogging     = "Logging and monitoring"
+)
+
+// inCategory puts flags in category.
+func inCategory(category string, flags ...cli.Flag) []cli.Flag {
+	for _, f := range flags {
+		switch f := f.(type) {
+		case *cli.StringFlag:
+			f.Category = category
+		case *cli.BoolFlag:
+			f.Category = category
+		case *cli.GenericFlag:
+			f.Category = category
+		case *cli.StringSliceFlag:
+			f.Category = category
+		default:
+			panic(fmt.Sprintf("inCategory: add %T", f))
+		}
+	}
+	return flags
+}
+
 // flags binds every option to o. String values that need checking are
 // validated by agent.Options.Validate, so errors name the option.
 func flags(o *agent.Options, toolchainVer *string, trust *cli.StringSlice) []cli.Flag {
@@ -163,66 +198,89 @@ func flags(o *agent.Options, toolchainVer *string, trust *cli.StringSlice) []cli
 	size := func(name, usage string, p *uint64, aliases ...string) cli.Flag {
 		return &cli.GenericFlag{Name: name, Aliases: aliases, Usage: usage + " (in `KiB`, " + agent.Ranges[name].String() + ")", Value: kib{p}}
 	}
-	return []cli.Flag{
-		// bbot's options.
-		str("machines", "machine volumes `DIR`ectory", &o.Machines),
-		str("tftp", "TFTP root `DIR`ectory", &o.TFTP),
-		&cli.GenericFlag{Name: "tftp-port", Usage: "TFTP base `PORT` (" + agent.Ranges["tftp-port"].String() + "); instance I of toolchain T listens on this plus (T-1)*100+I, which must be at most 65535", Value: decimal{&o.TFTPPort}},
-		str("toolchain-name", "toolchain `NAME`: letters, digits, _ . + -, starting with a letter or digit, at most 64, not a number or <digits>.*", &o.ToolchainName),
-		num("toolchain-num", "toolchain `NUM`ber, offsets ports and interfaces", &o.ToolchainNum),
-		num("instance", "first instance `NUM`ber of this process (see --slots)", &o.Instance),
-		num("instance-max", "at most `N` tasks at once across this toolchain's processes on the host; 0 = no cap beyond the instances claimed", &o.InstanceMax),
-		&cli.StringFlag{Name: "toolchain-ver", Usage: "toolchain standard `VERSION`", Value: agent.Version, Destination: toolchainVer},
-		str("toolchain-id", "toolchain `ID`; a change re-bootstraps every machine", &o.ToolchainID),
-		secs("bootstrap-startup", "wait this long for a bootstrapping machine's first TFTP request", &o.BootstrapStartup),
-		secs("bootstrap-timeout", "bootstrap time limit", &o.BootstrapTimeout),
-		num("bootstrap-retries", "up to `N` bootstrap mis-boot retries", &o.BootstrapRetries),
-		secs("build-startup", "wait this long for a build machine's first TFTP request", &o.BuildStartup),
-		secs("build-timeout", "build time limit", &o.BuildTimeout),
-		num("build-retries", "up to `N` build mis-boot retries", &o.BuildRetries),
-		num("cpu", "virtual `CPU`s per machine", &o.CPU),
-		size("build-ram", "build machine RAM", &o.RAM, "ram"),
-		num("auxiliary-cpu", "virtual `CPU`s per auxiliary machine", &o.AuxiliaryCPU),
-		size("auxiliary-ram", "auxiliary machine RAM; 0 disables them, the only value supported yet", &o.AuxiliaryRAM),
-		secs("bootstrap-auxiliary", "auxiliary machine bootstrap time limit", &o.BootstrapAuxiliary),
-		str("interactive", "interactive builds `MODE`: false, true or both (only false is supported yet)", &o.Interactive),
-		secs("interactive-timeout", "interactive build time limit", &o.InteractiveTimeout),
-		str("openssl", "openssl `PROGRAM` (ignored: the agent signs and fingerprints in Go)", &o.OpenSSL),
-		&cli.GenericFlag{Name: "openssl-option", Usage: "openssl `OPTION` (repeatable; ignored like --openssl)", Value: repeated{&o.OpenSSLOptions}},
-		secs("connect-timeout", "controller connection timeout", &o.ConnectTimeout),
-		secs("request-timeout", "controller request timeout", &o.RequestTimeout),
-		num("request-retries", "up to `N` controller request retries", &o.RequestRetries),
-		&cli.StringSliceFlag{Name: "trust", Usage: "repository certificate `FINGERPRINT` to trust instead of the task's (repeatable)", Destination: trust},
-		str("auth-key", "RSA private key `PEM` file for controller authentication", &o.AuthKey),
-		boolean("systemd-daemon", "log for systemd (priority prefixes, no timestamps)", &o.SystemdDaemon),
-		num("verbose", "diagnostics `LEVEL`", &o.Verbose),
-		boolean("fake-bootstrap", "record a bootstrap without booting the machine", &o.FakeBootstrap),
-		boolean("fake-build", "produce an abort result without booting the machine", &o.FakeBuild),
-		str("fake-machine", "machine header manifest `FILE`; serve TFTP with no VM", &o.FakeMachine),
-		str("fake-request", "task manifest `FILE`; no controller is asked", &o.FakeRequest),
-		boolean("dump-machines", "print the usable machines' headers and exit", &o.DumpMachines),
-		boolean("dump-task", "print the task the worker would get and exit", &o.DumpTask),
-		boolean("dump-result", "print the result manifest and exit", &o.DumpResult),
-		// Ours.
-		num("slots", "run up to `N` tasks at once, as instances --instance..--instance+N-1", &o.Slots),
-		&cli.GenericFlag{Name: "cpu-overcommit", Usage: "start a task only while the running tasks' CPUs stay within the host's hardware threads times `RATIO` (" + agent.Ranges["cpu-overcommit"].String() + ")", Value: ratio{&o.CPUOvercommit}},
-		size("ram-reserve", "start a task only while the running tasks' RAM stays within the host's memory minus this much", &o.RAMReserve),
-		str("guest-range", "guest addresses for --network bridge: an IPv4 `ADDR/LEN` inside the bridge's network, one per toolchain (default: the upper half of the bridge's network, shared)", &o.GuestRange),
-		str("qemu", "QEMU `BINARY` (default qemu-system-x86_64 on PATH)", &o.QEMU),
-		str("qemu-user", "`USER` QEMU switches to (-runas) when the agent runs as root; '' keeps it root", &o.QEMUUser),
-		str("network", "machine networking: `bridge` or user", &o.Network),
-		str("bridge", "host bridge `IF`ace for --network bridge", &o.Bridge),
-		str("accel", "QEMU accelerator: `auto`, kvm or tcg", &o.Accel),
-		str("tftp-address", "TFTP bind `ADDR`ess (default: bridge address, or 127.0.0.1)", &o.TFTPAddress),
-		str("state-dir", "result outbox and state `DIR` (default /var/lib/bbot-agent/<toolchain-name>/)", &o.StateDir),
-		str("run-dir", "runtime `DIR` for QMP sockets and logs (default /run/bbot-agent/<toolchain-name>/)", &o.RunDir),
-		secs("poll-interval", "controller poll interval when there is no work", &o.PollInterval),
-		secs("suspend-timeout", "release a suspended machine after this long; 0 = never", &o.SuspendTimeout),
-		secs("result-ttl", "keep retrying a result upload this long", &o.ResultTTL),
-		// Admin commands, run beside a running agent (same --run-dir).
-		boolean("status", "show what the agent running with this --run-dir does (per slot, since when), its backoff, the machines' bootstrap state, held machines and the journal; read-only, and exit", &o.ShowStatus),
-		boolean("suspended", "show the machine the agent holds suspended, if any, and exit", &o.ShowSuspended),
-		boolean("release", "release the suspended machine (QMP quit): the agent reports and cleans up", &o.Release),
-		boolean("resume", "let the suspended machine run again (QMP cont)", &o.Resume),
-	}
+	return slices.Concat(
+		inCategory(categoryGeneral,
+			// Expanded before parsing (expandOptionsFiles): listed for
+			// --help and the man page only.
+			&cli.StringFlag{Name: "options-file", Usage: "read options (and URLs) from `FILE` as if given in its place: one per line, as --name value or --name=value; " +
+				"lines starting with # are comments; \"...\" or '...' around a value keep its spaces (repeatable; a nested FILE is relative to its options file)"},
+		),
+		inCategory(categoryMachines,
+			str("machines", "machine volumes `DIR`ectory", &o.Machines),
+			str("toolchain-name", "toolchain `NAME`: letters, digits, _ . + -, starting with a letter or digit, at most 64, not a number or <digits>.*", &o.ToolchainName),
+			num("toolchain-num", "toolchain `NUM`ber, offsets ports and interfaces", &o.ToolchainNum),
+			&cli.StringFlag{Name: "toolchain-ver", Usage: "toolchain standard `VERSION`", Value: agent.Version, Destination: toolchainVer},
+			str("toolchain-id", "toolchain `ID`; a change re-bootstraps every machine", &o.ToolchainID),
+			num("cpu", "virtual `CPU`s per machine", &o.CPU),
+			size("build-ram", "build machine RAM", &o.RAM, "ram"),
+			num("auxiliary-cpu", "virtual `CPU`s per auxiliary machine", &o.AuxiliaryCPU),
+			size("auxiliary-ram", "auxiliary machine RAM; 0 disables them, the only value supported yet", &o.AuxiliaryRAM),
+			str("interactive", "interactive builds `MODE`: false, true or both (only false is supported yet)", &o.Interactive),
+		),
+		inCategory(categoryTimeouts,
+			secs("bootstrap-startup", "wait this long for a bootstrapping machine's first TFTP request", &o.BootstrapStartup),
+			secs("bootstrap-timeout", "bootstrap time limit", &o.BootstrapTimeout),
+			num("bootstrap-retries", "up to `N` bootstrap mis-boot retries", &o.BootstrapRetries),
+			secs("build-startup", "wait this long for a build machine's first TFTP request", &o.BuildStartup),
+			secs("build-timeout", "build time limit", &o.BuildTimeout),
+			num("build-retries", "up to `N` build mis-boot retries", &o.BuildRetries),
+			secs("bootstrap-auxiliary", "auxiliary machine bootstrap time limit", &o.BootstrapAuxiliary),
+			secs("interactive-timeout", "interactive build time limit", &o.InteractiveTimeout),
+			secs("connect-timeout", "controller connection timeout", &o.ConnectTimeout),
+			secs("request-timeout", "controller request timeout", &o.RequestTimeout),
+			num("request-retries", "up to `N` controller request retries", &o.RequestRetries),
+			secs("suspend-timeout", "release a suspended machine after this long; 0 = never", &o.SuspendTimeout),
+			secs("result-ttl", "keep retrying a result upload this long", &o.ResultTTL),
+		),
+		inCategory(categoryResources,
+			num("slots", "run up to `N` tasks at once, as instances --instance..--instance+N-1", &o.Slots),
+			num("instance", "first instance `NUM`ber of this process (see --slots)", &o.Instance),
+			num("instance-max", "at most `N` tasks at once across this toolchain's processes on the host; 0 = no cap beyond the instances claimed", &o.InstanceMax),
+			&cli.GenericFlag{Name: "cpu-overcommit", Usage: "start a task only while the running tasks' CPUs stay within the host's hardware threads times `RATIO` (" + agent.Ranges["cpu-overcommit"].String() + ")", Value: ratio{&o.CPUOvercommit}},
+			size("ram-reserve", "start a task only while the running tasks' RAM stays within the host's memory minus this much", &o.RAMReserve),
+		),
+		inCategory(categoryControllers,
+			&cli.StringSliceFlag{Name: "trust", Usage: "repository certificate `FINGERPRINT` to trust instead of the task's (repeatable)", Destination: trust},
+			str("auth-key", "RSA private key `PEM` file for controller authentication", &o.AuthKey),
+			str("openssl", "openssl `PROGRAM` (ignored: the agent signs and fingerprints in Go)", &o.OpenSSL),
+			&cli.GenericFlag{Name: "openssl-option", Usage: "openssl `OPTION` (repeatable; ignored like --openssl)", Value: repeated{&o.OpenSSLOptions}},
+		),
+		inCategory(categoryNetwork,
+			str("network", "machine networking: `bridge` or user", &o.Network),
+			str("bridge", "host bridge `IF`ace for --network bridge", &o.Bridge),
+			str("guest-range", "guest addresses for --network bridge: an IPv4 `ADDR/LEN` inside the bridge's network, one per toolchain (default: the upper half of the bridge's network, shared)", &o.GuestRange),
+			&cli.GenericFlag{Name: "tftp-port", Usage: "TFTP base `PORT` (" + agent.Ranges["tftp-port"].String() + "); instance I of toolchain T listens on this plus (T-1)*100+I, which must be at most 65535", Value: decimal{&o.TFTPPort}},
+			str("tftp-address", "TFTP bind `ADDR`ess (default: bridge address, or 127.0.0.1)", &o.TFTPAddress),
+			str("qemu", "QEMU `BINARY` (default qemu-system-x86_64 on PATH)", &o.QEMU),
+			str("qemu-user", "`USER` QEMU switches to (-runas) when the agent runs as root; '' keeps it root", &o.QEMUUser),
+			str("accel", "QEMU accelerator: `auto`, kvm or tcg", &o.Accel),
+		),
+		inCategory(categoryPaths,
+			str("tftp", "TFTP root `DIR`ectory", &o.TFTP),
+			str("state-dir", "state `DIR`: task journal, failed results, learned accelerator (default /var/lib/bbot-agent/<toolchain-name>/)", &o.StateDir),
+			str("run-dir", "runtime `DIR` for QMP sockets and logs (default /run/bbot-agent/<toolchain-name>/)", &o.RunDir),
+			secs("poll-interval", "controller poll interval when there is no work", &o.PollInterval),
+		),
+		inCategory(categoryDryRuns,
+			boolean("fake-bootstrap", "record a bootstrap without booting the machine", &o.FakeBootstrap),
+			boolean("fake-build", "produce an abort result without booting the machine", &o.FakeBuild),
+			str("fake-machine", "machine header manifest `FILE`; serve TFTP with no VM", &o.FakeMachine),
+			str("fake-request", "task manifest `FILE`; no controller is asked", &o.FakeRequest),
+			boolean("dump-machines", "print the usable machines' headers and exit", &o.DumpMachines),
+			boolean("dump-task", "print the task the worker would get and exit", &o.DumpTask),
+			boolean("dump-result", "print the result manifest and exit", &o.DumpResult),
+		),
+		// Run beside a running agent (same --run-dir).
+		inCategory(categoryAdmin,
+			boolean("status", "show what the agent running with this --run-dir does (per slot, since when), its backoff, the machines' bootstrap state, held machines and the journal; read-only, and exit", &o.ShowStatus),
+			boolean("suspended", "show the machine the agent holds suspended, if any, and exit", &o.ShowSuspended),
+			boolean("release", "release the suspended machine (QMP quit): the agent reports and cleans up", &o.Release),
+			boolean("resume", "let the suspended machine run again (QMP cont)", &o.Resume),
+		),
+		inCategory(categoryLogging,
+			boolean("systemd-daemon", "log for systemd (priority prefixes, no timestamps)", &o.SystemdDaemon),
+			num("verbose", "diagnostics `LEVEL`: 0 errors, 1 warnings and notices (start-up, tasks received and delivered, bootstraps), 2 info, 3 and up debug", &o.Verbose),
+			str("log-format", "log line `FORMAT`: text (logfmt) or json", &o.LogFormat),
+		),
+	)
 }

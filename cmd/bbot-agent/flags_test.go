@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"io"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -97,6 +98,7 @@ func TestHelp(t *testing.T) {
 		"--ram-reserve KiB ", "(in KiB, 0..1073741824) (default: 1048576)",
 		"--guest-range ADDR/LEN ",
 		"instance I of toolchain T listens on this plus (T-1)*100+I",
+		"--options-file FILE ",
 	} {
 		if !strings.Contains(help, want) {
 			t.Errorf("help lacks %q", want)
@@ -112,6 +114,37 @@ func TestHelp(t *testing.T) {
 		line, _, _ := strings.Cut(help[i:], "\n")
 		if !strings.Contains(line, r.String()+")") {
 			t.Errorf("--%s: range %s not shown: %s", name, r, line)
+		}
+	}
+}
+
+// TestHelpCategories: every option is in a category, and --help shows each
+// category's options under its heading.
+func TestHelpCategories(t *testing.T) {
+	app := newApp(io.Discard, io.Discard)
+	app.Setup()
+	for _, f := range app.VisibleFlags() {
+		if cf, ok := f.(cli.CategorizableFlag); !ok || cf.GetCategory() == "" {
+			t.Errorf("--%s has no category: put it in one (inCategory in flags.go)", f.Names()[0])
+		}
+	}
+	var out bytes.Buffer
+	if code := run([]string{"bbot-agent", "--help"}, &out, io.Discard); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	help := out.String()
+	for _, c := range app.VisibleFlagCategories() {
+		heading := "\n   " + c.Name() + "\n\n"
+		i := strings.Index(help, heading)
+		if i < 0 {
+			t.Errorf("help lacks the heading %q", c.Name())
+			continue
+		}
+		section, _, _ := strings.Cut(help[i+len(heading):], "\n\n")
+		for _, f := range c.Flags() {
+			if !regexp.MustCompile(`(?m)^   --` + regexp.QuoteMeta(f.Names()[0]) + `[ ,]`).MatchString(section) {
+				t.Errorf("--%s is not under %q:\n%s", f.Names()[0], c.Name(), section)
+			}
 		}
 	}
 }

@@ -12,7 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime"
+	"regexp"
 	"strconv"
 	"sync"
 	"syscall"
@@ -29,25 +29,135 @@ func main() {
 	os.Exit(run(os.Args, os.Stdout, os.Stderr))
 }
 
-// exitError carries an exit code through urfave/cli.
-type exitError struct {
-	code int
-	err  error
+// Exit statuses: sysexits(3)'s where one fits, so that a supervisor (and an
+// admin) can tell a mistake in the options from a host to fix from a
+// failure worth a restart. 2 is left to Go: a panic exits with it.
+const (
+	exitFailure = 1  // a runtime failure
+	exitUsage   = 64 // EX_USAGE: a bad option or value
+	exitDataErr = 65 // EX_DATAERR: a malformed --fake-request or --fake-machine manifest
+	exitConfig  = 78 // EX_CONFIG: the host does not fit the options (agent.ConfigError)
+)
+
+// usageError is a mistake on the command line or in an options file.
+type usageError struct{ err error }
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+// dataError is a malformed input manifest.
+type dataError struct{ err error }
+
+func (e *dataError) Error() string { return e.err.Error() }
+func (e *dataError) Unwrap() error { return e.err }
+
+// exitStatus is the exit status for what run's app returned. A ConfigError
+// wraps the OptionError naming its option, so it is tested first.
+func exitStatus(err error) int {
+	var (
+		config *agent.ConfigError
+		data   *dataError
+		usage  *usageError
+		option *agent.OptionError
+	)
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &config):
+		return exitConfig
+	case errors.As(err, &data):
+		return exitDataErr
+	case errors.As(err, &usage), errors.As(err, &option):
+		return exitUsage
+	}
+	return exitFailure
 }
 
-func (e *exitError) Error() string { return e.err.Error() }
-func (e *exitError) Unwrap() error { return e.err }
-
 func run(args []string, stdout, stderr io.Writer) int {
+	err := runApp(args, stdout, stderr)
+	if err != nil {
+		printError(stderr, err)
+	}
+	return exitStatus(err)
+}
+
+// printError prints err on one line. Errors located in a file already read
+// "FILE:LINE[:COL]: error: ...".
+func printError(w io.Writer, err error) {
+	var pe *manifest.ParseError
+	var fe *optionsFileError
+	switch {
+	case errors.As(err, &pe):
+		fmt.Fprintln(w, pe)
+	case errors.As(err, &fe):
+		fmt.Fprintln(w, fe)
+	default:
+		fmt.Fprintf(w, "bbot-agent: error: %v\n", err)
+	}
+}
+
+func runApp(args []string, stdout, stderr io.Writer) error {
+	// Options files are expanded first: their options then parse, and
+	// override each other, exactly as if given in their place.
+	expanded, err := expandOptionsFiles(args[1:])
+	if err != nil {
+		return &usageError{err}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return newApp(stdout, stderr).RunContext(ctx, append([]string{args[0]}, expanded...))
+}
+
+// The flag package names options with one dash in its errors ("invalid
+// value "x" for flag -cpu: ..."); bbot's are written with two.
+var (
+	oneDashFlag    = regexp.MustCompile(`(: | for | flag )-([A-Za-z0-9][^\s:=]+)`)
+	twoFormsOfFlag = regexp.MustCompile(`^Cannot use two forms of the same flag: (\S+) (\S+)$`)
+)
+
+// flagError is urfave/cli's (and the flag package's) error for bad
+// command-line syntax, naming the option as bbot does.
+func flagError(err error) error {
+	msg := err.Error()
+	if m := twoFormsOfFlag.FindStringSubmatch(msg); m != nil {
+		return &usageError{fmt.Errorf("--%s and --%s are the same option: give one", m[2], m[1])}
+	}
+	return &usageError{errors.New(oneDashFlag.ReplaceAllString(msg, "$1--$2"))}
+}
+
+// printVersion prints the agent's version, the commit it was built from
+// and the Go version.
+func printVersion(w io.Writer, b agent.Build) {
+	fmt.Fprintf(w, "bbot-agent %s (Go %s)\n", agent.Version, b.Go)
+	if b.Revision == "" {
+		fmt.Fprintln(w, "unknown revision")
+		return
+	}
+	line := "revision " + b.Revision
+	if b.Time != "" {
+		line += " " + b.Time
+	}
+	if b.Modified {
+		line += " (modified)"
+	}
+	fmt.Fprintln(w, line)
+}
+
+// newApp is the command line: its flags are bound to the options its
+// Action validates and runs. It also sets urfave/cli's globals (help and
+// version flags, printers), which the man page shares.
+func newApp(stdout, stderr io.Writer) *cli.App {
 	opts := defaultOptions()
 	var toolchainVer string
 	var trust cli.StringSlice
 
-	cli.VersionFlag = &cli.BoolFlag{Name: "version", Usage: "print the agent and Go versions and exit"}
-	cli.VersionPrinter = func(c *cli.Context) {
-		fmt.Fprintf(c.App.Writer, "bbot-agent %s (Go %s)\n", agent.Version, runtime.Version())
-	}
-	app := &cli.App{
+	cli.HelpFlag = &cli.BoolFlag{Name: "help", Aliases: []string{"h"}, Usage: "print this help and exit", DisableDefaultText: true, Category: categoryGeneral}
+	cli.VersionFlag = &cli.BoolFlag{Name: "version", Usage: "print the agent's version, the revision it was built from and the Go version, and exit", DisableDefaultText: true, Category: categoryGeneral}
+	cli.VersionPrinter = func(c *cli.Context) { printVersion(c.App.Writer, agent.ReadBuild()) }
+	// Errors are printed once, on one line, by run.
+	cli.ErrWriter = io.Discard
+	cli.OsExiter = func(int) {}
+	return &cli.App{
 		Name:            "bbot-agent",
 		Usage:           "build2 build bot agent",
 		UsageText:       "bbot-agent [options] [<priority>=]<url>...",
@@ -57,24 +167,24 @@ func run(args []string, stdout, stderr io.Writer) int {
 		ErrWriter:       stderr,
 		Flags:           flags(&opts, &toolchainVer, &trust),
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
-			return &exitError{1, err}
+			return flagError(err)
 		},
 		Action: func(c *cli.Context) error {
 			v, err := manifest.ParseStandardVersion(toolchainVer)
 			if err != nil {
-				return &exitError{1, &agent.OptionError{Option: "toolchain-ver", Value: toolchainVer, Reason: err.Error()}}
+				return &usageError{&agent.OptionError{Option: "toolchain-ver", Value: toolchainVer, Reason: err.Error()}}
 			}
 			opts.ToolchainVer = v
 			opts.Trust = trust.Value()
 			for _, a := range c.Args().Slice() {
 				ctl, err := controller.ParseController(a)
 				if err != nil {
-					return &exitError{1, err}
+					return &usageError{err}
 				}
 				opts.Controllers = append(opts.Controllers, ctl)
 			}
 			if err := opts.Validate(); err != nil {
-				return &exitError{1, err}
+				return &usageError{err}
 			}
 			log := logger(&opts, stderr)
 			if c.IsSet("openssl") || c.IsSet("openssl-option") {
@@ -85,27 +195,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return execute(c.Context, &opts, stdout, stderr, log)
 		},
 	}
-	// Errors are printed once, on one line, by us.
-	cli.ErrWriter = io.Discard
-	cli.OsExiter = func(int) {}
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := app.RunContext(ctx, args); err != nil {
-		// A manifest error already reads "FILE:LINE:COL: error: ...".
-		var pe *manifest.ParseError
-		if errors.As(err, &pe) {
-			fmt.Fprintln(stderr, pe)
-		} else {
-			fmt.Fprintf(stderr, "bbot-agent: error: %v\n", err)
-		}
-		var ee *exitError
-		if errors.As(err, &ee) {
-			return ee.code
-		}
-		return 1
-	}
-	return 0
 }
 
 // logger returns the agent's logger for the --verbose level: 0 errors only,
@@ -116,24 +205,35 @@ func logger(o *agent.Options, w io.Writer) *slog.Logger {
 	case 0:
 		level = slog.LevelError
 	case 1:
-		level = slog.LevelWarn
+		level = agent.LevelNotice
 	case 2:
 		level = slog.LevelInfo
 	}
 	h := &slog.HandlerOptions{Level: level}
-	if !o.SystemdDaemon {
-		return slog.New(slog.NewTextHandler(w, h))
-	}
-	// journald stamps lines itself and reads the priority from a "<N>"
-	// prefix (sd-daemon(3)).
 	h.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
-		if len(groups) == 0 && a.Key == slog.TimeKey {
-			return slog.Attr{}
+		if len(groups) != 0 {
+			return a
+		}
+		switch {
+		case a.Key == slog.LevelKey && a.Value.Any() == agent.LevelNotice:
+			return slog.String(slog.LevelKey, "NOTICE") // not "INFO+2"
+		case a.Key == slog.TimeKey && o.SystemdDaemon:
+			return slog.Attr{} // journald stamps lines itself
 		}
 		return a
 	}
+	handler := func(w io.Writer) slog.Handler {
+		if o.LogFormat == "json" {
+			return slog.NewJSONHandler(w, h)
+		}
+		return slog.NewTextHandler(w, h)
+	}
+	if !o.SystemdDaemon {
+		return slog.New(handler(w))
+	}
+	// journald reads the priority from a "<N>" prefix (sd-daemon(3)).
 	pw := &prefixWriter{w: w}
-	return slog.New(journalHandler{slog.NewTextHandler(pw, h), pw})
+	return slog.New(journalHandler{handler(pw), pw})
 }
 
 // prefixWriter prepends the current priority to each line.
@@ -163,6 +263,8 @@ func (j journalHandler) Handle(ctx context.Context, r slog.Record) error {
 		prio = 3
 	case r.Level >= slog.LevelWarn:
 		prio = 4
+	case r.Level >= agent.LevelNotice:
+		prio = 5
 	case r.Level < slog.LevelInfo:
 		prio = 7
 	}
@@ -200,34 +302,44 @@ func execute(ctx context.Context, o *agent.Options, stdout, stderr io.Writer, lo
 
 // readTask reads the --fake-request task manifest.
 func readTask(o *agent.Options) (*manifest.Task, error) {
-	f, err := os.Open(o.FakeRequest)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return manifest.ParseTask(f, o.FakeRequest)
+	return readManifest("fake-request", o.FakeRequest, manifest.ParseTask)
 }
 
 // readFakeMachine reads the --fake-machine header manifest.
 func readFakeMachine(o *agent.Options) (manifest.MachineHeader, error) {
-	f, err := os.Open(o.FakeMachine)
+	return readManifest("fake-machine", o.FakeMachine, manifest.ParseMachineHeader)
+}
+
+// readManifest parses the manifest file an option names: a file that
+// cannot be read is the option's mistake, one that does not parse is bad
+// data.
+func readManifest[T any](option, path string, parse func(io.Reader, string) (T, error)) (T, error) {
+	var zero T
+	f, err := os.Open(path)
 	if err != nil {
-		return manifest.MachineHeader{}, err
+		return zero, &agent.OptionError{Option: option, Value: path, Reason: err.Error()}
 	}
 	defer f.Close()
-	return manifest.ParseMachineHeader(f, o.FakeMachine)
+	v, err := parse(f, path)
+	switch {
+	case err == nil:
+		return v, nil
+	case errors.Is(err, manifest.ErrReadFailed):
+		return zero, &agent.OptionError{Option: option, Value: path, Reason: err.Error()}
+	}
+	return zero, &dataError{err}
 }
 
 // dumpTask prints the task exactly as the worker would receive it.
 func dumpTask(o *agent.Options, stdout io.Writer, log *slog.Logger) error {
 	task, err := readTask(o)
 	if err != nil {
-		return &exitError{1, err}
+		return err
 	}
 	if o.FakeMachine != "" {
 		h, err := readFakeMachine(o)
 		if err != nil {
-			return &exitError{1, err}
+			return err
 		}
 		if task.Machine() != h.Name {
 			log.Warn("task names a machine that was not offered", "task-machine", task.Machine(), "offered", h.Name)
@@ -244,12 +356,12 @@ func dumpTask(o *agent.Options, stdout io.Writer, log *slog.Logger) error {
 func dumpMachines(ctx context.Context, o *agent.Options, stdout io.Writer, log *slog.Logger) error {
 	a, err := agent.New(o, log)
 	if err != nil {
-		return &exitError{1, err}
+		return err
 	}
 	defer a.Close()
 	ms, err := a.Enumerator.Enumerate(ctx)
 	if err != nil {
-		return &exitError{1, err}
+		return err
 	}
 	var headers [][]manifest.NameValue
 	for _, m := range ms {
@@ -264,22 +376,22 @@ func dumpMachines(ctx context.Context, o *agent.Options, stdout io.Writer, log *
 func fakeMachineTask(ctx context.Context, o *agent.Options, stdout, stderr io.Writer, log *slog.Logger) error {
 	task, err := readTask(o)
 	if err != nil {
-		return &exitError{1, err}
+		return err
 	}
 	h, err := readFakeMachine(o)
 	if err != nil {
-		return &exitError{1, err}
+		return err
 	}
 	if task.Machine() != h.Name {
 		log.Warn("task names a machine that was not offered", "task-machine", task.Machine(), "offered", h.Name)
 	}
 	a, err := agent.New(o, log)
 	if err != nil {
-		return &exitError{1, err}
+		return err
 	}
 	res, problem, err := a.ServeFake(ctx, task)
 	if err != nil {
-		return &exitError{1, err}
+		return err
 	}
 	if problem != nil {
 		fmt.Fprintln(stderr, problem)
@@ -303,7 +415,7 @@ func admin(o *agent.Options, stdout io.Writer) error {
 			s, err = agent.ResumeSuspended(dir)
 		}
 		if err != nil {
-			return &exitError{1, err}
+			return err
 		}
 		if s == nil {
 			fmt.Fprintln(stdout, "no suspended machine in", dir)
@@ -324,7 +436,7 @@ func admin(o *agent.Options, stdout io.Writer) error {
 	}
 	held, err := agent.ListSuspended(o.RunDir)
 	if err != nil {
-		return &exitError{1, err}
+		return err
 	}
 	if len(held) == 0 {
 		fmt.Fprintln(stdout, "no suspended machine in", o.RunDir)

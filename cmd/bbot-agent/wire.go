@@ -16,16 +16,16 @@ import (
 func realTask(ctx context.Context, o *agent.Options, stdout io.Writer, log *slog.Logger) error {
 	task, err := readTask(o)
 	if err != nil {
-		return &exitError{1, err}
+		return err
 	}
 	a, err := agent.New(o, log)
 	if err != nil {
-		return &exitError{1, err}
+		return err
 	}
 	defer a.Close()
 	res, err := a.RunTask(ctx, task)
 	if err != nil {
-		return &exitError{1, err}
+		return err
 	}
 	return res.Serialize(stdout)
 }
@@ -36,7 +36,7 @@ func realTask(ctx context.Context, o *agent.Options, stdout io.Writer, log *slog
 func daemon(ctx context.Context, o *agent.Options, stdout io.Writer, log *slog.Logger) error {
 	a, err := agent.New(o, log)
 	if err != nil {
-		return &exitError{1, err}
+		return err
 	}
 	defer a.Close()
 	hup := make(chan os.Signal, 1)
@@ -76,22 +76,21 @@ func daemon(ctx context.Context, o *agent.Options, stdout io.Writer, log *slog.L
 	if o.DumpTask || o.DumpResult {
 		resp, machines, err := a.Next(ctx)
 		if err != nil {
-			return &exitError{1, err}
+			return err
 		}
 		if o.DumpTask {
 			return a.WorkerTaskFor(resp, machines).Serialize(stdout)
 		}
 		res, err := a.Handle(ctx, resp, machines)
 		if err != nil {
-			return &exitError{1, err}
+			return err
 		}
 		return res.Serialize(stdout)
 	}
-	a.LogStartup()
 	err = a.Run(ctx)
 	notify.send("STOPPING=1")
 	if err != nil && !errors.Is(err, context.Canceled) {
-		return &exitError{1, err}
+		return err
 	}
 	log.Log(context.Background(), agent.LevelNotice, "bbot-agent stopped")
 	return nil

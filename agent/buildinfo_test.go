@@ -1,0 +1,30 @@
+package agent
+
+import (
+	"runtime/debug"
+	"testing"
+)
+
+func TestBuildUserAgent(t *testing.T) {
+	for _, c := range []struct {
+		settings []debug.BuildSetting
+		want     Build
+		ua       string
+	}{
+		{nil, Build{Go: "go1.26.0"}, "bbot-agent/" + Version},
+		{[]debug.BuildSetting{{Key: "vcs.revision", Value: "53265bb0123456789abcdef0123456789abcdef0"}, {Key: "vcs.time", Value: "2026-01-02T03:04:05Z"}, {Key: "vcs.modified", Value: "false"}},
+			Build{Revision: "53265bb0123456789abcdef0123456789abcdef0", Time: "2026-01-02T03:04:05Z", Go: "go1.26.0"},
+			"bbot-agent/" + Version + " (53265bb01234)"},
+		{[]debug.BuildSetting{{Key: "vcs.revision", Value: "53265bb0123456789abcdef0123456789abcdef0"}, {Key: "vcs.modified", Value: "true"}},
+			Build{Revision: "53265bb0123456789abcdef0123456789abcdef0", Modified: true, Go: "go1.26.0"},
+			"bbot-agent/" + Version + " (53265bb01234 modified)"},
+	} {
+		b := buildFrom(&debug.BuildInfo{GoVersion: "go1.26.0", Settings: c.settings})
+		if b != c.want {
+			t.Errorf("%v: %+v, want %+v", c.settings, b, c.want)
+		}
+		if ua := b.UserAgent(); ua != c.ua {
+			t.Errorf("%v: User-Agent %q, want %q", c.settings, ua, c.ua)
+		}
+	}
+}
