@@ -331,3 +331,53 @@ func Orphans(stateDir string) ([]*Journal, error) {
 	}
 	return out, nil
 }
+
+// CountStates counts the entries in dir (a Dir) by state, read-only and
+// without the flock, so that any process may look (metrics, status). An
+// entry changing meanwhile is counted as it was or as it became; one that
+// cannot be read is not counted. A missing dir has none.
+func CountStates(dir string) (map[State]int, error) {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return map[State]int{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	n := map[State]int{}
+	for _, de := range ents {
+		name := de.Name()
+		if !strings.HasSuffix(name, ".json") || strings.HasPrefix(name, ".") {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			continue // delivered and removed meanwhile
+		}
+		var e struct {
+			State State `json:"state"`
+		}
+		if json.Unmarshal(data, &e) == nil {
+			n[e.State]++
+		}
+	}
+	return n, nil
+}
+
+// CountFailed counts the results kept in a failed/ directory (see Fail).
+func CountFailed(failedDir string) (int, error) {
+	ents, err := os.ReadDir(failedDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, de := range ents {
+		if name := de.Name(); strings.HasSuffix(name, ".json") && !strings.HasPrefix(name, ".") {
+			n++
+		}
+	}
+	return n, nil
+}

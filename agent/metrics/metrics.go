@@ -49,9 +49,6 @@ var BootstrapOutcomes = []string{"success", "failure", "held", "host-fault", "in
 // Poll answers (bbot_agent_polls_total).
 var PollAnswers = []string{"task", "none", "error"}
 
-// ControllerErrorKinds are the kinds agent/controller reports.
-var ControllerErrorKinds = []string{"connect", "timeout", "read", "http_4xx", "http_5xx", "parse", "request"}
-
 const other = "other"
 
 // Config is what the metrics are made for.
@@ -60,8 +57,10 @@ type Config struct {
 	// Statuses are the task statuses a controller may be told; their
 	// series exist from the start (at 0).
 	Statuses []string
-	// Controllers are the controllers' URLs, the url label's values.
-	Controllers []string
+	// Controllers are the controllers' URLs, the url label's values, and
+	// ControllerErrorKinds the kind label's.
+	Controllers          []string
+	ControllerErrorKinds []string
 	// JournalStates are the journal entry states, exported even at 0.
 	JournalStates []string
 	// Activities are the slot activities, exported even at 0.
@@ -123,7 +122,7 @@ func New(c Config) *Metrics {
 			Help: "TFTP requests, by direction and result."}, []string{"direction", "result"}),
 		statuses: set(c.Statuses),
 		urls:     set(c.Controllers),
-		kinds:    set(ControllerErrorKinds),
+		kinds:    set(c.ControllerErrorKinds),
 		outcomes: set(BootstrapOutcomes),
 		answers:  set(PollAnswers),
 		phaseSet: set(Phases),

@@ -18,11 +18,12 @@ const ctlURL = "https://ci.example.org/?build-task"
 
 func testConfig() Config {
 	return Config{
-		Version:       "0.17.0",
-		Statuses:      []string{"success", "warning", "error", "abort", "abnormal", "skip", "interrupt"},
-		Controllers:   []string{ctlURL},
-		JournalStates: []string{"received", "held", "sendable"},
-		Activities:    []string{"idle", "bootstrapping", "building", "held", "stopping"},
+		Version:              "0.17.0",
+		Statuses:             []string{"success", "warning", "error", "abort", "abnormal", "skip", "interrupt"},
+		Controllers:          []string{ctlURL},
+		ControllerErrorKinds: []string{"connect", "timeout", "http_5xx"},
+		JournalStates:        []string{"received", "held", "sendable"},
+		Activities:           []string{"idle", "bootstrapping", "building", "held", "stopping"},
 	}
 }
 
