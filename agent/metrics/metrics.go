@@ -13,6 +13,8 @@
 package metrics
 
 import (
+	"context"
+	"net"
 	"net/http"
 	"strconv"
 	"sync/atomic"
@@ -344,4 +346,49 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.journal, float64(s.Journal[st]), st)
 	}
 	gauge(c.failed, float64(s.Failed))
+}
+
+// Server serves /metrics over HTTP (see Listen).
+type Server struct {
+	srv  *http.Server
+	addr string
+	done chan struct{}
+}
+
+// Listen binds addr (HOST:PORT) at once, so that a bad or busy address
+// fails at start-up, and serves the metrics at /metrics until Close.
+func (m *Metrics) Listen(addr string) (*Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", m.Handler())
+	s := &Server{
+		srv: &http.Server{Handler: mux,
+			// A scraper is a program on a short timer: a slow or idle
+			// client must not hold a connection open.
+			ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second,
+			IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10},
+		addr: ln.Addr().String(),
+		done: make(chan struct{}),
+	}
+	go func() {
+		defer close(s.done)
+		s.srv.Serve(ln) // returns at Close
+	}()
+	return s, nil
+}
+
+// Addr is the address served (the port chosen for port 0).
+func (s *Server) Addr() string { return s.addr }
+
+// Close stops serving: scrapes in progress get until ctx ends.
+func (s *Server) Close(ctx context.Context) error {
+	err := s.srv.Shutdown(ctx)
+	if err != nil {
+		s.srv.Close()
+	}
+	<-s.done
+	return err
 }

@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -259,5 +260,40 @@ func BenchmarkScrape(b *testing.B) {
 		if w.Code != 200 {
 			b.Fatal(w.Code)
 		}
+	}
+}
+
+// TestListen: the listener serves /metrics only, and a busy address fails
+// at once.
+func TestListen(t *testing.T) {
+	m := New(testConfig())
+	s, err := m.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get("http://" + s.Addr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "bbot_agent_build_info") {
+		t.Errorf("/metrics: HTTP %d\n%s", resp.StatusCode, body)
+	}
+	if resp, err := http.Get("http://" + s.Addr() + "/"); err != nil || resp.StatusCode != 404 {
+		t.Errorf("/: %v, %v; want 404", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	if _, err := m.Listen(s.Addr()); err == nil {
+		t.Error("a second Listen on the same address succeeded")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := http.Get("http://" + s.Addr() + "/metrics"); err == nil {
+		t.Error("still serving after Close")
 	}
 }

@@ -219,6 +219,7 @@ func flags(o *agent.Options, toolchainVer *string, trust *cli.StringSlice) []cli
 		secs("poll-interval", "controller poll interval when there is no work", &o.PollInterval),
 		secs("suspend-timeout", "release a suspended machine after this long; 0 = never", &o.SuspendTimeout),
 		secs("result-ttl", "keep retrying a result upload this long", &o.ResultTTL),
+		str("metrics", "serve Prometheus metrics at http://`HOST:PORT`/metrics (daemon only; e.g. 127.0.0.1:9464; default off)", &o.Metrics),
 		// Admin commands, run beside a running agent (same --run-dir).
 		boolean("suspended", "show the machine the agent holds suspended, if any, and exit", &o.ShowSuspended),
 		boolean("release", "release the suspended machine (QMP quit): the agent reports and cleans up", &o.Release),
