@@ -148,6 +148,9 @@ func New(c Config) *Metrics {
 		for _, a := range PollAnswers {
 			m.polls.WithLabelValues(u, a)
 		}
+		for _, k := range c.ControllerErrorKinds {
+			m.controllerErrors.WithLabelValues(u, k)
+		}
 	}
 	for _, o := range BootstrapOutcomes {
 		m.bootstraps.WithLabelValues(o)

@@ -216,6 +216,8 @@ func TestBeforeState(t *testing.T) {
 	f := scrape(t, m.Handler())
 	expect(t, f, 0, "bbot_agent_tasks_total", "outcome", "success")
 	expect(t, f, 0, "bbot_agent_tftp_bytes_total", "direction", "put")
+	expect(t, f, 0, "bbot_agent_controller_errors_total", "url", ctlURL, "kind", "http_5xx")
+	expect(t, f, 0, "bbot_agent_polls_total", "url", ctlURL, "answer", "none")
 	if f["bbot_agent_slots"] != nil || f["bbot_agent_journal_entries"] != nil {
 		t.Error("state gauges exported without a state function")
 	}
