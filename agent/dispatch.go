@@ -30,6 +30,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.statusMu.Lock()
 	a.statusPath = filepath.Join(a.Opts.RunDir, statusFile(a.slots[0].n()))
 	a.statusMu.Unlock()
+	a.Metrics.SetState(a.metricsSnapshot) // State is whole from here on
 	a.setStatus(nil, SlotState{})
 	if a.Ready != nil {
 		a.Ready()

@@ -14,7 +14,8 @@ import (
 // EnableMetrics makes the agent record its metrics (--metrics, the daemon
 // only) and returns them for the caller to serve. Call it before Run: it
 // installs the hooks of the controller client, the enumerator and every
-// slot's TFTP servers.
+// slot's TFTP servers. The gauges computed from the agent's state are
+// exported once Run has started (before, a scrape has the counters only).
 func (a *Agent) EnableMetrics() *metrics.Metrics {
 	urls := make([]string, 0, len(a.Opts.Controllers))
 	for _, c := range a.Opts.Controllers {
@@ -43,7 +44,7 @@ func (a *Agent) EnableMetrics() *metrics.Metrics {
 	for _, s := range a.slots {
 		s.vms.onTransfer = onTransfer
 	}
-	m.SetState(a.metricsSnapshot)
+	// Run installs the state gauges' source once State may be read.
 	return m
 }
 

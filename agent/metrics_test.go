@@ -155,11 +155,13 @@ func TestMetricsDuringTask(t *testing.T) {
 		t.Fatalf("results %+v", rs)
 	}
 	// The POST's phase is recorded once the agent has the answer, just
-	// after the controller has the result.
+	// after the controller has the result; the slot is idle once the
+	// teardown (in parallel with the POST) is done.
 	var after map[string]*dto.MetricFamily
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		after = scrapeMetrics(t, url)
-		if metricValue(after, "bbot_agent_task_phase_seconds", "phase", "post") == 1 || time.Now().After(deadline) {
+		if metricValue(after, "bbot_agent_task_phase_seconds", "phase", "post") == 1 &&
+			metricValue(after, "bbot_agent_slots", "activity", "idle") == 1 || time.Now().After(deadline) {
 			break
 		}
 	}
