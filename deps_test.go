@@ -9,7 +9,8 @@ import (
 // TestPackageBoundaries enforces the layout rules: manifest stays a pure
 // text package, btrfs and tftp know nothing of the agent, the agent's
 // sub-packages know nothing of the daemon (nor controller of inventory, or
-// the other way), and only cmd/bbot-agent wires everything together.
+// the other way), only agent/metrics imports Prometheus, and only
+// cmd/bbot-agent wires everything together.
 func TestPackageBoundaries(t *testing.T) {
 	const mod = "github.com/build2/bbot-agent-go/"
 	banned := map[string][]string{
@@ -22,6 +23,13 @@ func TestPackageBoundaries(t *testing.T) {
 		"agent/controller":   {mod + "agent", mod + "agent/inventory", mod + "cmd/bbot-agent"},
 		"agent/inventory":    {mod + "agent", mod + "agent/controller", mod + "cmd/bbot-agent"},
 		"agent/internal/fsx": {mod + "agent", mod + "cmd/bbot-agent"},
+		// The metrics know nothing of the agent: it calls them. Only they
+		// import Prometheus (prom, below; the others not even directly).
+		"agent/metrics": {mod + "agent", mod + "agent/controller", mod + "agent/inventory", mod + "agent/journal", mod + "tftp", mod + "cmd/bbot-agent"},
+	}
+	const prom = "github.com/prometheus/client_golang/prometheus"
+	for _, pkg := range []string{"tftp", "btrfs", "manifest", "machine", "agent", "agent/controller", "agent/inventory", "agent/journal"} {
+		banned[pkg] = append(banned[pkg], prom)
 	}
 	for pkg, bans := range banned {
 		// Direct imports plus every dependency: "os" may come in through

@@ -30,10 +30,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.open(ctx); err != nil {
 		return err
 	}
+	a.mu.Lock()
 	a.started, a.startTime = time.Now().UTC(), processStartTime(os.Getpid())
+	a.mu.Unlock()
 	a.statusMu.Lock()
 	a.statusPath = filepath.Join(a.Opts.RunDir, statusFile(a.slots[0].n()))
 	a.statusMu.Unlock()
+	a.Metrics.SetState(a.metricsSnapshot) // State is whole from here on
 	a.setStatus(nil, SlotState{})
 	a.LogStartup()
 	if a.Ready != nil {

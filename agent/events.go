@@ -19,6 +19,8 @@ type eventQueue struct {
 	lastUpload time.Time
 	// dropped counts events not queued because the queue was full.
 	dropped int
+	// firstRequest is when the guest's first request came (metrics).
+	firstRequest time.Time
 }
 
 // maxQueuedEvents bounds the queue: a flood of failed requests (a guest,
@@ -48,6 +50,9 @@ func (q *eventQueue) Notify(e tftp.Event) {
 		return
 	}
 	q.mu.Lock()
+	if e.Kind == tftp.FirstRequest && q.firstRequest.IsZero() {
+		q.firstRequest = e.Time
+	}
 	// Decisive events get a second allowance: a guest can send refused
 	// uploads at packet rate while nobody consumes (a hold, the power-off
 	// wait), and the first decisive event already decides.
@@ -65,6 +70,16 @@ func (q *eventQueue) Notify(e tftp.Event) {
 	case q.signal <- struct{}{}:
 	default:
 	}
+}
+
+// firstRequestTime is when the guest's first request came (zero: none yet).
+func (q *eventQueue) firstRequestTime() time.Time {
+	if q == nil {
+		return time.Time{}
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.firstRequest
 }
 
 func (q *eventQueue) uploadTime() time.Time {

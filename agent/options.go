@@ -7,6 +7,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -110,6 +111,7 @@ type Options struct {
 	PollInterval   time.Duration
 	SuspendTimeout time.Duration // 0 = hold a suspended machine forever
 	ResultTTL      time.Duration
+	Metrics        string // HOST:PORT serving Prometheus /metrics (daemon only); "" = off
 
 	Controllers []controller.Controller
 }
@@ -239,6 +241,11 @@ func (o *Options) Validate() error {
 			return &OptionError{"tftp-address", o.TFTPAddress, "expected an IP address"}
 		}
 	}
+	if o.Metrics != "" {
+		if err := validateMetrics(o.Metrics); err != nil {
+			return err
+		}
+	}
 	switch o.Network {
 	case "bridge", "user":
 	default:
@@ -297,6 +304,19 @@ func (o *Options) Validate() error {
 	}
 	if len(o.Controllers) == 0 && o.FakeRequest == "" && !o.DumpMachines && !o.AdminCommand() {
 		return errors.New("no controller URL specified")
+	}
+	return nil
+}
+
+// validateMetrics checks a --metrics address: HOST:PORT, HOST optional
+// (all addresses) and bracketed for IPv6.
+func validateMetrics(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return &OptionError{"metrics", addr, "expected HOST:PORT (e.g. 127.0.0.1:9464)"}
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return &OptionError{"metrics", addr, "expected a port number between 0 and 65535"}
 	}
 	return nil
 }

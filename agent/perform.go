@@ -16,6 +16,7 @@ import (
 	"github.com/build2/bbot-agent-go/agent/internal/logx"
 	"github.com/build2/bbot-agent-go/agent/inventory"
 	"github.com/build2/bbot-agent-go/agent/journal"
+	"github.com/build2/bbot-agent-go/agent/metrics"
 	"github.com/build2/bbot-agent-go/agent/result"
 	"github.com/build2/bbot-agent-go/manifest"
 )
@@ -307,7 +308,9 @@ func (r *hostReader) Seek(off int64, whence int) (int64, error) {
 // timings records the agent's own costs around a task, until the POST is
 // answered (deliver logs them then).
 func (a *Agent) timings(t *task, received time.Time, s *session) {
-	tt := taskTimings{Received: received, QEMUStarted: s.qemuStarted, Uploaded: s.uploaded, Persisted: time.Now()}
+	tt := taskTimings{Received: received, QEMUStarted: s.qemuStarted, FirstRequest: s.q.firstRequestTime(), Snapshot: s.snapshotTook,
+		Uploaded: s.uploaded, Persisted: time.Now()}
+	a.observePhases(&tt)
 	a.pendingTimings.Store(t.entry.ID, &tt)
 }
 
@@ -320,6 +323,7 @@ func (a *Agent) delivered(id string, ok bool) {
 	}
 	tt := v.(*taskTimings)
 	tt.Answered = time.Now()
+	a.Metrics.Phase(metrics.PhasePost, tt.Answered.Sub(tt.Persisted))
 	a.Log.Info("task timings", "entry", id,
 		"response-to-qemu", tt.QEMUStarted.Sub(tt.Received), "guest-boot-to-result", tt.Uploaded.Sub(tt.QEMUStarted),
 		"upload-to-persisted", tt.Persisted.Sub(tt.Uploaded), "upload-to-answered", tt.Answered.Sub(tt.Uploaded))

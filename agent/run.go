@@ -21,6 +21,7 @@ import (
 	"github.com/build2/bbot-agent-go/agent/internal/fsx"
 	"github.com/build2/bbot-agent-go/agent/inventory"
 	"github.com/build2/bbot-agent-go/agent/journal"
+	"github.com/build2/bbot-agent-go/agent/metrics"
 	"github.com/build2/bbot-agent-go/agent/result"
 	"github.com/build2/bbot-agent-go/machine"
 	"github.com/build2/bbot-agent-go/manifest"
@@ -93,6 +94,8 @@ type Agent struct {
 	onTimings func(taskTimings)
 	// pendingTimings holds timings (by entry id) until the POST is answered.
 	pendingTimings sync.Map
+	// Metrics, if set, records the daemon's metrics (EnableMetrics).
+	Metrics *metrics.Metrics
 }
 
 // taskTimings are the agent's own costs around a task.
@@ -102,6 +105,11 @@ type taskTimings struct {
 	Uploaded    time.Time // result upload completed (TFTP)
 	Persisted   time.Time // result request fsynced and renamed
 	Answered    time.Time // controller answered the POST
+
+	// FirstRequest is the guest's first TFTP request; Snapshot what
+	// taking the btrfs snapshot took (the metrics' phases).
+	FirstRequest time.Time
+	Snapshot     time.Duration
 }
 
 func (a *Agent) status(s string) {
@@ -420,6 +428,7 @@ func (a *Agent) offerAll(machines []*inventory.Machine) func(controller.Controll
 // when it ends (SIGTERM), the POST gets a short grace.
 func (a *Agent) deliver(ctx, jctx context.Context, s *slot, resp *manifest.TaskResponse, machines []*inventory.Machine, received time.Time, cpus int, onHold func()) *journal.Entry {
 	e, teardown := a.handle(jctx, s, resp, machines, received, cpus, onHold)
+	a.Metrics.TaskOutcome(reportedStatus(e))
 	if e != nil {
 		// SIGTERM, before or during the POST, leaves it a short grace
 		// (one quick try); what is still unsent goes at the next start.

@@ -66,6 +66,9 @@ type session struct {
 	qemuStarted time.Time
 	uploaded    time.Time
 	prefix      string // this attempt's TFTP session prefix
+
+	// snapshotTook is what the last attempt's btrfs snapshot took.
+	snapshotTook time.Duration
 }
 
 // sessionReport is what a session ended with. The machine, if still
@@ -163,9 +166,11 @@ func (s *session) start(ctx context.Context) (sessionReport, bool) {
 				return sessionReport{ev: evMachineFault, why: "deleting the mis-booted snapshot: " + err.Error()}, false
 			}
 		}
+		took := time.Now()
 		if err := btrfs.Snapshot(s.source, s.snapshot, false); err != nil {
 			return sessionReport{ev: evMachineFault, why: "snapshot: " + err.Error()}, false
 		}
+		s.snapshotTook = time.Since(took)
 	}
 	if !s.fixed {
 		snap := s.snapshot
@@ -247,7 +252,7 @@ func (s *session) serve() (sessionReport, bool) {
 	if err != nil {
 		return host("binding TFTP", err)
 	}
-	srv := &tftp.Server{ErrorLog: v.Log}
+	srv := &tftp.Server{ErrorLog: v.Log, OnTransfer: v.onTransfer}
 	served := make(chan struct{})
 	go func() {
 		srv.Serve(conn) // returns only after Shutdown

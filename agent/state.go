@@ -107,8 +107,9 @@ func statusFile(first int) string { return "status-" + strconv.Itoa(first) + ".j
 
 // State returns the agent's current state.
 func (a *Agent) State() State {
-	st := State{PID: os.Getpid(), StartTime: a.startTime, Started: a.started, Updated: time.Now().UTC(), Toolchain: a.Opts.ToolchainName}
+	st := State{PID: os.Getpid(), Updated: time.Now().UTC(), Toolchain: a.Opts.ToolchainName}
 	a.mu.Lock()
+	st.StartTime, st.Started = a.startTime, a.started
 	for _, s := range a.slots {
 		x := s.state
 		x.Instance = s.n()

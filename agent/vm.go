@@ -44,6 +44,8 @@ type VMs struct {
 	bootstrapPut string
 	// onHeld, if set, learns that the slot holds a machine for inspection.
 	onHeld func()
+	// onTransfer, if set, learns of each TFTP request once done (metrics).
+	onTransfer func(op tftp.Op, bytes int64, err error)
 
 	*vmHooks // shared by every slot's VMs
 }

@@ -49,6 +49,8 @@ type Request struct {
 	conn      *net.UDPConn
 	abortOnce sync.Once
 	aborted   atomic.Pointer[error]
+	// transferred is what ReadFrom or WriteTo moved, for OnTransfer.
+	transferred int64
 }
 
 // ErrAborted is the error of a transfer cut off by Mapping.Close or by
@@ -165,6 +167,7 @@ func (r *Request) ReadFrom(src io.Reader) (int64, error) {
 		return 0, err
 	}
 	n, err := r.rf.ReadFrom(abortReader{src, r})
+	r.transferred = n
 	if aerr := r.abortErr(); err != nil && aerr != nil {
 		err = aerr
 	}
@@ -181,6 +184,7 @@ func (r *Request) WriteTo(dst io.Writer) (int64, error) {
 		return 0, err
 	}
 	n, err := r.wt.WriteTo(abortWriter{dst, r})
+	r.transferred = n
 	if aerr := r.abortErr(); err != nil && aerr != nil {
 		err = aerr
 	}
@@ -231,6 +235,10 @@ type Server struct {
 	MaxTransfers int
 	// ErrorLog receives transfer failures; nil discards.
 	ErrorLog *slog.Logger
+	// OnTransfer, if set, learns of every request once it is done: its
+	// direction, the bytes moved and its error (nil: completed). It is
+	// called from transfer goroutines and must not block (metrics).
+	OnTransfer func(op Op, bytes int64, err error)
 
 	handler atomic.Pointer[handlerBox]
 	active  atomic.Int64
@@ -282,7 +290,10 @@ func (s *Server) maxBlock() int {
 	return s.MaxBlockSize
 }
 
-func (s *Server) serve(r *Request) error {
+func (s *Server) serve(r *Request) (err error) {
+	if s.OnTransfer != nil {
+		defer func() { s.OnTransfer(r.Op, r.transferred, err) }()
+	}
 	box := s.handler.Load()
 	if box == nil {
 		return errNoMapping

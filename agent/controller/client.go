@@ -9,7 +9,9 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -31,6 +33,12 @@ type Client struct {
 	Min, Max    time.Duration // backoff bounds between retry rounds
 	UserAgent   string        // the requests' User-Agent; "" leaves Go's
 
+	// OnPoll, if set, learns each controller's answer to a task request:
+	// "task", "none" or "error"; OnError, if set, why it failed (one of
+	// ErrorKinds). They are called from RequestTask's goroutine (metrics).
+	OnPoll  func(url, answer string)
+	OnError func(url, kind string)
+
 	// fitMu guards the rotation through the machines of requests over
 	// brep's limit (see fit).
 	fitMu     sync.Mutex
@@ -42,10 +50,19 @@ type Client struct {
 // Timeout of its own (bbot's --request-timeout default).
 const DefaultRequestTimeout = 300 * time.Second
 
+// ErrorKinds are the kinds of failed task requests OnError reports: no
+// answer (connection refused, reset or closed), the request timeout (or
+// the poll's bound), reading the answer, an HTTP status by class (a redirect the client did not follow is
+// 3xx), an answer that is not a task response, a request that could not be
+// made.
+var ErrorKinds = []string{"connect", "timeout", "read", "http_3xx", "http_4xx", "http_5xx", "parse", "request"}
+
 // apiError is a failed exchange; retryable for network errors, 429, 5xx.
+// kind is one of ErrorKinds.
 type apiError struct {
 	err       error
 	retryable bool
+	kind      string
 }
 
 func (e *apiError) Error() string   { return e.err.Error() }
@@ -127,6 +144,7 @@ func (c *Client) RequestTask(ctx context.Context, offer func(Controller) (manife
 			if ctx.Err() != nil {
 				return nil, nil, ctx.Err()
 			}
+			c.answered(ctl.URL, resp, err)
 			if err != nil {
 				if pctx.Err() != nil {
 					c.Log.Warn("poll time bound reached", "url", ctl.URL, "round", round, "error", err)
@@ -149,6 +167,38 @@ func (c *Client) RequestTask(ctx context.Context, offer func(Controller) (manife
 		pending = failed
 	}
 	return nil, nil, nil
+}
+
+// answered reports one controller's answer to OnPoll and OnError.
+func (c *Client) answered(url string, resp *manifest.TaskResponse, err error) {
+	switch {
+	case err != nil:
+		if c.OnError != nil {
+			kind := "timeout" // the poll's bound, which is a deadline
+			var ae *apiError
+			if errors.As(err, &ae) && ae.kind != "" {
+				kind = ae.kind
+			}
+			c.OnError(url, kind)
+		}
+		if c.OnPoll != nil {
+			c.OnPoll(url, "error")
+		}
+	case c.OnPoll == nil:
+	case resp.Session() == "":
+		c.OnPoll(url, "none")
+	default:
+		c.OnPoll(url, "task")
+	}
+}
+
+// netKind tells a request timeout from a failure to connect.
+func netKind(err error, otherwise string) string {
+	var ne net.Error
+	if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout() {
+		return "timeout"
+	}
+	return otherwise
 }
 
 // fit serializes req below brep's limit. When the whole request is over
@@ -247,7 +297,7 @@ func (c *Client) ask(ctx context.Context, ctl Controller, body []byte) (*manifes
 func (c *Client) post(ctx context.Context, url string, body []byte) (*manifest.TaskResponse, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
-		return nil, &apiError{err, false}
+		return nil, &apiError{err, false, "request"}
 	}
 	req.Header.Set("Content-Type", "text/manifest")
 	if c.UserAgent != "" {
@@ -259,27 +309,36 @@ func (c *Client) post(ctx context.Context, url string, body []byte) (*manifest.T
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return nil, &apiError{err, true}
+		return nil, &apiError{err, true, netKind(err, "connect")}
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
-		return nil, &apiError{fmt.Errorf("reading answer: %w", err), true}
+		return nil, &apiError{fmt.Errorf("reading answer: %w", err), true, netKind(err, "read")}
 	}
 	switch {
 	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode/100 == 5:
-		return nil, &apiError{fmt.Errorf("HTTP %d: %s", resp.StatusCode, firstLine(data)), true}
+		return nil, &apiError{fmt.Errorf("HTTP %d: %s", resp.StatusCode, firstLine(data)), true, httpKind(resp.StatusCode)}
 	case resp.StatusCode/100 != 2:
-		return nil, &apiError{fmt.Errorf("HTTP %d: %s", resp.StatusCode, firstLine(data)), false}
+		return nil, &apiError{fmt.Errorf("HTTP %d: %s", resp.StatusCode, firstLine(data)), false, httpKind(resp.StatusCode)}
 	}
 	if len(bytes.TrimSpace(data)) == 0 {
 		return &manifest.TaskResponse{}, nil // be lenient: an empty body is no task
 	}
 	tr, err := manifest.ParseTaskResponse(bytes.NewReader(data), "task response from "+url)
 	if err != nil {
-		return nil, &apiError{err, false}
+		return nil, &apiError{err, false, "parse"}
 	}
 	return tr, nil
+}
+
+// httpKind is an HTTP status's class as an error kind (a status outside
+// 3xx..5xx, which no server should send, counts as 4xx).
+func httpKind(status int) string {
+	if c := status / 100; c >= 3 && c <= 5 {
+		return "http_" + strconv.Itoa(c) + "xx"
+	}
+	return "http_4xx"
 }
 
 func firstLine(b []byte) string {

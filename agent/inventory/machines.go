@@ -145,6 +145,9 @@ type Enumerator struct {
 	// OnHostFault, if set, learns of a host-wide fault met while
 	// bootstrapping (the whole agent backs off, not just the machine).
 	OnHostFault func(why string)
+	// OnBootstrap, if set, learns each bootstrap's outcome: "success",
+	// "held", "host-fault", "interrupted" or "failure" (metrics).
+	OnBootstrap func(outcome string)
 
 	// Machines that failed (bootstrap, snapshot, lock) wait out their own
 	// backoff.
@@ -467,8 +470,13 @@ func TempName(base string) string {
 // bootstrap snapshots the image, runs the bootstrap step and publishes the
 // result as the new bootstrapped snapshot. A held bootstrap takes over the
 // machine's lock and work snapshot until the hold ends.
-func (e *Enumerator) bootstrap(ctx context.Context, boot Bootstrapper, dir, image, bootstrapped string, mc manifest.Machine) (manifest.BootstrappedMachine, error) {
-	var bm manifest.BootstrappedMachine
+func (e *Enumerator) bootstrap(ctx context.Context, boot Bootstrapper, dir, image, bootstrapped string, mc manifest.Machine) (bm manifest.BootstrappedMachine, err error) {
+	reported := false
+	defer func() {
+		if !reported && e.OnBootstrap != nil {
+			e.OnBootstrap(bootstrapOutcome(ctx, err))
+		}
+	}()
 	work := TempName(bootstrapped)
 	if err := btrfs.Snapshot(image, work, false); err != nil {
 		return bm, err
@@ -494,7 +502,12 @@ func (e *Enumerator) bootstrap(ctx context.Context, boot Bootstrapper, dir, imag
 	if errors.As(err, &hb) {
 		// The hold uses the slot's run files, TFTP port and tap: until
 		// slots give each hold its own, it holds the slot (and this
-		// machine's lock) here, as a held build does.
+		// machine's lock) here, as a held build does. The outcome is known
+		// now, the hold may last long.
+		if e.OnBootstrap != nil {
+			e.OnBootstrap("held")
+		}
+		reported = true
 		hb.Hold(ctx)
 		return bm, err
 	}
@@ -535,6 +548,22 @@ func (e *Enumerator) bootstrap(ctx context.Context, boot Bootstrapper, dir, imag
 	}
 	published = true
 	return bm, nil
+}
+
+// bootstrapOutcome classifies a bootstrap's error for OnBootstrap.
+func bootstrapOutcome(ctx context.Context, err error) string {
+	var be *BootstrapError
+	switch {
+	case err == nil:
+		return "success"
+	case errors.As(err, new(*HeldError)):
+		return "held"
+	case ctx.Err() != nil:
+		return "interrupted"
+	case errors.As(err, &be) && be.Host:
+		return "host-fault"
+	}
+	return "failure"
 }
 
 // publish atomically makes work the snapshot at final: a plain rename when

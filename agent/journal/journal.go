@@ -340,8 +340,7 @@ type Counts struct {
 	Failed  int
 }
 
-// Count reads the counts below stateDir; entries that vanish or are half
-// written while it reads are skipped.
+// Count reads the counts of every instance below stateDir.
 func Count(stateDir string) (Counts, error) {
 	c := Counts{ByState: map[State]int{}}
 	dirs, err := os.ReadDir(filepath.Join(stateDir, "journal"))
@@ -352,16 +351,64 @@ func Count(stateDir string) (Counts, error) {
 		if !d.IsDir() {
 			continue
 		}
-		j := &Journal{dir: filepath.Join(stateDir, "journal", d.Name())}
-		ents, _ := j.Entries()
-		for _, e := range ents {
-			c.ByState[e.State]++
+		n, err := CountStates(filepath.Join(stateDir, "journal", d.Name()))
+		if err != nil {
+			return c, err
+		}
+		for st, k := range n {
+			c.ByState[st] += k
 		}
 	}
-	failed, err := filepath.Glob(filepath.Join(stateDir, "failed", "*.json"))
-	if err != nil {
-		return c, err
+	c.Failed, err = CountFailed(filepath.Join(stateDir, "failed"))
+	return c, err
+}
+
+// CountStates counts the entries in dir (a Dir) by state, read-only and
+// without the flock, so that any process may look (metrics, status). An
+// entry changing meanwhile is counted as it was or as it became; one that
+// cannot be read is not counted. A missing dir has none.
+func CountStates(dir string) (map[State]int, error) {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return map[State]int{}, nil
 	}
-	c.Failed = len(failed)
-	return c, nil
+	if err != nil {
+		return nil, err
+	}
+	n := map[State]int{}
+	for _, de := range ents {
+		name := de.Name()
+		if !strings.HasSuffix(name, ".json") || strings.HasPrefix(name, ".") {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			continue // delivered and removed meanwhile
+		}
+		var e struct {
+			State State `json:"state"`
+		}
+		if json.Unmarshal(data, &e) == nil {
+			n[e.State]++
+		}
+	}
+	return n, nil
+}
+
+// CountFailed counts the results kept in a failed/ directory (see Fail).
+func CountFailed(failedDir string) (int, error) {
+	ents, err := os.ReadDir(failedDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, de := range ents {
+		if name := de.Name(); strings.HasSuffix(name, ".json") && !strings.HasPrefix(name, ".") {
+			n++
+		}
+	}
+	return n, nil
 }

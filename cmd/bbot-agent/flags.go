@@ -281,6 +281,7 @@ func flags(o *agent.Options, toolchainVer *string, trust *cli.StringSlice) []cli
 			boolean("systemd-daemon", "log for systemd (priority prefixes, no timestamps)", &o.SystemdDaemon),
 			num("verbose", "diagnostics `LEVEL`: 0 errors, 1 warnings and notices (start-up, tasks received and delivered, bootstraps), 2 info, 3 and up debug", &o.Verbose),
 			str("log-format", "log line `FORMAT`: text (logfmt) or json", &o.LogFormat),
+			str("metrics", "serve Prometheus metrics at http://`HOST:PORT`/metrics (daemon only; e.g. 127.0.0.1:9464; default off)", &o.Metrics),
 		),
 	)
 }

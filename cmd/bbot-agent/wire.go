@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/build2/bbot-agent-go/agent"
 )
@@ -28,6 +29,21 @@ func realTask(ctx context.Context, o *agent.Options, stdout io.Writer, log *slog
 		return err
 	}
 	return res.Serialize(stdout)
+}
+
+// serveMetrics serves the daemon's metrics on addr (--metrics) until stop.
+// An address that cannot be bound is a configuration error, said at once.
+func serveMetrics(a *agent.Agent, addr string, log *slog.Logger) (stop func(), err error) {
+	srv, err := a.EnableMetrics().Listen(addr)
+	if err != nil {
+		return nil, &agent.OptionError{Option: "metrics", Value: addr, Reason: err.Error()}
+	}
+	log.Info("serving metrics", "url", "http://"+srv.Addr()+"/metrics")
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Close(ctx)
+	}, nil
 }
 
 // daemon polls the controllers until SIGTERM/SIGINT; SIGHUP rescans.
@@ -86,6 +102,13 @@ func daemon(ctx context.Context, o *agent.Options, stdout io.Writer, log *slog.L
 			return err
 		}
 		return res.Serialize(stdout)
+	}
+	if o.Metrics != "" {
+		stop, err := serveMetrics(a, o.Metrics, log)
+		if err != nil {
+			return &agent.ConfigError{Err: err} // the address is taken or not ours
+		}
+		defer stop()
 	}
 	err = a.Run(ctx)
 	notify.send("STOPPING=1")
