@@ -499,10 +499,15 @@ func (a *Agent) preempt(ctx context.Context, victims []int, by string) *slot {
 	}
 	a.mu.Unlock()
 	for _, w := range waits {
-		select {
-		case <-w:
-		case <-ctx.Done():
-			return nil
+	victim:
+		for {
+			select {
+			case <-w:
+				break victim
+			case <-ctx.Done():
+				return nil
+			case <-heartOf(ctx).beat(): // the victims have hearts of their own
+			}
 		}
 	}
 	a.mu.Lock()
