@@ -211,6 +211,24 @@ func (l *statusLog) waitSaid(sub string, d time.Duration) bool {
 	return false
 }
 
+// waitSaidAfter waits up to d for a status line containing then, after
+// one containing first (the agent says "idle" before it bootstraps too).
+func (l *statusLog) waitSaidAfter(first, then string, d time.Duration) bool {
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		l.mu.Lock()
+		seen := false
+		for _, line := range l.lines {
+			if seen && strings.Contains(line, then) {
+				l.mu.Unlock()
+				return true
+			}
+			seen = seen || strings.Contains(line, first)
+		}
+		l.mu.Unlock()
+	}
+	return false
+}
+
 func statuses(rs []controllertest.Result) map[string]string {
 	m := map[string]string{}
 	for _, r := range rs {
