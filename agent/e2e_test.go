@@ -34,8 +34,7 @@ type e2e struct {
 	opts      Options
 	agent     *Agent
 	stop      func()
-	drain     chan struct{} // the agent's Drain, when set
-	done      chan error    // Run's return
+	done      chan error // Run's return
 }
 
 func freeUDPPort(t testing.TB) int {
@@ -97,7 +96,11 @@ func (e *e2e) start() {
 	a.VMs.onSuspend = e.onSuspend
 	a.VMs.maxUpload = 8 << 20 // the "huge" task reaches the cap in seconds, even on a loaded host
 	a.Status = e.onStatus
-	a.Drain = e.drain
+	// Every e2e test runs the watchdog's supervisor, strictly (a 5 s
+	// silence, where systemd's 60 s allows 30 s): a wait that does not
+	// answer its heartbeat fails the test.
+	a.WatchdogInterval, a.Watchdog = 5*time.Second, func() {}
+	a.onStuck = func(stuck []string) { e.t.Errorf("watchdog: goroutines stuck: %v", stuck) }
 	e.agent = a
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
