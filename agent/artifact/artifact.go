@@ -51,7 +51,9 @@ func (a Archive) Name() string { return a.Instance + ".tar" }
 // uploaded (the worker's fault, noted in the result; the result stands).
 type CorruptError struct{ Err error }
 
-func (e *CorruptError) Error() string { return "upload.tar is not a valid tar archive: " + e.Err.Error() }
+func (e *CorruptError) Error() string {
+	return "upload.tar is not a valid tar archive: " + e.Err.Error()
+}
 func (e *CorruptError) Unwrap() error { return e.Err }
 
 // validName is what a type or instance may be named: it becomes a form
