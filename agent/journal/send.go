@@ -39,6 +39,10 @@ type Sender struct {
 	Delivered func(*Entry)
 	// Watchdog, if set, supervises the sending goroutines.
 	Watchdog Watchdog
+	// Finalize, if set, writes an entry's body again from the worker's
+	// kept result with notes (the agent's, then the failed uploads'): the
+	// agent's result pipeline, for SendUploads.
+	Finalize func(dst io.Writer, src io.ReadSeeker, e *Entry, notes string) error
 
 	wg sync.WaitGroup
 }
@@ -74,10 +78,13 @@ func (s *Sender) Async(ctx context.Context, j *Journal, e *Entry, done func(bool
 // Wait waits for background sends.
 func (s *Sender) Wait() { s.wg.Wait() }
 
-// Send POSTs the entry until it is delivered, refused, expired or ctx ends
-// (it then stays for the next start). It reports whether the entry left
-// the journal.
+// Send POSTs the entry (its uploads first: SendUploads) until it is
+// delivered, refused, expired or ctx ends (it then stays for the next
+// start). It reports whether the entry left the journal.
 func (s *Sender) Send(ctx context.Context, j *Journal, e *Entry) bool {
+	if !s.SendUploads(ctx, j, e) {
+		return false
+	}
 	abort := false
 	for attempt := 0; ; attempt++ {
 		uncover := s.cover(ctx)
