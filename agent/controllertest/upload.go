@@ -94,17 +94,17 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request, typ string) {
 	switch {
 	case late:
 		// brep takes uploads only while the build is being built.
-		s.recordDrop("upload for session "+u.Session+" after its result: package configuration state is built")
+		s.recordDrop("upload for session " + u.Session + " after its result: package configuration state is built")
 		s.uploadAnswer(w, 200, typ+" upload is queued", ref)
 		return
 	case !known:
-		s.recordDrop("upload for session "+u.Session+": no package build")
+		s.recordDrop("upload for session " + u.Session + ": no package build")
 		s.uploadAnswer(w, 200, typ+" upload is queued", ref)
 		return
 	}
 	if is.challenge != "" || hasChallenge {
 		if why := s.verify(is.challenge, u.Challenge); why != "" {
-			s.recordDrop("upload for session "+u.Session+": "+why)
+			s.recordDrop("upload for session " + u.Session + ": " + why)
 			s.uploadAnswer(w, 200, typ+" upload is queued", ref)
 			return
 		}
