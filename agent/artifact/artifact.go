@@ -319,7 +319,7 @@ func (s *splitter) notes() []string {
 	}
 	slices.SortFunc(refused, func(a, b key) int { return strings.Compare(a.typ+"/"+a.instance, b.typ+"/"+b.instance) })
 	for _, k := range refused {
-		notes = append(notes, fmt.Sprintf("upload type %s (instance %s, %d files) not uploaded: the task has no %s-upload-url", k.typ, k.instance, s.refused[k], k.typ))
+		notes = append(notes, fmt.Sprintf("upload type %s not uploaded (instance %s, %s): the task has no %s-upload-url", k.typ, k.instance, files(s.refused[k]), k.typ))
 	}
 	add := func(list []string, what string) {
 		if len(list) > 0 {
@@ -331,6 +331,13 @@ func (s *splitter) notes() []string {
 	add(s.badNames, "entries whose type or instance name cannot be used (letters, digits, _ . + -, at most 64)")
 	add(slices.Compact(s.tooMany), fmt.Sprintf("instances beyond the first %d", MaxArchives))
 	return notes
+}
+
+func files(n int) string {
+	if n == 1 {
+		return "1 file"
+	}
+	return fmt.Sprintf("%d files", n)
 }
 
 func listed(names []string) string {

@@ -168,7 +168,7 @@ func TestSplit(t *testing.T) {
 		}
 	}
 	wantNotes := []string{
-		"upload type other (instance x, 2 files) not uploaded: the task has no other-upload-url",
+		"upload type other not uploaded (instance x, 2 files): the task has no other-upload-url",
 		"upload.tar: entries not under upload/<type>/<instance>/ left out: upload/bindist/stray, README, upload/bindist/debian/../../../etc/passwd",
 		"upload.tar: entries that are neither files nor directories left out: upload/bindist/debian/link (symbolic link)",
 		"upload.tar: entries whose type or instance name cannot be used (letters, digits, _ . + -, at most 64) left out: upload/bindist/b@d/f",
