@@ -31,6 +31,10 @@ type e2e struct {
 	root      string
 	onSuspend func(*machine.Machine)
 	onStatus  func(string)
+	// maxUploadTar, if set, lowers upload.tar's cap; onTimings receives
+	// each delivered task's timings.
+	maxUploadTar int64
+	onTimings    func(taskTimings)
 	opts      Options
 	agent     *Agent
 	stop      func()
@@ -96,6 +100,8 @@ func (e *e2e) start() {
 	a.Sender.Min, a.Sender.Max = 10*time.Millisecond, 100*time.Millisecond
 	a.VMs.onSuspend = e.onSuspend
 	a.VMs.maxUpload = 8 << 20 // the "huge" task reaches the cap in seconds, even on a loaded host
+	a.VMs.maxUploadTar = e.maxUploadTar
+	a.onTimings = e.onTimings
 	a.Status = e.onStatus
 	a.Drain = e.drain
 	e.agent = a

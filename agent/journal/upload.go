@@ -91,11 +91,15 @@ func (s *Sender) SendUploads(ctx context.Context, j *Journal, e *Entry) bool {
 }
 
 func (s *Sender) sendUpload(ctx context.Context, j *Journal, e *Entry, u *Upload, deadline time.Time) bool {
-	why := "not tried"
+	why := ""
 	for attempt := 0; ; attempt++ {
 		if !time.Now().Before(deadline) {
 			u.State = UploadFailed
 			u.Note = fmt.Sprintf("%s not delivered within %s; last error: %s", u.what(), s.uploadWindow(), why)
+			if attempt == 0 {
+				why = "the uploads' time had passed"
+				u.Note = fmt.Sprintf("%s not tried: the uploads' time (%s) had passed", u.what(), s.uploadWindow())
+			}
 			s.Log.Error("upload not delivered in time: noted in the result", "id", e.ID, "type", u.Type, "instance", u.Instance, "why", why)
 			return true
 		}
