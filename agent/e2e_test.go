@@ -35,11 +35,11 @@ type e2e struct {
 	// each delivered task's timings.
 	maxUploadTar int64
 	onTimings    func(taskTimings)
-	opts      Options
-	agent     *Agent
-	stop      func()
-	drain     chan struct{} // the agent's Drain, when set
-	done      chan error    // Run's return
+	opts         Options
+	agent        *Agent
+	stop         func()
+	drain        chan struct{} // the agent's Drain, when set
+	done         chan error    // Run's return
 }
 
 func freeUDPPort(t testing.TB) int {
