@@ -35,8 +35,10 @@ type Sender struct {
 	// controllers that answer 400 to "interrupt".
 	AbortForm func(dst io.Writer, src io.Reader) error
 	// Delivered, if set, is called after a 2xx and before the entry is
-	// removed (crash points use it).
-	Delivered func(*Entry)
+	// removed (crash points use it); UploadDelivered likewise after an
+	// upload's 2xx, before that is recorded.
+	Delivered       func(*Entry)
+	UploadDelivered func(*Entry)
 	// Watchdog, if set, supervises the sending goroutines.
 	Watchdog Watchdog
 	// Finalize, if set, writes an entry's body again from the worker's

@@ -113,6 +113,9 @@ func (s *Sender) sendUpload(ctx context.Context, j *Journal, e *Entry, u *Upload
 		}
 		switch {
 		case err == nil && status/100 == 2:
+			if s.UploadDelivered != nil {
+				s.UploadDelivered(e)
+			}
 			u.State = UploadSent
 			s.Log.Log(context.Background(), logx.LevelNotice, "upload delivered", "id", e.ID, "package", e.Package, "type", u.Type, "instance", u.Instance, "size", u.Size, "answer", answer)
 			return true
