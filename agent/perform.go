@@ -245,7 +245,10 @@ func (a *Agent) perform(ctx context.Context, t *task, received time.Time) func()
 		if note != "" {
 			notes = append(notes, note)
 		}
+		// Decompressing and splitting are bounded by the caps.
+		uncover := heartOf(ctx).busy(sessionStepBound)
 		_, err := a.collect(t.slot.journal, t.entry, collected{put: t.dirs.Put, name: rep.name, uploads: uploads, notes: notes, maxResult: s.maxFile})
+		uncover()
 		var gf *result.GuestFault
 		switch {
 		case errors.As(err, &gf):
