@@ -13,6 +13,10 @@ type Build struct {
 	Time     string // commit time, RFC 3339; "" when not recorded
 	Modified bool   // built from a work tree with uncommitted changes
 	Go       string // Go version
+	// Module is the main module's version when it is not "(devel)": what
+	// `go install ...@version` records (a pseudo-version names the commit)
+	// where there are no vcs settings.
+	Module string
 }
 
 // ReadBuild is this binary's Build.
@@ -27,6 +31,9 @@ func ReadBuild() Build {
 
 func buildFrom(info *debug.BuildInfo) Build {
 	b := Build{Go: info.GoVersion}
+	if v := info.Main.Version; v != "" && v != "(devel)" {
+		b.Module = v
+	}
 	for _, s := range info.Settings {
 		switch s.Key {
 		case "vcs.revision":
@@ -59,6 +66,8 @@ func (b Build) UserAgent() string {
 			r += " modified"
 		}
 		ua += " (" + r + ")"
+	} else if b.Module != "" {
+		ua += " (" + b.Module + ")"
 	}
 	return ua
 }

@@ -5,6 +5,15 @@ import (
 	"testing"
 )
 
+// TestBuildModuleVersion: `go install ...@version` records no vcs
+// settings, only the module version (a pseudo-version names the commit).
+func TestBuildModuleVersion(t *testing.T) {
+	b := buildFrom(&debug.BuildInfo{GoVersion: "go1.26.0", Main: debug.Module{Version: "v0.0.0-20261202140000-53265bb01234"}})
+	if b.Module != "v0.0.0-20261202140000-53265bb01234" || b.UserAgent() != "bbot-agent/"+Version+" (v0.0.0-20261202140000-53265bb01234)" {
+		t.Fatalf("%+v, User-Agent %q", b, b.UserAgent())
+	}
+}
+
 func TestBuildUserAgent(t *testing.T) {
 	for _, c := range []struct {
 		settings []debug.BuildSetting
@@ -19,7 +28,7 @@ func TestBuildUserAgent(t *testing.T) {
 			Build{Revision: "53265bb0123456789abcdef0123456789abcdef0", Modified: true, Go: "go1.26.0"},
 			"bbot-agent/" + Version + " (53265bb01234 modified)"},
 	} {
-		b := buildFrom(&debug.BuildInfo{GoVersion: "go1.26.0", Settings: c.settings})
+		b := buildFrom(&debug.BuildInfo{GoVersion: "go1.26.0", Main: debug.Module{Version: "(devel)"}, Settings: c.settings})
 		if b != c.want {
 			t.Errorf("%v: %+v, want %+v", c.settings, b, c.want)
 		}

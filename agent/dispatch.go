@@ -27,7 +27,15 @@ import (
 // busy ones a URL's priority may interrupt) and starts each task in a slot;
 // every job runs in its own goroutine of one errgroup.
 func (a *Agent) Run(ctx context.Context) error {
-	if err := a.open(ctx); err != nil {
+	// rctx also ends when a drain is done: the results left by an earlier
+	// run, sent from open, stop with everything else (they stay
+	// journaled).
+	rctx, stopAll := context.WithCancelCause(ctx)
+	defer stopAll(nil)
+	a.mu.Lock()
+	a.stopAll = stopAll
+	a.mu.Unlock()
+	if err := a.open(rctx); err != nil {
 		return err
 	}
 	a.mu.Lock()
@@ -42,9 +50,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.Ready != nil {
 		a.Ready()
 	}
-	rctx, stopAll := context.WithCancelCause(ctx)
-	defer stopAll(nil)
-	a.stopAll = stopAll
 	g, gctx := errgroup.WithContext(rctx)
 	a.jobs = g
 	g.Go(func() error { a.dispatch(gctx); return nil })
@@ -66,11 +71,6 @@ func (a *Agent) dispatch(ctx context.Context) {
 	h := heartOf(ctx)
 	for ctx.Err() == nil {
 		crash.Point("dispatch")
-		select {
-		case <-a.Drain:
-			a.startDrain()
-		default:
-		}
 		if a.isDraining() {
 			if !a.anyRunning() {
 				a.finishDrain(h)
@@ -89,8 +89,7 @@ func (a *Agent) dispatch(ctx context.Context) {
 					break backoff
 				case <-t.C:
 					break backoff
-				case <-a.Drain:
-					a.startDrain()
+				case <-a.changed: // a drain
 					break backoff
 				case <-h.beat():
 				}
@@ -131,9 +130,6 @@ func (a *Agent) dispatch(ctx context.Context) {
 				break wait
 			case <-sleep.C:
 				break wait
-			case <-a.Drain:
-				a.startDrain()
-				break wait
 			case <-h.beat():
 			}
 		}
@@ -145,9 +141,11 @@ func (a *Agent) dispatch(ctx context.Context) {
 // snapshot deletion: no bootstrap) for the watchdog.
 var scanBound = 5 * time.Minute
 
-// startDrain stops taking work: running tasks and bootstraps finish, no
-// controller is asked again, and once none runs the agent exits 0.
-func (a *Agent) startDrain() {
+// Drain stops taking work (SIGUSR1): running tasks and bootstraps finish,
+// no controller is asked again (a poll under way ends first, and a task it
+// brings runs too), and once none runs Run returns nil. Safe to call from
+// any goroutine, and more than once.
+func (a *Agent) Drain() {
 	a.mu.Lock()
 	was := a.draining
 	a.draining = true
@@ -155,6 +153,7 @@ func (a *Agent) startDrain() {
 	if !was {
 		a.Log.Warn("draining: finishing running tasks and bootstraps, taking no new ones, then exiting")
 		a.setStatus(nil, SlotState{})
+		a.signalChanged()
 	}
 }
 

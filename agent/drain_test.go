@@ -1,12 +1,16 @@
 package agent
 
 import (
+	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/build2/bbot-agent-go/agent/controller"
 	"github.com/build2/bbot-agent-go/agent/controllertest"
+	"github.com/build2/bbot-agent-go/agent/journal"
 )
 
 // TestDrain: a drain while a task builds lets it finish and be reported
@@ -25,7 +29,6 @@ func TestDrain(t *testing.T) {
 			}
 		}
 	}
-	e.drain = make(chan struct{}, 1)
 	srv.QueueTask("slow", testMachine)
 	e.start()
 	select {
@@ -35,7 +38,7 @@ func TestDrain(t *testing.T) {
 	}
 	srv.QueueTask("hello", testMachine) // must not be taken
 	asked := len(srv.Requests())
-	e.drain <- struct{}{}
+	e.agent.Drain()
 	select {
 	case err := <-e.done:
 		if err != nil {
@@ -54,5 +57,63 @@ func TestDrain(t *testing.T) {
 	}
 	if st := e.agent.State(); !st.Draining {
 		t.Error("the state does not say draining")
+	}
+}
+
+// TestDrainWithUnsentResult: a result left by an earlier run that cannot
+// be delivered (its controller is down) does not keep a drain from ending:
+// Run returns after the drain's send grace, Close does not wait for the
+// result TTL, and the result stays journaled for the next start. No VM:
+// there are no machines.
+func TestDrainWithUnsentResult(t *testing.T) {
+	defer func(d time.Duration) { drainSendGrace = d }(drainSendGrace)
+	drainSendGrace = 500 * time.Millisecond
+	dir := t.TempDir()
+	o := &Options{Machines: filepath.Join(dir, "machines"), TFTP: filepath.Join(dir, "tftp"), TFTPPort: freeUDPPort(t) - 1,
+		ToolchainName: "drain", ToolchainNum: 1, ToolchainVer: mustVersion(t, Version),
+		BootstrapStartup: time.Minute, BootstrapTimeout: time.Minute, BuildStartup: time.Minute, BuildTimeout: time.Minute,
+		CPU: 1, RAM: 512 << 10, ConnectTimeout: time.Second, RequestTimeout: 2 * time.Second,
+		Network: "user", Accel: "tcg", StateDir: filepath.Join(dir, "state"), RunDir: filepath.Join(dir, "run"),
+		PollInterval: time.Second, ResultTTL: time.Hour, FakeBootstrap: true,
+		Controllers: []controller.Controller{{URL: "http://127.0.0.1:1/?build-task"}}}
+	os.MkdirAll(o.Machines, 0o755)
+	j, err := journal.Open(journal.Dir(o.StateDir, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &journal.Entry{URL: "http://127.0.0.1:1/?build-result", Package: "left", PackageVersion: "1.0.0", Status: "success"}
+	if err := j.Receive(e, []byte(": 1\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Settle(e, journal.Sendable, "success", "", nil); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+
+	a, err := New(o, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Sender.Min, a.Sender.Max = 50*time.Millisecond, 100*time.Millisecond
+	a.Ready = a.Drain
+	done := make(chan error, 1)
+	go func() { done <- a.Run(context.Background()) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Run did not return after a drain with an undeliverable result")
+	}
+	closed := make(chan struct{})
+	go func() { a.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close waits for the undeliverable result")
+	}
+	if _, err := os.Stat(filepath.Join(journal.Dir(o.StateDir, 1), e.ID+".json")); err != nil {
+		t.Errorf("the unsent result left the journal: %v", err)
 	}
 }

@@ -38,8 +38,7 @@ type e2e struct {
 	opts         Options
 	agent        *Agent
 	stop         func()
-	drain        chan struct{} // the agent's Drain, when set
-	done         chan error    // Run's return
+	done         chan error // Run's return
 }
 
 func freeUDPPort(t testing.TB) int {
@@ -103,7 +102,11 @@ func (e *e2e) start() {
 	a.VMs.maxUploadTar = e.maxUploadTar
 	a.onTimings = e.onTimings
 	a.Status = e.onStatus
-	a.Drain = e.drain
+	// Every e2e test runs the watchdog's supervisor, strictly (a 5 s
+	// silence, where systemd's 60 s allows 30 s): a wait that does not
+	// answer its heartbeat fails the test.
+	a.WatchdogInterval, a.Watchdog = 5*time.Second, func() {}
+	a.onStuck = func(stuck []string) { e.t.Errorf("watchdog: goroutines stuck: %v", stuck) }
 	e.agent = a
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -213,6 +216,24 @@ func (l *statusLog) waitSaid(sub string, d time.Duration) bool {
 		if l.said(sub) {
 			return true
 		}
+	}
+	return false
+}
+
+// waitSaidAfter waits up to d for a status line containing then, after
+// one containing first (the agent says "idle" before it bootstraps too).
+func (l *statusLog) waitSaidAfter(first, then string, d time.Duration) bool {
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		l.mu.Lock()
+		seen := false
+		for _, line := range l.lines {
+			if seen && strings.Contains(line, then) {
+				l.mu.Unlock()
+				return true
+			}
+			seen = seen || strings.Contains(line, first)
+		}
+		l.mu.Unlock()
 	}
 	return false
 }

@@ -125,7 +125,9 @@ func TestFullStateDir(t *testing.T) {
 	var status statusLog
 	e.onStatus = status.record
 	e.start()
-	status.waitSaid("idle", 120*time.Second) // bootstrapped, polled: the journal is open
+	if !status.waitSaidAfter("bootstrapping", "idle", 120*time.Second) { // bootstrapped, polled: the journal is open
+		t.Fatalf("never idle after bootstrapping: %q", status.lines)
+	}
 	// Fill it up.
 	f, _ := os.Create(filepath.Join(state, "filler"))
 	buf := make([]byte, 4096)

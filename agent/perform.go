@@ -192,7 +192,9 @@ func (a *Agent) settle(t *task, o outcome, notes string) bool {
 func (a *Agent) perform(ctx context.Context, t *task, received time.Time) func() {
 	unlock := func() {}
 	if !t.mach.NoVM {
+		uncover := heartOf(ctx).busy(lockWait + time.Minute)
 		lock, err := inventory.LockMachineWait(ctx, t.mach.Dir, lockWait)
+		uncover()
 		if err != nil {
 			ev, why := evMachineFault, err.Error()
 			if ctx.Err() != nil {
@@ -341,7 +343,9 @@ func (a *Agent) postOnce(ctx context.Context, url string, body []byte) {
 	if url == "" {
 		return
 	}
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	const bound = 30 * time.Second
+	defer heartOf(ctx).busy(bound + 10*time.Second)()
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bound)
 	defer cancel()
 	status, err := a.Sender.PostBytes(pctx, url, body)
 	if err != nil || status/100 != 2 {

@@ -76,10 +76,9 @@ type Agent struct {
 	hearts           *supervisor
 	Watchdog         func()
 	WatchdogInterval time.Duration
+	onStuck          func([]string) // tests: each stuck report
 
-	// Drain, when it fires, makes the agent finish its running tasks,
-	// take no new ones and return from Run (SIGUSR1).
-	Drain   <-chan struct{}
+	// stopAll ends Run's context (a finished drain); guarded by mu.
 	stopAll context.CancelCauseFunc
 
 	// Rescan wakes the poll sleep early (SIGHUP).

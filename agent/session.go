@@ -29,9 +29,10 @@ import (
 // session only reports what happened (an event); decideOutcome says what
 // becomes of it.
 type session struct {
-	v    *VMs
-	mode string // "bootstrap" or "build"
-	mc   manifest.Machine
+	v     *VMs
+	mode  string // "bootstrap" or "build"
+	mc    manifest.Machine
+	heart *heart // of the goroutine that runs it (teardown covers itself)
 
 	// source is snapshotted to snapshot (a fresh name per attempt unless
 	// fixed is set: the bootstrap's work snapshot keeps its name).
@@ -93,6 +94,8 @@ func (s *session) push(f func()) { s.undo = append(s.undo, f) }
 // mapping (aborting transfers in flight), unbind TFTP, remove the dirs,
 // delete the snapshot.
 func (s *session) teardown() {
+	// QEMU forced down (QMP quit, then SIGKILL), snapshot deleted: bounded.
+	defer s.heart.busy(sessionStepBound)()
 	for i := len(s.undo) - 1; i >= 0; i-- {
 		s.undo[i]()
 	}
@@ -102,6 +105,7 @@ func (s *session) teardown() {
 
 // run performs the steps and waits for the result (or the first fault).
 func (s *session) run(ctx context.Context) sessionReport {
+	s.heart = heartOf(ctx)
 	if s.noVM {
 		if rep, ok := s.start(ctx); !ok {
 			s.teardown()
@@ -488,6 +492,7 @@ held:
 		case <-h.beat():
 		}
 	}
+	defer h.busy(sessionStepBound)()
 	m.ForceDown()
 }
 

@@ -168,6 +168,8 @@ func (v *VMs) Bootstrap(ctx context.Context, req inventory.BootstrapRequest) (ma
 		if wait == 0 {
 			wait, grace = 300*time.Second, 60*time.Second
 		}
+		// Both waits are bounded: the watchdog counts them as progress.
+		defer heartOf(ctx).busy(wait + grace + time.Minute)()
 		wctx, cancel := context.WithTimeout(ctx, wait)
 		err := s.m.Wait(wctx)
 		cancel()

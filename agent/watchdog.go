@@ -20,6 +20,7 @@ type heart struct {
 
 	mu         sync.Mutex
 	coverUntil time.Time
+	answered   time.Time // last answer (or cover) the supervisor saw
 }
 
 // beat is the channel a select loop receives heartbeat asks from; nil (a
@@ -54,20 +55,42 @@ func (h *heart) covered(now time.Time) bool {
 	return now.Before(h.coverUntil)
 }
 
-// wait blocks until c is closed, answering heartbeats meanwhile: for waits
-// on another goroutine that has its own heart or bound.
-func (h *heart) wait(c <-chan struct{}) {
-	for {
-		select {
-		case <-c:
-			return
-		case <-h.beat():
+func (h *heart) mark(now time.Time) {
+	h.mu.Lock()
+	h.answered = now
+	h.mu.Unlock()
+}
+
+// silentFor is how long the heart has not answered.
+func (h *heart) silentFor(now time.Time) time.Duration {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return now.Sub(h.answered)
+}
+
+// askOnce asks the heart, for up to timeout; covered or gone counts as
+// answered (checked again at the end: a cover may begin while it asks).
+func (h *heart) askOnce(timeout time.Duration) {
+	if h.covered(time.Now()) {
+		h.mark(time.Now())
+		return
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case h.ask <- struct{}{}:
+		h.mark(time.Now())
+	case <-h.done:
+		h.mark(time.Now())
+	case <-t.C:
+		if h.covered(time.Now()) {
+			h.mark(time.Now())
 		}
 	}
 }
 
 // supervisor asks every registered heart for a beat each round and tells
-// whether all answered (then systemd gets WATCHDOG=1).
+// whether all have answered recently (then systemd gets WATCHDOG=1).
 type supervisor struct {
 	mu     sync.Mutex
 	hearts []*heart
@@ -78,7 +101,7 @@ func (s *supervisor) add(name string) (h *heart, stop func()) {
 	if s == nil {
 		return nil, func() {}
 	}
-	h = &heart{name: name, ask: make(chan struct{}), done: make(chan struct{})}
+	h = &heart{name: name, ask: make(chan struct{}), done: make(chan struct{}), answered: time.Now()}
 	s.mu.Lock()
 	s.hearts = append(s.hearts, h)
 	s.mu.Unlock()
@@ -93,49 +116,53 @@ func (s *supervisor) add(name string) (h *heart, stop func()) {
 	}
 }
 
-// round asks every heart, giving them until timeout in all, and returns
-// the names of those that did not answer.
-func (s *supervisor) round(timeout time.Duration) []string {
+// round asks every heart at once, each for up to timeout, and returns the
+// names of those silent for longer than maxSilence: one slow answer is not
+// a stuck goroutine, a silence spanning rounds is.
+func (s *supervisor) round(timeout, maxSilence time.Duration) []string {
 	s.mu.Lock()
 	hearts := slices.Clone(s.hearts)
 	s.mu.Unlock()
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	var stuck []string
-	expired := false
+	var wg sync.WaitGroup
 	for _, h := range hearts {
-		if h.covered(time.Now()) {
-			continue
-		}
-		if expired {
-			stuck = append(stuck, h.name)
-			continue
-		}
-		select {
-		case h.ask <- struct{}{}:
-		case <-h.done:
-		case <-deadline.C:
-			expired = true
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h.askOnce(timeout)
+		}()
+	}
+	wg.Wait()
+	var stuck []string
+	now := time.Now()
+	for _, h := range hearts {
+		if h.silentFor(now) > maxSilence {
 			stuck = append(stuck, h.name)
 		}
 	}
 	return stuck
 }
 
-// run asks every interval; ping is called after each round all hearts
-// answered. A stuck goroutine is logged once per episode, naming it; no
-// ping then lets systemd's watchdog restart the agent.
+// superviseHearts runs a round every interval/2 (each ask waits up to
+// interval/4) and pings after each round in which no goroutine has been
+// silent for more than interval. With interval = WatchdogSec/2, a
+// goroutine stuck outside its loop for more than about WatchdogSec/2 stops
+// the pings, and systemd restarts the agent WatchdogSec after the last
+// one; a single slow answer costs nothing. A stuck goroutine is logged
+// once per episode, naming it.
 func (a *Agent) superviseHearts(ctx context.Context, interval time.Duration, ping func()) {
-	t := time.NewTicker(interval)
+	t := time.NewTicker(interval / 2)
 	defer t.Stop()
 	var reported []string
 	for {
-		stuck := a.hearts.round(interval / 2)
+		stuck := a.hearts.round(interval/4, interval)
 		if len(stuck) == 0 {
 			ping()
 			reported = nil
 		} else if !slices.Equal(stuck, reported) {
 			reported = stuck
+			if a.onStuck != nil {
+				a.onStuck(stuck)
+			}
 			a.Log.Error("watchdog: goroutines stuck outside their loops; not telling systemd we are alive", "stuck", stuck)
 		}
 		select {

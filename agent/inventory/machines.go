@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -153,6 +154,9 @@ type Enumerator struct {
 	// benchmarks). Slots bootstrap in parallel.
 	snapshots atomic.Int64
 
+	// cache keeps what scans read while it is unchanged on disk.
+	cache scanCache
+
 	// OnHostFault, if set, learns of a host-wide fault met while
 	// bootstrapping (the whole agent backs off, not just the machine).
 	OnHostFault func(why string)
@@ -251,8 +255,25 @@ func (e *Enumerator) Enumerate(ctx context.Context) ([]*Machine, error) {
 	if e.Fake != nil {
 		return []*Machine{e.Fake}, nil
 	}
-	machines, _, err := e.scan(ctx, e.Bootstrapper)
-	return machines, err
+	machines, pending, err := e.scan(ctx)
+	if err != nil || e.Bootstrapper == nil {
+		return machines, err
+	}
+	for _, dir := range pending {
+		if err := ctx.Err(); err != nil {
+			return machines, err
+		}
+		m, err := e.BootstrapDir(ctx, dir, e.Bootstrapper)
+		if err != nil {
+			e.Log.Warn("skipping machine", "machine", dir, "error", err)
+			continue
+		}
+		if m != nil {
+			machines = append(machines, m)
+		}
+	}
+	slices.SortFunc(machines, func(a, b *Machine) int { return strings.Compare(a.Dir, b.Dir) })
+	return machines, nil
 }
 
 // Scan returns the usable machines in directory order and, without
@@ -263,7 +284,7 @@ func (e *Enumerator) Scan(ctx context.Context) (usable []*Machine, pending []str
 	if e.Fake != nil {
 		return []*Machine{e.Fake}, nil, nil
 	}
-	return e.scan(ctx, nil)
+	return e.scan(ctx)
 }
 
 // BootstrapDir (re-)bootstraps one machine that Scan reported, with b (the
@@ -275,14 +296,18 @@ func (e *Enumerator) BootstrapDir(ctx context.Context, dir string, b Bootstrappe
 	return e.machine(ctx, dir, b, nil)
 }
 
-func (e *Enumerator) scan(ctx context.Context, boot Bootstrapper) ([]*Machine, []string, error) {
+// scanWorkers look at machines in parallel: a scan is system calls (a
+// lock, a few stats and reads per machine), which the kernel serves on
+// every CPU.
+var scanWorkers = runtime.GOMAXPROCS(0)
+
+func (e *Enumerator) scan(ctx context.Context) ([]*Machine, []string, error) {
 	e.log()
 	volumes, err := os.ReadDir(e.Root)
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading machines directory: %w", err)
 	}
-	var machines []*Machine
-	var pending []string
+	var dirs []string
 	for _, vol := range volumes {
 		if hidden(vol.Name()) || !isDir(e.Root, vol) {
 			continue
@@ -294,28 +319,47 @@ func (e *Enumerator) scan(ctx context.Context, boot Bootstrapper) ([]*Machine, [
 			continue
 		}
 		for _, ent := range entries {
-			if err := ctx.Err(); err != nil {
-				return machines, pending, err
-			}
 			if hidden(ent.Name()) || !isDir(volDir, ent) {
 				continue
 			}
-			dir := filepath.Join(volDir, ent.Name())
-			if e.Withheld(dir) {
-				continue
+			if dir := filepath.Join(volDir, ent.Name()); !e.Withheld(dir) {
+				dirs = append(dirs, dir)
 			}
-			needs := false
-			m, err := e.machine(ctx, dir, boot, &needs)
-			if err != nil {
-				e.Log.Warn("skipping machine", "machine", dir, "error", err)
-				continue
+		}
+	}
+	type look struct {
+		m     *Machine
+		needs bool
+	}
+	looks := make([]look, len(dirs))
+	next := atomic.Int64{}
+	var wg sync.WaitGroup
+	for range min(scanWorkers, len(dirs)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1) - 1); i < len(dirs) && ctx.Err() == nil; i = int(next.Add(1) - 1) {
+				m, err := e.machine(ctx, dirs[i], nil, &looks[i].needs)
+				if err != nil {
+					e.Log.Warn("skipping machine", "machine", dirs[i], "error", err)
+					continue
+				}
+				looks[i].m = m
 			}
-			if needs {
-				pending = append(pending, dir)
-			}
-			if m != nil {
-				machines = append(machines, m)
-			}
+		}()
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	var machines []*Machine
+	var pending []string
+	for i, l := range looks { // directory order
+		if l.needs {
+			pending = append(pending, dirs[i])
+		}
+		if l.m != nil {
+			machines = append(machines, l.m)
 		}
 	}
 	return machines, pending, nil
@@ -335,23 +379,26 @@ func isDir(parent string, ent fs.DirEntry) bool {
 }
 
 // Lock is a held machine flock.
-type Lock struct{ f *os.File }
+type Lock struct{ fd int }
 
 // LockMachine takes the machine directory's flock without waiting. It
-// returns (nil, nil) when another process or slot holds it.
+// returns (nil, nil) when another process or slot holds it. A plain file
+// descriptor: every scan takes every machine's lock, and an *os.File costs
+// system calls of its own (the poller's registration).
 func LockMachine(dir string) (*Lock, error) {
-	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o644)
+	path := filepath.Join(dir, ".lock")
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o644)
 	if err != nil {
-		return nil, err
+		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
+	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		unix.Close(fd)
 		if errors.Is(err, unix.EWOULDBLOCK) {
 			return nil, nil
 		}
 		return nil, fmt.Errorf("locking %s: %w", dir, err)
 	}
-	return &Lock{f: f}, nil
+	return &Lock{fd: fd}, nil
 }
 
 // LockMachineWait retries LockMachine for up to wait: a busy lock is
@@ -375,7 +422,7 @@ func LockMachineWait(ctx context.Context, dir string, wait time.Duration) (*Lock
 }
 
 // Close releases the flock.
-func (l *Lock) Close() error { return l.f.Close() }
+func (l *Lock) Close() error { return unix.Close(l.fd) }
 
 // machine examines one machine directory; nil means nothing usable. A
 // machine that needs a bootstrap is bootstrapped with boot; with a nil boot,
@@ -393,7 +440,7 @@ func (e *Enumerator) machine(ctx context.Context, dir string, boot Bootstrapper,
 	}
 	defer lock.Close() // releases the flock
 
-	if err := removeTemporaries(dir, name, e.ToolchainName, e.Log); err != nil {
+	if err := e.removeTemporariesOnce(dir, name); err != nil {
 		return nil, err
 	}
 
@@ -410,18 +457,18 @@ func (e *Enumerator) machine(ctx context.Context, dir string, boot Bootstrapper,
 		e.Log.Debug("no machine link, skipping", "link", link)
 		return nil, nil
 	}
-	image, err := filepath.EvalSymlinks(link)
+	image, err := resolveLink(link)
 	if err != nil {
 		e.Log.Warn("dangling machine link, skipping", "link", link, "error", err)
 		return nil, nil
 	}
-	mc, err := readMachine(filepath.Join(image, "manifest"))
+	mc, err := e.cache.machine(filepath.Join(image, "manifest"))
 	if err != nil {
 		return nil, err
 	}
 
 	var current *manifest.BootstrappedMachine
-	if bm, err := readBootstrapped(filepath.Join(bootstrapped, "manifest")); err == nil {
+	if bm, err := e.cache.bootstrapped(filepath.Join(bootstrapped, "manifest")); err == nil {
 		current = &bm
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		e.Log.Warn("unreadable bootstrapped manifest, re-bootstrapping", "machine", dir, "error", err)

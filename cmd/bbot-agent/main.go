@@ -99,13 +99,22 @@ func printError(w io.Writer, err error) {
 func runApp(args []string, stdout, stderr io.Writer) error {
 	// Options files are expanded first: their options then parse, and
 	// override each other, exactly as if given in their place.
-	expanded, err := expandOptionsFiles(args[1:])
+	app := newApp(stdout, stderr)
+	booleans := map[string]bool{}
+	for _, f := range app.Flags {
+		if _, ok := f.(*cli.BoolFlag); ok {
+			for _, n := range f.Names() {
+				booleans["--"+n], booleans["-"+n] = true, true
+			}
+		}
+	}
+	expanded, err := expandOptionsFiles(args[1:], func(option string) bool { return booleans[option] })
 	if err != nil {
 		return &usageError{err}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return newApp(stdout, stderr).RunContext(ctx, append([]string{args[0]}, expanded...))
+	return app.RunContext(ctx, append([]string{args[0]}, expanded...))
 }
 
 // The flag package names options with one dash in its errors ("invalid
@@ -130,7 +139,11 @@ func flagError(err error) error {
 func printVersion(w io.Writer, b agent.Build) {
 	fmt.Fprintf(w, "bbot-agent %s (Go %s)\n", agent.Version, b.Go)
 	if b.Revision == "" {
-		fmt.Fprintln(w, "unknown revision")
+		if b.Module != "" {
+			fmt.Fprintln(w, "module version "+b.Module)
+		} else {
+			fmt.Fprintln(w, "unknown revision")
+		}
 		return
 	}
 	line := "revision " + b.Revision

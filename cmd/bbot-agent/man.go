@@ -56,7 +56,7 @@ func manPage(app *cli.App) []byte {
 	}{
 		{0, `Success, including \fB\-\-dump\-*\fP whatever the result's status, and a stop by SIGTERM or SIGINT.`},
 		{exitFailure, `A failure at run time.`},
-		{2, `A Go panic: a bug in the agent.`},
+		{2, `A Go panic (a bug in the agent), or SIGABRT from the systemd watchdog (a goroutine stuck outside its loop): both are restarted.`},
 		{exitUsage, `A bad option or value (EX_USAGE): an unknown option, a value that does not parse or is out of range, a bad controller URL or priority, an options file that cannot be read or has a syntax error, a \fB\-\-fake\-request\fP or \fB\-\-fake\-machine\fP file that cannot be read.`},
 		{exitDataErr, `A malformed \fB\-\-fake\-request\fP or \fB\-\-fake\-machine\fP manifest (EX_DATAERR), reported as \fIfile\fP:\fIline\fP:\fIcolumn\fP: error: ...`},
 		{exitConfig, `The host does not fit the options, found at start (EX_CONFIG): the \fB\-\-bridge\fP is missing or has no IPv4 address, \fB\-\-guest\-range\fP does not fit its network, the \fB\-\-auth\-key\fP cannot be read or is not an RSA key, the \fB\-\-qemu\-user\fP does not exist, the state or run directory cannot be created, or another process holds one of this process's instances.`},
@@ -329,7 +329,10 @@ to a controller that refuses it), and the agent exits 0.
 Rescan the machines now. It does not read the options, options files or URLs again: restart the agent for that.
 .TP
 .B SIGUSR1
-Drain: finish the running tasks, take no new ones, and exit 0.
+Drain: finish the running tasks and bootstraps, take no new ones (a poll under way ends first), end held machines as on SIGTERM, wait up to a minute for results being sent (the rest stays journaled), and exit 0.
+.TP
+.B SIGABRT
+Sent by systemd's watchdog when the agent stopped sending WATCHDOG=1 (a goroutine did not answer its heartbeat): Go prints every goroutine's stack and exits 2.
 `
 
 const manSeeAlso = `.SH SEE ALSO

@@ -39,9 +39,11 @@ func (e *optionsFileError) Unwrap() error { return e.Err }
 // tab or =; any other line is one argument (a controller URL). A value (or
 // argument) starting or ending with a quote must be wrapped in one pair of
 // "..." or '...', which is removed: quotes keep leading and trailing spaces
-// and give empty values; quotes inside are part of the value.
-func expandOptionsFiles(args []string) ([]string, error) {
-	var x optionsExpansion
+// and give empty values; quotes inside are part of the value. A boolean
+// option (isBool) in a file may be followed by true or false, as in
+// "--systemd-daemon true".
+func expandOptionsFiles(args []string, isBool func(option string) bool) ([]string, error) {
+	x := optionsExpansion{isBool: isBool}
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		if x.ended {
@@ -77,9 +79,10 @@ func isOptionsFileOption(name string) bool {
 }
 
 type optionsExpansion struct {
-	out   []string
-	files []string // the files being read, outermost first
-	ended bool     // "--" seen: the rest are arguments
+	isBool func(option string) bool
+	out    []string
+	files  []string // the files being read, outermost first
+	ended  bool     // "--" seen: the rest are arguments
 }
 
 // read appends the arguments of the options file path.
@@ -156,6 +159,13 @@ func (x *optionsExpansion) line(path, line string) error {
 	case sep == '=':
 		// One argument, as on a command line: a boolean option takes
 		// its value only this way.
+		x.out = append(x.out, option+"="+value)
+	case x.isBool != nil && x.isBool(option):
+		// The flag package takes a boolean's value only after "=": given
+		// apart, it would become the first URL.
+		if value != "true" && value != "false" {
+			return fmt.Errorf("%s takes no value but true or false, not '%s'", option, value)
+		}
 		x.out = append(x.out, option+"="+value)
 	default:
 		x.out = append(x.out, option, value)

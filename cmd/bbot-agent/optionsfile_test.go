@@ -115,7 +115,7 @@ func TestOptionsFile(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			got, err := expandOptionsFiles(c.args)
+			got, err := expandOptionsFiles(c.args, isTestBool)
 			if c.err != "" {
 				want := strings.ReplaceAll(c.err, "$D", dir)
 				if err == nil || !strings.HasSuffix(err.Error(), want) {
@@ -156,7 +156,7 @@ func TestOptionsFileOverrides(t *testing.T) {
 		{[]string{"--cpu", "8", "--options-file", f}, 4, "from the file"},
 		{[]string{"--options-file", f, "--cpu", "8", "--toolchain-id", "x"}, 8, "x"},
 	} {
-		args, err := expandOptionsFiles(c.args)
+		args, err := expandOptionsFiles(c.args, isTestBool)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -164,5 +164,26 @@ func TestOptionsFileOverrides(t *testing.T) {
 		if err != nil || o.CPU != c.cpu || o.ToolchainID != c.id || !o.SystemdDaemon {
 			t.Errorf("%q: %v, cpu %d, id %q, systemd-daemon %v", c.args, err, o.CPU, o.ToolchainID, o.SystemdDaemon)
 		}
+	}
+}
+
+func isTestBool(option string) bool { return option == "--systemd-daemon" || option == "--fake-build" }
+
+// TestOptionsFileBoolean: "--systemd-daemon true" in a file is the boolean
+// set, not the option followed by a URL "true"; another word is an error
+// at its line.
+func TestOptionsFileBoolean(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good")
+	os.WriteFile(good, []byte("--systemd-daemon true\n--fake-build false\n--cpu 4\n"), 0o644)
+	got, err := expandOptionsFiles([]string{"--options-file", good}, isTestBool)
+	if want := []string{"--systemd-daemon=true", "--fake-build=false", "--cpu", "4"}; err != nil || !slices.Equal(got, want) {
+		t.Fatalf("got %q, %v; want %q", got, err, want)
+	}
+	bad := filepath.Join(dir, "bad")
+	os.WriteFile(bad, []byte("# x\n--systemd-daemon yes\n"), 0o644)
+	_, err = expandOptionsFiles([]string{"--options-file", bad}, isTestBool)
+	if err == nil || !strings.Contains(err.Error(), bad+":2: error: --systemd-daemon takes no value but true or false, not 'yes'") {
+		t.Fatalf("error %v", err)
 	}
 }

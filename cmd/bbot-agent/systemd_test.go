@@ -12,6 +12,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/build2/bbot-agent-go/agent"
+	"github.com/build2/bbot-agent-go/btrfs"
+	"github.com/build2/bbot-agent-go/btrfs/btrfstest"
+	"github.com/build2/bbot-agent-go/machine/machinetest"
 )
 
 // The shipped unit, tested with systemd's own tools and under a real
@@ -414,4 +419,90 @@ func tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// TestUnitRunsATask: the shipped unit's sandbox (capabilities, system
+// call filter, device policy, read-only system) lets the agent bootstrap a
+// real machine and run a real task in it under QEMU, with user and with
+// bridge networking. The drop-in only
+// swaps the daemon for a --fake-request run (no controller can be reached
+// from the namespace) and names the test's paths.
+func TestUnitRunsATask(t *testing.T) {
+	machinetest.RequireQEMU(t)
+	machinetest.LockVM(t)
+	root := btrfstest.Mount(t, 1<<30)
+	m := filepath.Join(root, "machines", "vol", "busybox")
+	os.MkdirAll(m, 0o755)
+	img := filepath.Join(m, "busybox-1.0")
+	if err := btrfs.Create(img); err != nil {
+		t.Fatal(err)
+	}
+	machinetest.CopyImage(t, img)
+	btrfs.SetReadOnly(img, true)
+	os.Symlink("busybox-1.0", filepath.Join(m, "busybox-1"))
+	task, err := os.ReadFile("../../testdata/demo/hello.manifest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(root, "task.manifest"), task, 0o644)
+
+	s := startSystemd(t, buildAgent(t)) // after the mount: the namespace sees it
+	// PrivateTmp= hides the test's /tmp from the service: the btrfs is
+	// bound below the namespace's /var/lib.
+	const dir = "/var/lib/bbot-test/btrfs"
+	if out, err := s.run("sh", "-c", "mkdir -p "+dir+" && mount --bind "+root+" "+dir); err != nil {
+		t.Fatal(err, out)
+	}
+	shipped, err := os.ReadFile(unitFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(s.units, unitFile), shipped, 0o644)
+	// The namespace's own network: a bridge for --network bridge (taps,
+	// netlink, /dev/net/tun under the sandbox).
+	for _, args := range [][]string{{"link", "set", "lo", "up"}, {"link", "add", "bbbr0", "type", "bridge"},
+		{"addr", "add", "192.168.213.1/24", "dev", "bbbr0"}, {"link", "set", "bbbr0", "up"}} {
+		if o, err := s.run(append([]string{"ip"}, args...)...); err != nil {
+			t.Fatal(err, o)
+		}
+	}
+	for i, network := range []string{"--network user", "--network bridge --bridge bbbr0"} {
+		tcName := fmt.Sprintf("t%d", i+2)
+		tc := filepath.Join(root, "tftp", "toolchains", tcName)
+		os.MkdirAll(tc, 0o755)
+		os.WriteFile(filepath.Join(tc, "toolchain"), []byte(": 1\nbbot-version: "+agent.Version+"\n"), 0o644)
+		out := filepath.Join(t.TempDir(), "out")
+		dropIn := filepath.Join(s.units, "bbot-agent@"+tcName+".service.d")
+		os.MkdirAll(dropIn, 0o755)
+		conf := fmt.Sprintf(`[Unit]
+DefaultDependencies=no
+RequiresMountsFor=%[1]s
+[Service]
+Type=exec
+WatchdogSec=0
+Restart=no
+ReadWritePaths=%[1]s
+StandardOutput=file:%[2]s
+StandardError=inherit
+ExecStart=
+ExecStart=/usr/local/bin/bbot-agent --verbose 2 --toolchain-name %%i --toolchain-id %%i-1 \
+  --state-dir ${STATE_DIRECTORY} --run-dir ${RUNTIME_DIRECTORY} \
+  --machines %[1]s/machines --tftp %[1]s/tftp --tftp-port 23600 \
+  %[3]s --accel tcg --cpu 1 --ram 524288 --build-timeout 300 \
+  --fake-request %[1]s/task.manifest
+`, dir, out, network)
+		os.WriteFile(filepath.Join(dropIn, "task.conf"), []byte(conf), 0o644)
+		if o, err := s.run("systemctl", "daemon-reload"); err != nil {
+			t.Fatal(err, o)
+		}
+		unit := "bbot-agent@" + tcName + ".service"
+		if o, err := s.run("systemctl", "start", unit); err != nil {
+			t.Fatal(err, o)
+		}
+		s.waitProp(unit, "ActiveState", 5*time.Minute, func(v string) bool { return v == "inactive" || v == "failed" })
+		result, _ := os.ReadFile(out)
+		if v := s.show(unit, "ExecMainStatus"); v != "0" || !bytes.Contains(result, []byte("\nstatus: success\n")) {
+			t.Fatalf("%s under the unit's sandbox: exit %s, output:\n%s", network, v, tail(string(result), 40))
+		}
+	}
 }

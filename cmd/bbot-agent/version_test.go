@@ -13,7 +13,7 @@ import (
 // revisionLine is --version's second line: the commit, its time and
 // whether the tree was modified, or that the build did not record it (go
 // test and go run binaries, -buildvcs=false).
-var revisionLine = regexp.MustCompile(`^(revision [0-9a-f]{40}( \S+)?( \(modified\))?|unknown revision)$`)
+var revisionLine = regexp.MustCompile(`^(revision [0-9a-f]{40}( \S+)?( \(modified\))?|module version \S+|unknown revision)$`)
 
 func TestVersion(t *testing.T) {
 	var out bytes.Buffer
@@ -32,6 +32,7 @@ func TestVersion(t *testing.T) {
 		want  string
 	}{
 		{agent.Build{Go: "go1.26.0"}, "unknown revision"},
+		{agent.Build{Go: "go1.26.0", Module: "v0.0.0-20261202140000-53265bb01234"}, "module version v0.0.0-20261202140000-53265bb01234"},
 		{agent.Build{Revision: "53265bb0123456789abcdef0123456789abcdef0", Time: "2026-01-02T03:04:05Z", Go: "go1.26.0"},
 			"revision 53265bb0123456789abcdef0123456789abcdef0 2026-01-02T03:04:05Z"},
 		{agent.Build{Revision: "53265bb0123456789abcdef0123456789abcdef0", Time: "2026-01-02T03:04:05Z", Modified: true, Go: "go1.26.0"},

@@ -75,16 +75,11 @@ func daemon(ctx context.Context, o *agent.Options, stdout io.Writer, log *slog.L
 	usr1 := make(chan os.Signal, 1)
 	signal.Notify(usr1, syscall.SIGUSR1)
 	defer signal.Stop(usr1)
-	drain := make(chan struct{}, 1)
 	go func() {
 		for range usr1 {
-			select {
-			case drain <- struct{}{}:
-			default:
-			}
+			a.Drain()
 		}
 	}()
-	a.Drain = drain
 	notify := newNotifier(log)
 	a.Ready = func() { notify.send("READY=1") }
 	a.Status = func(s string) { notify.send("STATUS=" + s) }
