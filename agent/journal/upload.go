@@ -86,7 +86,7 @@ func (s *Sender) SendUploads(ctx context.Context, j *Journal, e *Entry) bool {
 			s.Log.Error("recording an upload's outcome in the journal", "id", e.ID, "error", err)
 		}
 	}
-	s.finalize(j, e)
+	s.finalize(ctx, j, e)
 	return true
 }
 
@@ -223,7 +223,9 @@ func uploadAnswer(status int, data []byte) string {
 // the kept result and the archives are removed. A crash in between
 // repeats it (the same notes, the same body). Without Finalize, or if the
 // rewrite fails, the body goes as it is and the notes are logged.
-func (s *Sender) finalize(j *Journal, e *Entry) {
+func (s *Sender) finalize(ctx context.Context, j *Journal, e *Entry) {
+	// The rewrite reads at most the capped result twice.
+	defer s.cover(ctx)()
 	src := j.SourcePath(e.ID)
 	if _, err := os.Stat(src); err != nil {
 		j.RemoveExtras(e.ID)
