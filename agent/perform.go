@@ -255,9 +255,6 @@ func (a *Agent) perform(ctx context.Context, t *task, received time.Time) func()
 		switch {
 		case errors.As(err, &gf):
 			rep = sessionReport{ev: evBadResult, why: "result: " + gf.Error()}
-			if uploads {
-				rep.why += "\n" + uploadTarName + " not uploaded: the result is not usable"
-			}
 		case err != nil:
 			rep = sessionReport{ev: evHostFault, why: "persisting the result: " + err.Error()}
 		default:
@@ -270,7 +267,12 @@ func (a *Agent) perform(ctx context.Context, t *task, received time.Time) func()
 		}
 	}
 	oc := decideOutcome(buildPhase, rep.ev)
-	notes := rep.why + s.consoleNote()
+	notes := rep.why
+	if done, _ := s.extraUpload(uploadTarName); done {
+		// Artifacts go only with the worker's own result.
+		notes += "\n" + uploadTarName + " not uploaded: the task has no usable result"
+	}
+	notes += s.consoleNote()
 	journalFailed := a.settle(t, oc, notes)
 	if oc.Hold {
 		if t.onHold != nil {

@@ -83,7 +83,8 @@ func members(t *testing.T, archive []byte) ([]string, map[string][]byte) {
 // a symbolic link, a controller refusing (400), one failing until the
 // upload window (min(--result-ttl, 15 min)) passes, a corrupt upload.tar,
 // one over the agent's TFTP cap, and one still coming 5 s after the
-// result (the grace; one coming within it is taken).
+// result (the grace; one coming within it is taken); and artifacts with
+// no result are not uploaded, which the agent's abnormal result says.
 func TestUploads(t *testing.T) {
 	srv := controllertest.New()
 	defer srv.Close()
@@ -103,7 +104,7 @@ func TestUploads(t *testing.T) {
 		}
 		return 0, ""
 	}
-	pkgs := []string{"upload", "upload-refused", "upload-expired", "badtar", "bigtar", "upload-late", "upload-stuck"}
+	pkgs := []string{"upload", "upload-refused", "upload-expired", "badtar", "bigtar", "upload-late", "upload-stuck", "upload-noresult"}
 	for _, pkg := range pkgs {
 		srv.QueueTask(pkg, testMachine)
 	}
@@ -123,8 +124,12 @@ func TestUploads(t *testing.T) {
 
 	byName := resultsByName(results)
 	for _, pkg := range pkgs {
+		want := "success"
+		if pkg == "upload-noresult" {
+			want = "abnormal"
+		}
 		r, ok := byName[pkg]
-		if !ok || r.Request.Result.Status != "success" {
+		if !ok || r.Request.Result.Status != want {
 			t.Errorf("%s: result %+v", pkg, r.Request.Result)
 		}
 	}
@@ -225,6 +230,11 @@ func TestUploads(t *testing.T) {
 		}
 	}
 
+	// upload-noresult: no result, no artifacts (they go only with one).
+	if r := byName["upload-noresult"]; len(uploadsOf["upload-noresult"]) != 0 || !noted(r, "upload.tar not uploaded: the task has no usable result") {
+		t.Errorf("upload-noresult: uploads %d, notes\n%s", len(uploadsOf["upload-noresult"]), agentLog(r))
+	}
+
 	// upload-late: upload.tar done within the grace is taken; upload-stuck
 	// is still coming after it: noted, and the result waited no longer.
 	if u := uploadsOf["upload-late"]; len(u) != 1 || u[0].Instance != "debian" || noted(byName["upload-late"], "upload.tar") {
@@ -249,7 +259,7 @@ func TestUploads(t *testing.T) {
 			full++
 		}
 	}
-	if len(waits) != len(pkgs) || full != 1 || slices.Max(waits) > uploadGrace+2*time.Second {
+	if len(waits) != len(pkgs)-1 || full != 1 || slices.Max(waits) > uploadGrace+2*time.Second {
 		t.Errorf("waits after the result %v: want one of about %v", waits, uploadGrace)
 	}
 

@@ -385,6 +385,11 @@ func (g *guest) build() error {
 		}
 		logf("build: upload.tar done: %s", log)
 		return nil
+	case "upload-noresult":
+		if _, err := g.putUploadTar(artifacts(), nil); err != nil {
+			return err
+		}
+		return errors.New("crashing after upload.tar, without a result")
 	case "badtar":
 		var b bytes.Buffer
 		if _, err := writeTar(&b, artifacts()); err != nil {
