@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -67,6 +68,7 @@ func TestCrashChild(t *testing.T) {
 func TestCrashPoints(t *testing.T) {
 	srv := controllertest.New()
 	defer srv.Close()
+	srv.UploadTypes = []string{"bindist"}
 	e := newE2E(t, controller.Controller{URL: srv.TaskURL()})
 	e.opts.BuildTimeout = 60 * time.Second
 	cases := []struct {
@@ -75,7 +77,8 @@ func TestCrashPoints(t *testing.T) {
 		status   string
 		reboot   bool // change the toolchain id first: a re-bootstrap
 		timeout  time.Duration
-		stalePut bool // an earlier task's complete result lies in the put dir
+		stalePut bool     // an earlier task's complete result lies in the put dir
+		uploads  []string // instances the controller must have taken, before the result
 	}{
 		{point: "before-publish", reboot: true},
 		{point: "after-exchange", reboot: true},
@@ -87,6 +90,11 @@ func TestCrashPoints(t *testing.T) {
 		{point: "after-result-upload", pkg: "hello", status: "success"},
 		{point: "before-persist", pkg: "hello", status: "success"},
 		{point: "after-persist", pkg: "hello", status: "success"},
+		// upload.tar came before the result: recovery collects both.
+		{point: "after-result-upload", pkg: "upload", status: "success", uploads: []string{"big", "debian", "fedora"}},
+		// The first upload was taken, its outcome not recorded: sent
+		// again (brep keeps both), then the others and the result.
+		{point: "after-upload-post", pkg: "upload", status: "success", uploads: []string{"big", "debian", "fedora"}},
 		{point: "after-post", pkg: "hello", status: "success"},
 		{point: "during-teardown", pkg: "hello", status: "success"},
 		{point: "while-held", pkg: "hang", status: "abort", timeout: 8 * time.Second},
@@ -162,6 +170,29 @@ func TestCrashPoints(t *testing.T) {
 			}
 			if len(got) != 1 || got[0] != want {
 				t.Errorf("session %s: results %v, want exactly [%s]", sessions[0], got, want)
+			}
+			if tc.uploads != nil {
+				var result time.Time
+				for _, r := range srv.Results() {
+					if r.Request.Session == sessions[0] {
+						result = r.Received
+					}
+				}
+				var taken []string
+				for _, u := range srv.Uploads() {
+					if u.Session == sessions[0] {
+						if !u.Received.Before(result) {
+							t.Errorf("upload %s after the result", u.Instance)
+						}
+						if !slices.Contains(taken, u.Instance) {
+							taken = append(taken, u.Instance)
+						}
+					}
+				}
+				slices.Sort(taken)
+				if !slices.Equal(taken, tc.uploads) {
+					t.Errorf("uploads taken %v, want %v", taken, tc.uploads)
+				}
 			}
 			checkNothingLeft(t, e)
 		})

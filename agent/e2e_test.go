@@ -31,10 +31,14 @@ type e2e struct {
 	root      string
 	onSuspend func(*machine.Machine)
 	onStatus  func(string)
-	opts      Options
-	agent     *Agent
-	stop      func()
-	done      chan error // Run's return
+	// maxUploadTar, if set, lowers upload.tar's cap; onTimings receives
+	// each delivered task's timings.
+	maxUploadTar int64
+	onTimings    func(taskTimings)
+	opts         Options
+	agent        *Agent
+	stop         func()
+	done         chan error // Run's return
 }
 
 func freeUDPPort(t testing.TB) int {
@@ -95,6 +99,8 @@ func (e *e2e) start() {
 	a.Sender.Min, a.Sender.Max = 10*time.Millisecond, 100*time.Millisecond
 	a.VMs.onSuspend = e.onSuspend
 	a.VMs.maxUpload = 8 << 20 // the "huge" task reaches the cap in seconds, even on a loaded host
+	a.VMs.maxUploadTar = e.maxUploadTar
+	a.onTimings = e.onTimings
 	a.Status = e.onStatus
 	// Every e2e test runs the watchdog's supervisor, strictly (a 5 s
 	// silence, where systemd's 60 s allows 30 s): a wait that does not

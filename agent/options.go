@@ -296,8 +296,10 @@ func (o *Options) Validate() error {
 	if abs, err := filepath.Abs(o.RunDir); err == nil && len(abs)+3 > machine.MaxRunDir {
 		return &OptionError{"run-dir", o.RunDir, fmt.Sprintf("too long: its sockets <run-dir>/<instance>/%s must fit in %d bytes", machine.AdminSocketName, machine.MaxRunDir+1+len(machine.AdminSocketName))}
 	}
-	if o.FakeMachine != "" && o.FakeRequest == "" {
-		return &OptionError{"fake-machine", "", "requires --fake-request"}
+	// --fake-machine without --fake-request is bbot's worker-development
+	// mode against the controllers (or --dump-machines prints it).
+	if o.FakeMachine == "-" && o.FakeRequest == "-" {
+		return &OptionError{"fake-machine", "-", "--fake-request reads stdin already"}
 	}
 	if (o.DumpTask || o.DumpResult) && o.FakeRequest == "" && len(o.Controllers) == 0 {
 		return errors.New("--dump-task and --dump-result need --fake-request or a controller URL")

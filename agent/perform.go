@@ -2,12 +2,11 @@ package agent
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/build2/bbot-agent-go/agent/controller"
@@ -21,8 +20,9 @@ import (
 	"github.com/build2/bbot-agent-go/manifest"
 )
 
-// resultNames are the names a worker may upload its result manifest as.
-var resultNames = []string{"manifest", "result.manifest"}
+// resultNames are the names a worker may upload its result manifest as
+// (result.manifest.lz4: LZ4-compressed, bbot 0.17's worker).
+var resultNames = []string{"manifest", "result.manifest", "result.manifest" + result.CompressedSuffix}
 
 // taskDirs are the TFTP directories of one slot's tasks: GET serves Get,
 // PUT writes Put (<tftp>/build/<toolchain>-<instance>/get and put).
@@ -82,7 +82,8 @@ func (a *Agent) handle(ctx context.Context, sl *slot, resp *manifest.TaskRespons
 		}
 	}
 	t.entry = &journal.Entry{URL: resp.ResultURL(), Session: t.head.Session, Challenge: t.head.Challenge,
-		AgentChecksum: t.head.AgentChecksum, Package: t.rt.Name, PackageVersion: t.rt.Version, Status: "interrupt", Put: t.dirs.Put}
+		AgentChecksum: t.head.AgentChecksum, Package: t.rt.Name, PackageVersion: t.rt.Version, Status: "interrupt", Put: t.dirs.Put,
+		UploadURLs: uploadURLs(resp)}
 	if t.mach == nil || ctx.Err() != nil {
 		// Runs no machine, perhaps in a busy slot's journal: the slot's put
 		// dir holds another task's upload, never this one's.
@@ -120,6 +121,21 @@ func (a *Agent) handle(ctx context.Context, sl *slot, resp *manifest.TaskRespons
 	}
 	a.setStatus(sl, SlotState{Activity: ActivityBuilding, Task: t.rt.Name + "/" + t.rt.Version, Machine: t.mach.Header().Name})
 	return t.entry, a.perform(ctx, t, received)
+}
+
+// uploadURLs are the task's <type>-upload-url values by type (the first
+// of a type, should a controller repeat one).
+func uploadURLs(resp *manifest.TaskResponse) map[string]string {
+	var urls map[string]string
+	for _, tu := range resp.UploadURLs() {
+		if urls == nil {
+			urls = map[string]string{}
+		}
+		if _, dup := urls[tu[0]]; !dup {
+			urls[tu[0]] = tu[1]
+		}
+	}
+	return urls
 }
 
 func findMachine(machines []*inventory.Machine, name string) *inventory.Machine {
@@ -170,36 +186,49 @@ func (a *Agent) settle(t *task, o outcome, notes string) bool {
 }
 
 // perform runs the task's machine session and settles its outcome. It
-// returns the teardown.
+// returns the teardown. The --fake-machine's tasks run the same session
+// without a machine: no lock, snapshot or VM; TFTP on the loopback (or
+// --tftp-address), for whoever plays the worker.
 func (a *Agent) perform(ctx context.Context, t *task, received time.Time) func() {
-	uncover := heartOf(ctx).busy(lockWait + time.Minute)
-	lock, err := inventory.LockMachineWait(ctx, t.mach.Dir, lockWait)
-	uncover()
-	if err != nil {
-		ev, why := evMachineFault, err.Error()
-		if ctx.Err() != nil {
-			ev, why = evInterrupted, interruptNote(ctx)
+	unlock := func() {}
+	if !t.mach.NoVM {
+		uncover := heartOf(ctx).busy(lockWait + time.Minute)
+		lock, err := inventory.LockMachineWait(ctx, t.mach.Dir, lockWait)
+		uncover()
+		if err != nil {
+			ev, why := evMachineFault, err.Error()
+			if ctx.Err() != nil {
+				ev, why = evInterrupted, interruptNote(ctx)
+			}
+			o := decideOutcome(buildPhase, ev)
+			if a.settle(t, o, why) {
+				o = decideOutcome(buildPhase, evHostFault)
+			}
+			a.applyBackoff(o, t.mach.Dir, err.Error())
+			return func() {}
 		}
-		o := decideOutcome(buildPhase, ev)
-		if a.settle(t, o, why) {
-			o = decideOutcome(buildPhase, evHostFault)
-		}
-		a.applyBackoff(o, t.mach.Dir, err.Error())
-		return func() {}
+		unlock = func() { lock.Close() }
 	}
 	var task bytes.Buffer
 	if err := WorkerTask(t.task, a.Opts.Trust, t.resp.AgentChecksum(), t.head.AgentChecksum).Serialize(&task); err != nil {
-		lock.Close()
+		unlock()
 		a.settle(t, decideOutcome(buildPhase, evHostFault), "serializing the task: "+err.Error())
 		return func() {}
 	}
 	o := a.Opts
 	s := &session{v: t.slot.vms, mode: "build", cpus: t.cpus, mc: t.mach.Manifest.Machine, source: t.mach.Bootstrapped,
 		get: t.dirs.Get, put: t.dirs.Put, getFiles: map[string][]byte{"manifest": task.Bytes(), "task.manifest": task.Bytes()},
-		names: resultNames, startup: o.BuildStartup, timeout: o.BuildTimeout, retries: o.BuildRetries,
-		maxFile: maxTaskUpload, maxTotal: 4 * maxTaskUpload, entry: t.entry.ID}
+		names: resultNames, extras: []string{uploadTarName}, startup: o.BuildStartup, timeout: o.BuildTimeout, retries: o.BuildRetries,
+		maxFile: maxTaskUpload, entry: t.entry.ID, noVM: t.mach.NoVM}
 	if s.v.maxUpload > 0 {
-		s.maxFile, s.maxTotal = s.v.maxUpload, 4*s.v.maxUpload
+		s.maxFile = s.v.maxUpload
+	}
+	s.maxSizes = map[string]int64{uploadTarName: cmp.Or(s.v.maxUploadTar, maxUploadTar)}
+	s.maxTotal = 4*s.maxFile + s.maxSizes[uploadTarName]
+	if s.noVM {
+		s.bind = fakeBind(o, t.slot.plan)
+		t.slot.log.Log(ctx, logx.LevelNotice, "serving the task over TFTP with no VM (--fake-machine): GET manifest, PUT result.manifest[.lz4] and upload.tar",
+			"address", s.bind, "get", s.get, "put", s.put, "timeout", s.timeout)
 	}
 	rep := s.run(ctx)
 	if rep.ev == evInterrupted && ctx.Err() != nil {
@@ -207,11 +236,21 @@ func (a *Agent) perform(ctx context.Context, t *task, received time.Time) func()
 	}
 	teardown := func() {
 		s.teardown()
-		lock.Close()
+		unlock()
 	}
 	if rep.ev == evResult {
 		crash.Point("after-result-upload")
-		err := a.persistUpload(t, filepath.Join(t.dirs.Put, rep.name), "")
+		s.finishTransfers(ctx)
+		crash.Point("before-persist")
+		uploads, note := s.extraUpload(uploadTarName)
+		var notes []string
+		if note != "" {
+			notes = append(notes, note)
+		}
+		// Decompressing and splitting are bounded by the caps.
+		uncover := heartOf(ctx).busy(sessionStepBound)
+		_, err := a.collect(t.slot.journal, t.entry, collected{put: t.dirs.Put, name: rep.name, uploads: uploads, notes: notes, maxResult: s.maxFile})
+		uncover()
 		var gf *result.GuestFault
 		switch {
 		case errors.As(err, &gf):
@@ -219,6 +258,8 @@ func (a *Agent) perform(ctx context.Context, t *task, received time.Time) func()
 		case err != nil:
 			rep = sessionReport{ev: evHostFault, why: "persisting the result: " + err.Error()}
 		default:
+			crash.Point("after-persist")
+			t.slot.log.Log(context.Background(), logx.LevelNotice, "task done", "package", t.rt.Name, "status", t.entry.Status, "entry", t.entry.ID, "uploads", len(t.entry.Uploads))
 			a.timings(t, received, s)
 			a.resetBackoff()
 			a.Enumerator.Succeeded(t.mach.Dir)
@@ -226,7 +267,12 @@ func (a *Agent) perform(ctx context.Context, t *task, received time.Time) func()
 		}
 	}
 	oc := decideOutcome(buildPhase, rep.ev)
-	notes := rep.why + s.consoleNote()
+	notes := rep.why
+	if done, _ := s.extraUpload(uploadTarName); done {
+		// Artifacts go only with the worker's own result.
+		notes += "\n" + uploadTarName + " not uploaded: the task has no usable result"
+	}
+	notes += s.consoleNote()
 	journalFailed := a.settle(t, oc, notes)
 	if oc.Hold {
 		if t.onHold != nil {
@@ -243,46 +289,6 @@ func (a *Agent) perform(ctx context.Context, t *task, received time.Time) func()
 	}
 	a.applyBackoff(oc, t.mach.Dir, rep.why)
 	return teardown
-}
-
-// persistUpload turns the uploaded result into the entry's final body:
-// parsed, cut to brep's limit and written straight into the journal.
-func (a *Agent) persistUpload(t *task, path, notes string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Errorf("reading the uploaded result: %w", err) // it was stored: the host's fault
-	}
-	defer f.Close()
-	crash.Point("before-persist")
-	src := &hostReader{f: f}
-	var sum result.Summary
-	var werr error
-	j := t.slot.journal
-	err = j.Settle(t.entry, journal.Sendable, "", "", func(w io.Writer) error {
-		sum, werr = result.Write(w, src, filepath.Base(path), t.head, t.rt, notes, result.MaxRequest)
-		if src.err != nil {
-			// The manifest parser reads a failing read as the end of the
-			// stream: the upload may look malformed, but the host failed.
-			return fmt.Errorf("reading the uploaded result: %w", src.err)
-		}
-		return werr
-	})
-	if src.err != nil {
-		return fmt.Errorf("reading the uploaded result: %w", src.err)
-	}
-	if werr != nil {
-		return werr // a guest fault: nothing was written
-	}
-	if err != nil {
-		return err
-	}
-	t.entry.Status = sum.Status
-	if err := j.Settle(t.entry, journal.Sendable, sum.Status, "", nil); err != nil {
-		return err
-	}
-	crash.Point("after-persist")
-	t.slot.log.Log(context.Background(), logx.LevelNotice, "task done", "package", t.rt.Name, "status", sum.Status, "entry", t.entry.ID, "size", sum.Size)
-	return nil
 }
 
 // hostReader records the first read error of the uploaded file.
@@ -347,25 +353,4 @@ func (a *Agent) postOnce(ctx context.Context, url string, body []byte) {
 	if err != nil || status/100 != 2 {
 		a.Log.Error("posting the interrupt result from memory failed", "status", status, "error", err)
 	}
-}
-
-// readResult parses the uploaded result leniently and forces the task's
-// name and version (brep rejects anything else). An unreadable or malformed
-// result becomes an abnormal one; the error says why.
-func readResult(path string, task *manifest.Task) (manifest.Result, error) {
-	res := manifest.Result{Name: task.Name(), Version: task.Version(), Status: "abnormal"}
-	f, err := os.Open(path)
-	if err != nil {
-		return res, err
-	}
-	defer f.Close()
-	r, err := manifest.ParseResult(f, filepath.Base(path))
-	if err != nil {
-		return res, err
-	}
-	if r.Name != task.Name() || r.Version != task.Version() {
-		err = fmt.Errorf("result for %s/%s replaced by the task's %s/%s", r.Name, r.Version, task.Name(), task.Version())
-	}
-	r.Name, r.Version = task.Name(), task.Version()
-	return r, err
 }

@@ -1,11 +1,11 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"crypto/rsa"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -22,7 +22,6 @@ import (
 	"github.com/build2/bbot-agent-go/agent/inventory"
 	"github.com/build2/bbot-agent-go/agent/journal"
 	"github.com/build2/bbot-agent-go/agent/metrics"
-	"github.com/build2/bbot-agent-go/agent/result"
 	"github.com/build2/bbot-agent-go/machine"
 	"github.com/build2/bbot-agent-go/manifest"
 )
@@ -323,38 +322,27 @@ func (a *Agent) recoverJournal(ctx context.Context, j *journal.Journal) *sync.Wa
 // instanceSuffix matches names that end like an instance directory.
 var instanceSuffix = regexp.MustCompile(`-[0-9]+$`)
 
-// recoverReceived settles an entry whose task was cut short by a crash.
+// recoverReceived settles an entry whose task was cut short by a crash:
+// a result uploaded completely (and upload.tar beside it) is collected as
+// perform collects it.
 func (a *Agent) recoverReceived(j *journal.Journal, e *journal.Entry) {
 	if e.Put == "" {
 		return
 	}
 	for _, n := range resultNames {
-		p := filepath.Join(e.Put, n)
-		// The put dir is shared by the toolchain's tasks: only a result
+		// The put dir is shared by the toolchain's tasks: only a file
 		// uploaded after this task was received can be its own.
-		if fi, err := os.Stat(p); err != nil || !fi.ModTime().After(e.Created) {
+		if fi, err := os.Stat(filepath.Join(e.Put, n)); err != nil || !fi.ModTime().After(e.Created) {
 			continue
 		}
-		f, err := os.Open(p)
-		if err != nil {
-			continue
-		}
-		defer f.Close()
-		head := result.Head{Session: e.Session, Challenge: e.Challenge, AgentChecksum: e.AgentChecksum}
-		var sum result.Summary
-		var werr error
-		err = j.Settle(e, journal.Sendable, "", "", func(w io.Writer) error {
-			sum, werr = result.Write(w, f, n, head, result.Task{Name: e.Package, Version: e.PackageVersion},
-				"the agent restarted after the result was uploaded", result.MaxRequest)
-			return werr
-		})
-		if err != nil {
+		fi, err := os.Stat(filepath.Join(e.Put, uploadTarName))
+		uploads := err == nil && fi.ModTime().After(e.Created)
+		if _, err := a.collect(j, e, collected{put: e.Put, name: n, uploads: uploads, maxResult: cmp.Or(a.VMs.maxUpload, maxTaskUpload),
+			notes: []string{"the agent restarted after the result was uploaded"}}); err != nil {
 			a.Log.Warn("uploaded result left by a crashed agent is unusable; sending interrupt", "entry", e.ID, "error", err)
 			return
 		}
-		e.Status = sum.Status
-		j.Settle(e, journal.Sendable, sum.Status, "recovered from the uploaded result", nil)
-		a.Log.Info("recovered a result uploaded before the agent crashed", "entry", e.ID, "status", sum.Status)
+		a.Log.Info("recovered a result uploaded before the agent crashed", "entry", e.ID, "status", e.Status, "uploads", len(e.Uploads))
 		return
 	}
 }
@@ -501,10 +489,13 @@ func (a *Agent) WorkerTaskFor(resp *manifest.TaskResponse, machines []*inventory
 func (a *Agent) Handle(ctx context.Context, resp *manifest.TaskResponse, machines []*inventory.Machine) (manifest.Result, error) {
 	var res manifest.Result
 	e, teardown := a.handle(ctx, a.slots[0], resp, machines, time.Now(), a.Opts.CPU, nil)
-	defer teardown()
+	teardown()
 	if e == nil {
 		return res, errors.New("the task journal could not be written")
 	}
+	// Uploads first: the result printed is the one sent, with the notes
+	// of uploads that failed.
+	a.Sender.SendUploads(ctx, a.Journal, e)
 	f, err := os.Open(a.Journal.BodyPath(e.ID))
 	if err != nil {
 		return res, err

@@ -44,13 +44,20 @@ type session struct {
 	get, put string
 	getFiles map[string][]byte
 	names    []string // result names in put
-	startup  time.Duration
-	timeout  time.Duration
-	retries  int
-	maxFile  int64
-	maxTotal int64
-	entry    string // journal entry id, for the VM record
-	cpus     int    // virtual CPUs: --cpu, or all threads for a boosted task
+	// extras are other files the worker may upload (upload.tar); what
+	// became of each is recorded (transfers), and those still coming when
+	// the result is in are waited for a while (finishTransfers).
+	extras    []string
+	transfers map[string]tftp.Event
+	inFlight  []string         // uploads still in progress after that wait
+	maxSizes  map[string]int64 // per-name upload caps (upload.tar's)
+	startup   time.Duration
+	timeout   time.Duration
+	retries   int
+	maxFile   int64
+	maxTotal  int64
+	entry     string // journal entry id, for the VM record
+	cpus      int    // virtual CPUs: --cpu, or all threads for a boosted task
 	// noVM: a --fake-machine session: no snapshot, tap or QEMU, no
 	// session prefix (a person or a worker under development plays the
 	// guest with any TFTP client); the wait is for the result only.
@@ -64,6 +71,7 @@ type session struct {
 	accel       string // of the current attempt
 	m           *machine.Machine
 	q           *eventQueue
+	mp          *tftp.Mapping // this attempt's
 	qemuStarted time.Time
 	uploaded    time.Time
 	prefix      string // this attempt's TFTP session prefix
@@ -276,7 +284,7 @@ func (s *session) serve() (sessionReport, bool) {
 	if err != nil {
 		return host("TFTP mapping", err)
 	}
-	mp.MaxFileSize, mp.MaxTotal = s.maxFile, s.maxTotal
+	mp.MaxFileSize, mp.MaxTotal, mp.MaxSizes = s.maxFile, s.maxTotal, s.maxSizes
 	// Only this attempt's guest may talk to this mapping: it alone learns
 	// the secret prefix (SMBIOS); in bridge mode it must also come from
 	// its own address.
@@ -289,7 +297,7 @@ func (s *session) serve() (sessionReport, bool) {
 			}
 		}
 	}
-	s.q = newEventQueue()
+	s.q, s.mp, s.transfers = newEventQueue(), mp, nil
 	mp.Notify, mp.Log = s.q.Notify, v.Log
 	srv.SetHandler(mp)
 	s.push(func() { srv.SetHandler(nil); mp.Close() })
@@ -362,6 +370,7 @@ func (s *session) waitResult(ctx context.Context) sessionReport {
 		case err != nil:
 			return sessionReport{ev: evTimeout, why: fmt.Sprintf("%s timeout (%s) passed without a result", s.mode, s.timeout)}
 		}
+		s.noteEvent(e)
 		name, nerr := tftp.CleanName(e.Name)
 		wanted := nerr == nil && containsString(s.names, name)
 		switch {

@@ -58,6 +58,8 @@ type vmHooks struct {
 	// maxUpload caps one file a build machine uploads (zero:
 	// MaxTaskUpload; tests lower it to reach the cap quickly).
 	maxUpload int64
+	// maxUploadTar caps upload.tar (zero: maxUploadTar).
+	maxUploadTar int64
 	// onBoot, if set, is told each attempt's snapshot before QEMU starts
 	// (tests check that a retry boots a fresh one).
 	onBoot func(snapshot string, attempt int)

@@ -111,6 +111,10 @@ type Mapping struct {
 	// mapping together (bytes; defaults above; negative = unlimited).
 	MaxFileSize int64
 	MaxTotal    int64
+	// MaxSizes, if set, caps the uploads of the names it lists (cleaned,
+	// as CleanName returns them) instead of MaxFileSize: a worker's
+	// artifacts archive may be allowed more than its result.
+	MaxSizes map[string]int64
 	// MaxFiles caps the distinct file names uploaded through this mapping,
 	// in progress or completed (default DefaultMaxFiles; negative =
 	// unlimited): zero-byte uploads cost no budget but fill directories.
@@ -138,6 +142,10 @@ type Mapping struct {
 	closed   bool
 	inFlight sync.WaitGroup
 	reqs     map[*Request]struct{} // transfers in progress, for Close
+	// puts counts the uploads in reqs; idle, if set, is closed when it
+	// drops to zero (UploadsInFlight).
+	puts int
+	idle chan struct{}
 	// Upload names (cleaned) for MaxFiles: done holds completed ones,
 	// pending counts uploads in progress, files is |done ∪ pending|.
 	done    map[string]bool
@@ -253,10 +261,13 @@ func (m *Mapping) ServeTFTP(r *Request) error {
 		m.reqs = make(map[*Request]struct{})
 	}
 	m.reqs[r] = struct{}{}
+	if r.Op == Put {
+		m.puts++
+	}
 	m.mu.Unlock()
 	defer func() {
 		m.mu.Lock()
-		delete(m.reqs, r)
+		m.untrack(r)
 		m.mu.Unlock()
 		m.inFlight.Done()
 	}()
@@ -290,11 +301,59 @@ func (m *Mapping) ServeTFTP(r *Request) error {
 		// return. A Close prompted by this event must not abort that ACK
 		// (the client would see its completed upload fail and retry).
 		m.mu.Lock()
-		delete(m.reqs, r)
+		m.untrack(r)
 		m.mu.Unlock()
 		m.notify(Event{Kind: UploadCompleted, Op: Put, Name: r.Filename, Size: n, Remote: r.Remote.String()})
 	}
 	return nil
+}
+
+// untrack ends r's membership of the transfers in progress (once: a
+// completed upload leaves before its final ACK). Called with m.mu held.
+func (m *Mapping) untrack(r *Request) {
+	if _, ok := m.reqs[r]; !ok {
+		return
+	}
+	delete(m.reqs, r)
+	if r.Op != Put {
+		return
+	}
+	if m.puts--; m.puts == 0 && m.idle != nil {
+		close(m.idle)
+		m.idle = nil
+	}
+}
+
+// UploadsInFlight returns the names (as the client sent them, without the
+// session prefix) of the uploads in progress, and a channel closed once
+// none is (already closed when none is now): the agent lets an upload
+// that is still coming when the result arrives finish, for a while.
+func (m *Mapping) UploadsInFlight() ([]string, <-chan struct{}) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var names []string
+	for r := range m.reqs {
+		if r.Op == Put {
+			names = append(names, r.Filename)
+		}
+	}
+	if m.puts == 0 {
+		c := make(chan struct{})
+		close(c)
+		return names, c
+	}
+	if m.idle == nil {
+		m.idle = make(chan struct{})
+	}
+	return names, m.idle
+}
+
+// maxSize is the cap on an upload of name (cleaned).
+func (m *Mapping) maxSize(name string) int64 {
+	if n, ok := m.MaxSizes[name]; ok {
+		return n
+	}
+	return m.MaxFileSize
 }
 
 // admit checks the request's source and session prefix, stripping the
@@ -501,8 +560,9 @@ func (m *Mapping) servePut(r *Request) (int64, error) {
 	if err != nil {
 		return 0, m.clientError(r, err, errors.New("bad name"))
 	}
+	maxFile := m.maxSize(name)
 	if size, ok := r.Size(); ok {
-		if m.MaxFileSize >= 0 && size > m.MaxFileSize {
+		if maxFile >= 0 && size > maxFile {
 			return 0, m.fail(r, FaultRefused, ErrTooLarge, errors.New("announced size over the file cap"))
 		}
 		if m.MaxTotal >= 0 {
@@ -541,7 +601,7 @@ func (m *Mapping) servePut(r *Request) (int64, error) {
 		}
 		return 0, m.fail(r, FaultHost, ErrWriteFailed, err)
 	}
-	lw := &limitedWriter{w: f, m: m, maxFile: m.MaxFileSize}
+	lw := &limitedWriter{w: f, m: m, maxFile: maxFile}
 	n, err := r.WriteTo(lw)
 	hostErr := lw.fileErr
 	if err == nil {

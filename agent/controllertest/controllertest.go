@@ -1,7 +1,9 @@
-// Package controllertest is a strict stand-in for brep's build-task and
-// build-result handlers, for the agent's tests: it parses requests with the
-// strict typed manifests, enforces brep's size limits, issues sessions and
-// challenges, verifies signatures, and drops what brep would drop silently.
+// Package controllertest is a strict stand-in for brep's build-task,
+// build-result and upload handlers, for the agent's tests: it parses
+// requests with the strict typed manifests (uploads as brep's
+// mod-upload.cxx reads its multipart form), enforces brep's size limits,
+// issues sessions and challenges, verifies signatures, and drops what brep
+// would drop silently.
 package controllertest
 
 import (
@@ -41,6 +43,8 @@ type Server struct {
 	issued   map[string]issued // session -> what was handed out
 	sessions []string          // every session handed out, in order
 	results  []Result
+	uploads  []Upload
+	resulted map[string]bool // sessions whose result was accepted
 	requests []manifest.TaskRequest
 	drops    []string
 	errors   []string
@@ -53,6 +57,16 @@ type Server struct {
 	// RefuseInterrupt answers 400 to "interrupt" results, as older
 	// controllers do.
 	RefuseInterrupt bool
+	// UploadTypes are the upload types configured (brep's upload-data):
+	// each task response carries a <type>-upload-url for each.
+	UploadTypes []string
+	// UploadMaxSize is brep's upload-max-size (0: its default, 10 MiB):
+	// a form of that size or more is answered 413.
+	UploadMaxSize int64
+	// UploadAnswer, if set, answers an upload that brep would accept
+	// (status, message) instead of 200 "<type> upload is queued": a
+	// handler refusing it (4xx) or failing (5xx).
+	UploadAnswer func(u Upload) (int, string)
 
 	count    int
 	received chan struct{}
@@ -63,9 +77,23 @@ type issued struct {
 	challenge string
 }
 
+// Upload is an upload the controller took (brep's request.manifest
+// values, and the archive).
+type Upload struct {
+	Type, Session, Instance string
+	ArchiveName             string // the file part's name
+	Archive                 []byte
+	SHA256                  string
+	Challenge               string
+	Fields                  map[string]string // any other form fields
+	Received                time.Time
+	Status                  int // the answer
+	Machine                 string
+}
+
 // New starts a test controller.
 func New() *Server {
-	s := &Server{issued: map[string]issued{}, received: make(chan struct{}, 100)}
+	s := &Server{issued: map[string]issued{}, resulted: map[string]bool{}, received: make(chan struct{}, 100)}
 	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
 	return s
 }
@@ -118,6 +146,14 @@ func (s *Server) Results() []Result {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]Result(nil), s.results...)
+}
+
+// Uploads returns the uploads taken (answered 2xx, or 4xx/5xx through
+// UploadAnswer), in order.
+func (s *Server) Uploads() []Upload {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Upload(nil), s.uploads...)
 }
 
 // Sessions returns every session handed out, in order.
@@ -200,11 +236,13 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, http.StatusBadRequest, "POST expected")
 		return
 	}
-	switch r.URL.RawQuery {
-	case "build-task":
+	switch q := r.URL.RawQuery; {
+	case q == "build-task":
 		s.buildTask(w, r)
-	case "build-result":
+	case q == "build-result":
 		s.buildResult(w, r)
+	case strings.HasPrefix(q, "upload="):
+		s.upload(w, r, strings.TrimPrefix(q, "upload="))
 	default:
 		s.fail(w, http.StatusBadRequest, "unknown request "+r.URL.RawQuery)
 	}
@@ -276,6 +314,11 @@ func (s *Server) buildTask(w http.ResponseWriter, r *http.Request) {
 			resp.Fields = append(resp.Fields, manifest.NameValue{Name: "challenge", Value: challenge})
 		}
 		resp.Fields = append(resp.Fields, manifest.NameValue{Name: "result-url", Value: s.URL + "/?build-result"})
+		s.mu.Lock()
+		for _, t := range s.UploadTypes {
+			resp.Fields = append(resp.Fields, manifest.NameValue{Name: t + "-upload-url", Value: s.URL + "/?upload=" + t})
+		}
+		s.mu.Unlock()
 		resp.Task = task
 	}
 	w.Header().Set("Content-Type", "text/manifest;charset=utf-8")
@@ -283,10 +326,14 @@ func (s *Server) buildTask(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) drop(w http.ResponseWriter, why string) {
+	s.recordDrop(why)
+	w.WriteHeader(http.StatusOK) // brep answers "as if fine"
+}
+
+func (s *Server) recordDrop(why string) {
 	s.mu.Lock()
 	s.drops = append(s.drops, why)
 	s.mu.Unlock()
-	w.WriteHeader(http.StatusOK) // brep answers "as if fine"
 }
 
 func (s *Server) buildResult(w http.ResponseWriter, r *http.Request) {
@@ -326,6 +373,7 @@ func (s *Server) buildResult(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	delete(s.issued, rr.Session) // a repeated POST is a silent drop
+	s.resulted[rr.Session] = true
 	s.results = append(s.results, Result{Request: rr, Received: time.Now(), Machine: is.task.Machine()})
 	s.mu.Unlock()
 	select {

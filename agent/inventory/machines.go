@@ -41,6 +41,14 @@ type Machine struct {
 	Dir          string // <machines>/<volume>/<machine>
 	Bootstrapped string // <Dir>/<machine>-<toolchain>, the read-only snapshot
 	Manifest     manifest.BootstrappedMachine
+	// NoVM marks the --fake-machine: nothing on disk and no VM; its tasks
+	// are served over TFTP for whoever plays the worker.
+	NoVM bool
+}
+
+// FakeMachine is the --fake-machine with header h.
+func FakeMachine(h manifest.MachineHeader) *Machine {
+	return &Machine{NoVM: true, Manifest: manifest.BootstrappedMachine{Machine: manifest.Machine{MachineHeader: h}}}
 }
 
 // Header is what a task request offers for this machine.
@@ -138,6 +146,9 @@ type Enumerator struct {
 	AgentVersion manifest.StandardVersion
 	Bootstrapper Bootstrapper
 	Log          *slog.Logger
+	// Fake, if set, is the only machine (--fake-machine): enumeration
+	// returns it and reads no directory.
+	Fake *Machine
 
 	// snapshots counts the snapshots taken (Snapshots; for tests and
 	// benchmarks). Slots bootstrap in parallel.
@@ -241,6 +252,9 @@ func (e *Enumerator) log() *slog.Logger {
 // Enumerate returns the usable machines in directory order, bootstrapping
 // (with e.Bootstrapper, one after another) those that need it.
 func (e *Enumerator) Enumerate(ctx context.Context) ([]*Machine, error) {
+	if e.Fake != nil {
+		return []*Machine{e.Fake}, nil
+	}
 	machines, pending, err := e.scan(ctx)
 	if err != nil || e.Bootstrapper == nil {
 		return machines, err
@@ -267,6 +281,9 @@ func (e *Enumerator) Enumerate(ctx context.Context) ([]*Machine, error) {
 // (BootstrapDir does it): slots bootstrap different machines in parallel.
 // Machines another slot or process holds are skipped.
 func (e *Enumerator) Scan(ctx context.Context) (usable []*Machine, pending []string, err error) {
+	if e.Fake != nil {
+		return []*Machine{e.Fake}, nil, nil
+	}
 	return e.scan(ctx)
 }
 

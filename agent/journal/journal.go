@@ -10,6 +10,12 @@
 //
 // Entries live under a per-instance directory that the owning process
 // flocks, so a starting agent recovers only entries no live process holds.
+//
+// A sendable entry may hold artifact uploads (bbot's upload.tar, split per
+// type and instance): their archives are files of the entry, sent before
+// the result (Sender.SendUploads), each recorded as sent or failed as it
+// settles; a failed one becomes a note in the result, whose body is then
+// written again from the worker's result kept beside it.
 package journal
 
 import (
@@ -79,6 +85,15 @@ type Entry struct {
 	// entries and logs).
 	Status string `json:"status"`
 	Reason string `json:"reason,omitempty"`
+
+	// UploadURLs are the task's <type>-upload-url values by type, so that
+	// recovery can take a crashed agent's uploads too.
+	UploadURLs map[string]string `json:"upload-urls,omitempty"`
+	// Uploads are the artifact archives to send before the result; Notes,
+	// while one is pending, are the agent's notes the body was written
+	// with (a rewrite adds the failed uploads' notes to them).
+	Uploads []Upload `json:"uploads,omitempty"`
+	Notes   string   `json:"notes,omitempty"`
 }
 
 // Journal is one instance's directory of entries, flocked by its owner.
@@ -127,17 +142,67 @@ func (j *Journal) metaPath(id string) string { return filepath.Join(j.dir, id+".
 // BodyPath is the file holding the entry's result request.
 func (j *Journal) BodyPath(id string) string { return filepath.Join(j.dir, id+".req") }
 
-// sweep removes temporary files of interrupted writes and bodies whose
-// entry is gone (removed after delivery).
+// SourcePath is the file keeping the worker's result (decompressed) while
+// the entry's uploads are pending.
+func (j *Journal) SourcePath(id string) string { return filepath.Join(j.dir, id+".src") }
+
+// UploadPath is the file of the entry's k-th upload archive.
+func (j *Journal) UploadPath(id string, k int) string {
+	return filepath.Join(j.dir, id+".up"+strconv.Itoa(k)+".tar")
+}
+
+// entryOf returns the entry a file of the journal belongs to: its body,
+// kept result or an upload archive (not its .json).
+func entryOf(name string) (string, bool) {
+	for _, suffix := range []string{".req", ".src"} {
+		if id, ok := strings.CutSuffix(name, suffix); ok && id != "" {
+			return id, true
+		}
+	}
+	if rest, ok := strings.CutSuffix(name, ".tar"); ok {
+		if i := strings.LastIndex(rest, ".up"); i > 0 {
+			if _, err := strconv.Atoi(rest[i+3:]); err == nil {
+				return rest[:i], true
+			}
+		}
+	}
+	return "", false
+}
+
+// files lists the files of entry id besides its .json, by name.
+func (j *Journal) files(id string) []string {
+	ents, _ := os.ReadDir(j.dir)
+	var names []string
+	for _, de := range ents {
+		if owner, ok := entryOf(de.Name()); ok && owner == id {
+			names = append(names, de.Name())
+		}
+	}
+	return names
+}
+
+// RemoveExtras removes the entry's kept result and upload archives (its
+// uploads are settled, or never to be sent).
+func (j *Journal) RemoveExtras(id string) {
+	for _, n := range j.files(id) {
+		if !strings.HasSuffix(n, ".req") {
+			os.Remove(filepath.Join(j.dir, n))
+		}
+	}
+}
+
+// sweep removes temporary files of interrupted writes and the files of
+// entries that are gone (removed after delivery).
 func (j *Journal) sweep() {
 	ents, _ := os.ReadDir(j.dir)
 	for _, e := range ents {
 		n := e.Name()
-		switch {
-		case strings.HasPrefix(n, ".") && strings.Contains(n, ".tmp"):
+		if strings.HasPrefix(n, ".") && strings.Contains(n, ".tmp") {
 			os.Remove(filepath.Join(j.dir, n))
-		case strings.HasSuffix(n, ".req"):
-			if _, err := os.Stat(j.metaPath(strings.TrimSuffix(n, ".req"))); errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if id, ok := entryOf(n); ok {
+			if _, err := os.Stat(j.metaPath(id)); errors.Is(err, os.ErrNotExist) {
 				os.Remove(filepath.Join(j.dir, n))
 			}
 		}
@@ -204,13 +269,16 @@ func (j *Journal) save(e *Entry) error {
 }
 
 // Remove deletes a delivered entry: the entry first, so that a crash in
-// between leaves only an orphan body (swept), never a resend.
+// between leaves only orphan files (swept), never a resend.
 func (j *Journal) Remove(id string) error {
+	files := j.files(id)
 	if err := os.Remove(j.metaPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	fsx.SyncDir(j.dir)
-	os.Remove(j.BodyPath(id))
+	for _, n := range files {
+		os.Remove(filepath.Join(j.dir, n))
+	}
 	return nil
 }
 
@@ -268,14 +336,15 @@ func (j *Journal) Fail(e *Entry, failedDir, why string) error {
 	if err != nil {
 		return err
 	}
+	j.RemoveExtras(e.ID) // the uploads went before the result, or never will
 	return os.Rename(j.metaPath(e.ID), filepath.Join(failedDir, e.ID+".json"))
 }
 
 // Adopt moves every entry of from (another instance's journal, left by a
 // dead process) into j, so that from's instance is free again at once
-// while j sends them. The body is linked first and the entry renamed
-// after: a crash in between leaves the entry whole in from (and an
-// unreferenced body in j, swept), never lost.
+// while j sends them. Its files (body, kept result, upload archives) are
+// linked first and the entry renamed after: a crash in between leaves the
+// entry whole in from (and unreferenced files in j, swept), never lost.
 func (j *Journal) Adopt(from *Journal) (int, error) {
 	ents, err := os.ReadDir(from.dir)
 	if err != nil {
@@ -288,8 +357,16 @@ func (j *Journal) Adopt(from *Journal) (int, error) {
 		if !ok || strings.HasPrefix(id, ".") {
 			continue
 		}
-		if err := os.Link(from.BodyPath(id), j.BodyPath(id)); err != nil && !errors.Is(err, os.ErrExist) && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, err)
+		files := from.files(id)
+		var lerr error
+		for _, f := range files {
+			if err := os.Link(filepath.Join(from.dir, f), filepath.Join(j.dir, f)); err != nil && !errors.Is(err, os.ErrExist) && !errors.Is(err, os.ErrNotExist) {
+				lerr = err
+				break
+			}
+		}
+		if lerr != nil {
+			errs = append(errs, lerr)
 			continue
 		}
 		fsx.SyncDir(j.dir)
@@ -299,7 +376,9 @@ func (j *Journal) Adopt(from *Journal) (int, error) {
 		}
 		fsx.SyncDir(j.dir)
 		fsx.SyncDir(from.dir)
-		os.Remove(from.BodyPath(id))
+		for _, f := range files {
+			os.Remove(filepath.Join(from.dir, f))
+		}
 		n++
 	}
 	return n, errors.Join(errs...)

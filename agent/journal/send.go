@@ -35,10 +35,16 @@ type Sender struct {
 	// controllers that answer 400 to "interrupt".
 	AbortForm func(dst io.Writer, src io.Reader) error
 	// Delivered, if set, is called after a 2xx and before the entry is
-	// removed (crash points use it).
-	Delivered func(*Entry)
+	// removed (crash points use it); UploadDelivered likewise after an
+	// upload's 2xx, before that is recorded.
+	Delivered       func(*Entry)
+	UploadDelivered func(*Entry)
 	// Watchdog, if set, supervises the sending goroutines.
 	Watchdog Watchdog
+	// Finalize, if set, writes an entry's body again from the worker's
+	// kept result with notes (the agent's, then the failed uploads'): the
+	// agent's result pipeline, for SendUploads.
+	Finalize func(dst io.Writer, src io.ReadSeeker, e *Entry, notes string) error
 
 	wg sync.WaitGroup
 }
@@ -74,10 +80,13 @@ func (s *Sender) Async(ctx context.Context, j *Journal, e *Entry, done func(bool
 // Wait waits for background sends.
 func (s *Sender) Wait() { s.wg.Wait() }
 
-// Send POSTs the entry until it is delivered, refused, expired or ctx ends
-// (it then stays for the next start). It reports whether the entry left
-// the journal.
+// Send POSTs the entry (its uploads first: SendUploads) until it is
+// delivered, refused, expired or ctx ends (it then stays for the next
+// start). It reports whether the entry left the journal.
 func (s *Sender) Send(ctx context.Context, j *Journal, e *Entry) bool {
+	if !s.SendUploads(ctx, j, e) {
+		return false
+	}
 	abort := false
 	for attempt := 0; ; attempt++ {
 		uncover := s.cover(ctx)

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"archive/tar"
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -82,7 +84,10 @@ func cmdWaitgone(ts *testscript.TestScript, neg bool, args []string) {
 // controller queue PKG MACHINE | force PKG MACHINE (handed out even if
 // the machine was not offered) | results N (waits up to 60 s for N results
 // and prints "name version status" per result) | requests (prints the
-// number of task requests).
+// number of task requests) | upload-types TYPE... (the upload types the
+// task responses name) | uploads (prints "type instance archive status
+// members..." per upload taken) | result PKG (prints PKG's result
+// manifest).
 func cmdController(ts *testscript.TestScript, neg bool, args []string) {
 	srv := ts.Value("controller").(*controllertest.Server)
 	if len(args) == 0 {
@@ -101,6 +106,27 @@ func cmdController(ts *testscript.TestScript, neg bool, args []string) {
 		}
 	case "requests":
 		fmt.Fprintf(ts.Stdout(), "%d\n", len(srv.Requests()))
+	case "upload-types":
+		srv.UploadTypes = args[1:]
+	case "uploads":
+		for _, u := range srv.Uploads() {
+			fmt.Fprintf(ts.Stdout(), "%s %s %s %d", u.Type, u.Instance, u.ArchiveName, u.Status)
+			tr := tar.NewReader(bytes.NewReader(u.Archive))
+			for {
+				h, err := tr.Next()
+				if err != nil {
+					break
+				}
+				fmt.Fprintf(ts.Stdout(), " %s", h.Name)
+			}
+			fmt.Fprintln(ts.Stdout())
+		}
+	case "result":
+		for _, r := range srv.Results() {
+			if r.Request.Result.Name == args[1] {
+				ts.Check(r.Request.Result.Serialize(ts.Stdout()))
+			}
+		}
 	default:
 		ts.Fatalf("unknown controller command %q", args[0])
 	}

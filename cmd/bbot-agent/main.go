@@ -304,8 +304,6 @@ func execute(ctx context.Context, o *agent.Options, stdout, stderr io.Writer, lo
 		return dumpTask(o, stdout, log)
 	case o.DumpMachines:
 		return dumpMachines(ctx, o, stdout, log)
-	case o.FakeMachine != "" && o.FakeRequest != "":
-		return fakeMachineTask(ctx, o, stdout, stderr, log)
 	case o.FakeRequest != "":
 		return realTask(ctx, o, stdout, log)
 	default:
@@ -323,17 +321,22 @@ func readFakeMachine(o *agent.Options) (manifest.MachineHeader, error) {
 	return readManifest("fake-machine", o.FakeMachine, manifest.ParseMachineHeader)
 }
 
-// readManifest parses the manifest file an option names: a file that
-// cannot be read is the option's mistake, one that does not parse is bad
-// data.
+// readManifest parses the manifest file an option names ("-": stdin, as
+// bbot reads it): a file that cannot be read is the option's mistake, one
+// that does not parse is bad data.
 func readManifest[T any](option, path string, parse func(io.Reader, string) (T, error)) (T, error) {
 	var zero T
-	f, err := os.Open(path)
-	if err != nil {
-		return zero, &agent.OptionError{Option: option, Value: path, Reason: err.Error()}
+	var r io.Reader = os.Stdin
+	name := "<stdin>"
+	if path != "-" {
+		f, err := os.Open(path)
+		if err != nil {
+			return zero, &agent.OptionError{Option: option, Value: path, Reason: err.Error()}
+		}
+		defer f.Close()
+		r, name = f, path
 	}
-	defer f.Close()
-	v, err := parse(f, path)
+	v, err := parse(r, name)
 	switch {
 	case err == nil:
 		return v, nil
@@ -364,10 +367,31 @@ func dumpTask(o *agent.Options, stdout io.Writer, log *slog.Logger) error {
 	return w.Serialize(stdout)
 }
 
-// dumpMachines enumerates (and bootstraps) the machines and prints the
-// header of each usable one, as the task request would carry them.
-func dumpMachines(ctx context.Context, o *agent.Options, stdout io.Writer, log *slog.Logger) error {
+// newAgent builds the agent; with --fake-machine, the header it reads is
+// the agent's only machine.
+func newAgent(o *agent.Options, log *slog.Logger) (*agent.Agent, error) {
+	var h manifest.MachineHeader
+	if o.FakeMachine != "" {
+		var err error
+		if h, err = readFakeMachine(o); err != nil {
+			return nil, err
+		}
+	}
 	a, err := agent.New(o, log)
+	if err != nil {
+		return nil, err
+	}
+	if o.FakeMachine != "" {
+		a.UseFakeMachine(h)
+	}
+	return a, nil
+}
+
+// dumpMachines enumerates (and bootstraps) the machines and prints the
+// header of each usable one, as the task request would carry them (with
+// --fake-machine, its header alone).
+func dumpMachines(ctx context.Context, o *agent.Options, stdout io.Writer, log *slog.Logger) error {
+	a, err := newAgent(o, log)
 	if err != nil {
 		return err
 	}
@@ -381,35 +405,6 @@ func dumpMachines(ctx context.Context, o *agent.Options, stdout io.Writer, log *
 		headers = append(headers, m.Header().Pairs())
 	}
 	return manifest.WriteStream(stdout, "", headers...)
-}
-
-// fakeMachineTask serves the task over TFTP with no VM and waits for
-// whoever plays the worker to upload a result, then prints it. It goes
-// through the agent's machine session, without a machine.
-func fakeMachineTask(ctx context.Context, o *agent.Options, stdout, stderr io.Writer, log *slog.Logger) error {
-	task, err := readTask(o)
-	if err != nil {
-		return err
-	}
-	h, err := readFakeMachine(o)
-	if err != nil {
-		return err
-	}
-	if task.Machine() != h.Name {
-		log.Warn("task names a machine that was not offered", "task-machine", task.Machine(), "offered", h.Name)
-	}
-	a, err := agent.New(o, log)
-	if err != nil {
-		return err
-	}
-	res, problem, err := a.ServeFake(ctx, task)
-	if err != nil {
-		return err
-	}
-	if problem != nil {
-		fmt.Fprintln(stderr, problem)
-	}
-	return res.Serialize(stdout)
 }
 
 // admin runs --suspended (every slot), --release or --resume (the slot of

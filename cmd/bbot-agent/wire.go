@@ -13,13 +13,15 @@ import (
 	"github.com/build2/bbot-agent-go/agent"
 )
 
-// realTask runs --fake-request in a real VM and prints the result.
+// realTask runs --fake-request in a real VM (with --fake-machine, in
+// none: served over TFTP for whoever plays the worker) and prints the
+// result.
 func realTask(ctx context.Context, o *agent.Options, stdout io.Writer, log *slog.Logger) error {
 	task, err := readTask(o)
 	if err != nil {
 		return err
 	}
-	a, err := agent.New(o, log)
+	a, err := newAgent(o, log)
 	if err != nil {
 		return err
 	}
@@ -48,9 +50,10 @@ func serveMetrics(a *agent.Agent, addr string, log *slog.Logger) (stop func(), e
 
 // daemon polls the controllers until SIGTERM/SIGINT; SIGHUP rescans.
 // With --dump-task or --dump-result it handles one task, prints it and
-// exits.
+// exits. With --fake-machine it offers that machine alone and serves its
+// tasks over TFTP with no VM (bbot's worker-development mode).
 func daemon(ctx context.Context, o *agent.Options, stdout io.Writer, log *slog.Logger) error {
-	a, err := agent.New(o, log)
+	a, err := newAgent(o, log)
 	if err != nil {
 		return err
 	}

@@ -6,11 +6,14 @@
 package main
 
 import (
+	"archive/tar"
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -20,6 +23,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pierrec/lz4/v4"
 	pintftp "github.com/pin/tftp/v3"
 	"golang.org/x/sys/unix"
 
@@ -348,6 +352,78 @@ func (g *guest) build() error {
 			}
 		}
 		res.Operations = []manifest.OperationResult{{Operation: "test", Status: res.Status, Log: log.String()}}
+	case "upload", "upload-refused", "upload-expired":
+		// The same artifacts; the controller answers them differently.
+		log, err := g.putUploadTar(artifacts(), nil)
+		if err != nil {
+			return err
+		}
+		res.Operations = []manifest.OperationResult{{Operation: "bindist", Status: "success", Log: log}}
+	case "upload-late", "upload-stuck":
+		// upload.tar is still coming when the result is in: slowly (done
+		// within the agent's grace), or never.
+		slow := &throttled{delay: 50 * time.Millisecond}
+		if task.Name() == "upload-stuck" {
+			slow = &throttled{delay: time.Second}
+		}
+		done := make(chan error, 1)
+		var log string
+		go func() {
+			var err error
+			log, err = g.putUploadTar(artifacts()[:5], slow) // bindist/debian only
+			logf("build: upload.tar: %v", err)
+			done <- err
+		}()
+		time.Sleep(500 * time.Millisecond)
+		res.Operations = []manifest.OperationResult{{Operation: "bindist", Status: "success", Log: "upload.tar on its way\n"}}
+		if err := g.putManifest("result.manifest", res.Pairs()); err != nil {
+			return fmt.Errorf("PUT result.manifest: %w", err)
+		}
+		logf("build: result uploaded, upload.tar still on its way")
+		if err := <-done; err != nil {
+			select {} // cut off: the agent forces the machine down
+		}
+		logf("build: upload.tar done: %s", log)
+		return nil
+	case "upload-noresult":
+		if _, err := g.putUploadTar(artifacts(), nil); err != nil {
+			return err
+		}
+		return errors.New("crashing after upload.tar, without a result")
+	case "badtar":
+		var b bytes.Buffer
+		if _, err := writeTar(&b, artifacts()); err != nil {
+			return err
+		}
+		if err := g.put(uploadTar, bytes.NewReader(b.Bytes()[:b.Len()*2/3])); err != nil {
+			return fmt.Errorf("PUT upload.tar: %w", err)
+		}
+		res.Operations = []manifest.OperationResult{{Operation: "bindist", Status: "success", Log: "sent a truncated upload.tar\n"}}
+	case "bigtar":
+		big := []artifact{{name: "upload/bindist/debian/huge.deb", data: pseudoRandom("huge", 3<<20)}}
+		_, err := g.putUploadTar(big, nil)
+		logf("build: big upload.tar: %v", err)
+		res.Operations = []manifest.OperationResult{{Operation: "bindist", Status: "success", Log: fmt.Sprintf("upload.tar of 3 MiB: %v\n", printable(fmt.Sprint(err)))}}
+	case "lz4":
+		res.Operations = []manifest.OperationResult{{Operation: "update", Status: "success", Log: LZ4Log()}}
+		return g.putLZ4(res.Pairs())
+	case "lz4bomb":
+		// 24 MiB (more than the tests' cap) in a few hundred KiB.
+		head := ": 1\nname: lz4bomb\nversion: 1.0.0\nstatus: success\nupdate-status: success\nupdate-log:\\\n"
+		line := strings.Repeat("a", 63) + "\n"
+		body := io.MultiReader(strings.NewReader(head), io.LimitReader(repeatReader(line), 24<<20), strings.NewReader("\\\n"))
+		pr, pw := io.Pipe()
+		go func() {
+			zw := lz4.NewWriter(pw)
+			// Plain writes: the Writer's ReadFrom wants a fresh Writer.
+			_, err := io.Copy(struct{ io.Writer }{zw}, body)
+			pw.CloseWithError(errors.Join(err, zw.Close()))
+		}()
+		if err := g.put("result.manifest.lz4", pr); err != nil {
+			return err
+		}
+		logf("build: bomb uploaded; staying up, as a worker still running would")
+		select {}
 	case "slow":
 		logf("build: sleeping 5s")
 		time.Sleep(5 * time.Second)
@@ -377,4 +453,140 @@ func printable(s string) string {
 		}
 		return r
 	}, s)
+}
+
+// uploadTar is bbot's artifacts archive name.
+const uploadTar = "upload.tar"
+
+// artifact is one member of upload.tar: a directory (name ends in "/"), a
+// file (data) or a symbolic link (link).
+type artifact struct {
+	name string
+	data []byte
+	link string
+}
+
+// artifacts is what the upload packages send, in bbot's layout
+// upload/<type>/<instance>/...: two instances the tests' controller takes,
+// one over its size limit, a type the task has no URL for, an instance
+// with no file, and a symbolic link the agent leaves out.
+func artifacts() []artifact {
+	return []artifact{
+		{name: "upload/"},
+		{name: "upload/bindist/"},
+		{name: "upload/bindist/debian/"},
+		{name: "upload/bindist/debian/bindist-result.manifest", data: []byte(": 1\nos-release-name-id: debian\nos-release-version-id: 12\n")},
+		{name: "upload/bindist/debian/libhello_1.0.0_amd64.deb", data: pseudoRandom("deb", 64<<10)},
+		{name: "upload/bindist/fedora/sub/libhello-1.0.0.x86_64.rpm", data: pseudoRandom("rpm", 300<<10)},
+		{name: "upload/bindist/big/libhello-big.tar.xz", data: pseudoRandom("big", 600<<10)},
+		{name: "upload/bindist/empty/"},
+		{name: "upload/bindist/debian/current", link: "libhello_1.0.0_amd64.deb"},
+		{name: "upload/other/x/file.txt", data: []byte("no upload URL for this type\n")},
+	}
+}
+
+// pseudoRandom is n incompressible bytes, the same for the same seed.
+func pseudoRandom(seed string, n int) []byte {
+	h := sha256.Sum256([]byte(seed))
+	r := rand.New(rand.NewPCG(binary.LittleEndian.Uint64(h[:8]), binary.LittleEndian.Uint64(h[8:16])))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// writeTar writes upload.tar and returns the list the tests check the
+// uploads against: "<name> <size> <sha256>" per file.
+func writeTar(w io.Writer, as []artifact) (string, error) {
+	tw := tar.NewWriter(w)
+	mtime := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	var list strings.Builder
+	for _, a := range as {
+		h := &tar.Header{Name: a.name, Mode: 0o644, ModTime: mtime, Typeflag: tar.TypeReg, Size: int64(len(a.data))}
+		switch {
+		case strings.HasSuffix(a.name, "/"):
+			h.Typeflag, h.Mode, h.Size = tar.TypeDir, 0o755, 0
+		case a.link != "":
+			h.Typeflag, h.Linkname, h.Size = tar.TypeSymlink, a.link, 0
+		default:
+			sum := sha256.Sum256(a.data)
+			fmt.Fprintf(&list, "%s %d %x\n", a.name, len(a.data), sum)
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			return "", err
+		}
+		if _, err := tw.Write(a.data); err != nil {
+			return "", err
+		}
+	}
+	return list.String(), tw.Close()
+}
+
+// putUploadTar PUTs upload.tar holding as (through slow, if set) and
+// returns the file list.
+func (g *guest) putUploadTar(as []artifact, slow *throttled) (string, error) {
+	var b bytes.Buffer
+	list, err := writeTar(&b, as)
+	if err != nil {
+		return "", err
+	}
+	var r io.Reader = &b
+	if slow != nil {
+		slow.r = &b
+		r = slow
+	}
+	logf("build: uploading %s (%d bytes)", uploadTar, b.Len())
+	if err := g.put(uploadTar, r); err != nil {
+		return "", fmt.Errorf("PUT upload.tar: %w", err)
+	}
+	return list, nil
+}
+
+// throttled reads a little at a time, delay apart.
+type throttled struct {
+	r     io.Reader
+	delay time.Duration
+}
+
+func (t *throttled) Read(p []byte) (int, error) {
+	time.Sleep(t.delay)
+	return t.r.Read(p[:min(len(p), 2048)])
+}
+
+// LZ4Log is the "lz4" package's update log (the tests build it too).
+func LZ4Log() string {
+	var b strings.Builder
+	for i := range 20000 {
+		fmt.Fprintf(&b, "line %05d of the update log\n", i)
+	}
+	return b.String()
+}
+
+// putLZ4 uploads the result as result.manifest.lz4, as bbot's worker does.
+func (g *guest) putLZ4(pairs []manifest.NameValue) error {
+	var plain, packed bytes.Buffer
+	if err := manifest.WriteStream(&plain, "", pairs); err != nil {
+		return err
+	}
+	zw := lz4.NewWriter(&packed)
+	if _, err := zw.Write(plain.Bytes()); err != nil {
+		return err
+	}
+	if err := zw.Close(); err != nil {
+		return err
+	}
+	logf("build: result of %d bytes as %d bytes of LZ4", plain.Len(), packed.Len())
+	return g.put("result.manifest.lz4", &packed)
+}
+
+// repeatReader repeats a line forever.
+type repeatReader string
+
+func (r repeatReader) Read(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		n += copy(p[n:], r)
+	}
+	return n, nil
 }

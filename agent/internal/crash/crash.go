@@ -15,7 +15,7 @@ const Env = "BBOT_AGENT_CRASH"
 // Points are the crash points, in the order a task passes them.
 var Points = []string{
 	"after-journal", "after-task-snapshot", "after-qemu-start", "after-result-upload",
-	"before-persist", "after-persist", "after-post", "while-held", "during-teardown",
+	"before-persist", "after-persist", "after-upload-post", "after-post", "while-held", "during-teardown",
 	"before-publish", "after-exchange",
 }
 
