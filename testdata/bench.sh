@@ -114,20 +114,40 @@ if want memory; then
     head -c $((47 << 20)) /dev/urandom | base64 -w 99 # under the 64 MiB upload cap
     printf '\\\n'; } > "$res64"
   size=$(stat -c %s "$res64")
-  big=()
+  go build -o "$work/brepbench" ./testdata/brepbench
+  mib=$(echo "scale=1; $size / 1048576" | bc)
+  daemon=() dry=()
   for _ in $(seq "$runs"); do
+    # The daemon's path: --fake-machine offered to a controller (the
+    # strict test controller, its own process), curl PUTs the result, the
+    # agent parses, cuts, journals and POSTs it.
     d="$work/big"; rm -rf "$d"; mkdir -p "$d"
+    "$work/brepbench" -machine x86_64-linux_test-busybox -url-file "$d/url" >"$d/results" 2>"$d/brep.err" &
+    brep=$!
+    for _ in $(seq 100); do [ -s "$d/url" ] && break; sleep 0.05; done
+    "$work/maxrss" "$work/bbot-agent" --fake-machine testdata/dry-run/machine.manifest --tftp "$d/tftp" --tftp-port 24600 \
+      --toolchain-num 7 --toolchain-name ci --state-dir "$d/s" --run-dir "$d/r" --poll-interval 1 "$(cat "$d/url")" 2>"$d/err" &
+    pid=$!
+    for _ in $(seq 200); do [ -e "$d/tftp/build/ci-1/get/manifest" ] && break; sleep 0.05; done
+    curl -sS -T "$res64" tftp://127.0.0.1:25201/result.manifest
+    wait $brep || { echo "the controller got no result:"; cat "$d/brep.err"; tail -3 "$d/err"; exit 1; }
+    kill -INT $pid; wait $pid || true
+    grep -q ' success$' "$d/results" || { echo "64 MiB result not delivered:"; cat "$d/results"; exit 1; }
+    daemon+=("$(echo "scale=1; $(awk '/^maxrss-kib/ {print $2}' "$d/err") / 1024" | bc)")
+    # The dry run (--fake-request --dump-result) prints the result too.
+    d="$work/dry"; rm -rf "$d"; mkdir -p "$d"
     "$work/maxrss" "$work/bbot-agent" --fake-machine testdata/dry-run/machine.manifest --fake-request testdata/dry-run/task.manifest \
       --tftp "$d/tftp" --tftp-port 24600 --toolchain-num 7 --toolchain-name ci --state-dir "$d/s" --run-dir "$d/r" --dump-result >"$d/out" 2>"$d/err" &
     pid=$!
-    for _ in $(seq 100); do [ -e "$d/tftp/build/ci-1/get/manifest" ] && break; sleep 0.05; done
+    for _ in $(seq 200); do [ -e "$d/tftp/build/ci-1/get/manifest" ] && break; sleep 0.05; done
     curl -sS -T "$res64" tftp://127.0.0.1:25201/result.manifest
     wait $pid || true
     grep -q '^status: success' "$d/out" || { echo "64 MiB result not handled:"; tail -3 "$d/err"; exit 1; }
-    big+=("$(echo "scale=1; $(awk '/^maxrss-kib/ {print $2}' "$d/err") / 1024" | bc)")
+    dry+=("$(echo "scale=1; $(awk '/^maxrss-kib/ {print $2}' "$d/err") / 1024" | bc)")
   done
-  mib=$(echo "scale=1; $size / 1048576" | bc)
-  echo "  a $mib MiB result (one log) through --fake-machine: $(stats "${big[@]}") MB (bound 2 x $mib + 20 = $(echo "scale=1; 2 * $size / 1048576 + 20" | bc) MB)"
+  echo "  a $mib MiB result (one log), bound 2 x $mib + 20 = $(echo "scale=1; 2 * $size / 1048576 + 20" | bc) MB:"
+  echo "    daemon (--fake-machine to a controller, POSTed): $(stats "${daemon[@]}") MB"
+  echo "    dry run (--fake-request --dump-result, printed): $(stats "${dry[@]}") MB"
   echo
 fi
 
