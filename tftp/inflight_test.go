@@ -100,3 +100,46 @@ func TestMaxSizes(t *testing.T) {
 		t.Errorf("upload.tar: %d bytes, %v", len(data), err)
 	}
 }
+
+// TestUploadCompletedBeforeIdle: an upload that completes is reported
+// (UploadCompleted) before it stops counting as in progress, so whoever
+// waits for the uploads to finish finds it among the events (the agent's
+// grace for upload.tar after the result). The event's handler is made slow
+// to widen the window.
+func TestUploadCompletedBeforeIdle(t *testing.T) {
+	var e *testEnv
+	e = startServer(t, func(s *Server, m *Mapping) {
+		record := m.Notify
+		m.Notify = func(ev Event) {
+			if ev.Kind == UploadCompleted {
+				time.Sleep(100 * time.Millisecond)
+			}
+			record(ev)
+		}
+	})
+	done := make(chan error, 1)
+	go func() { done <- put(t, e, "upload.tar", bytes.Repeat([]byte("u"), 1<<20)) }()
+	var idle <-chan struct{}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		var names []string
+		if names, idle = e.mapping.UploadsInFlight(); len(names) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the upload never showed as in progress")
+		}
+	}
+	<-idle
+	e.mu.Lock()
+	completed := false
+	for _, ev := range e.events {
+		completed = completed || (ev.Kind == UploadCompleted && ev.Name == "upload.tar")
+	}
+	e.mu.Unlock()
+	if !completed {
+		t.Fatal("no longer in progress, but its UploadCompleted event was not out yet")
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -299,21 +299,26 @@ func (m *Mapping) ServeTFTP(r *Request) error {
 	if r.Op == Put {
 		// The file is in place; pin/tftp sends the final ACK after we
 		// return. A Close prompted by this event must not abort that ACK
-		// (the client would see its completed upload fail and retry).
+		// (the client would see its completed upload fail and retry), so
+		// it leaves the transfers Close aborts first. It stays an upload
+		// in progress (UploadsInFlight) until the event is out: whoever
+		// waits for uploads to finish then finds it among the events.
 		m.mu.Lock()
-		m.untrack(r)
+		delete(m.reqs, r)
 		m.mu.Unlock()
 		m.notify(Event{Kind: UploadCompleted, Op: Put, Name: r.Filename, Size: n, Remote: r.Remote.String()})
 	}
 	return nil
 }
 
-// untrack ends r's membership of the transfers in progress (once: a
-// completed upload leaves before its final ACK). Called with m.mu held.
+// untrack ends r's membership of the transfers in progress, once (a
+// completed upload has already left the ones Close aborts). Called with
+// m.mu held.
 func (m *Mapping) untrack(r *Request) {
-	if _, ok := m.reqs[r]; !ok {
+	if r.untracked {
 		return
 	}
+	r.untracked = true
 	delete(m.reqs, r)
 	if r.Op != Put {
 		return

@@ -47,6 +47,7 @@ type Request struct {
 	// conn is the transfer's own socket inside pin/tftp (nil if not
 	// found); abort closes it to wake a blocked receive.
 	conn      *net.UDPConn
+	untracked bool // a Mapping is done with it (guarded by the Mapping's mu)
 	abortOnce sync.Once
 	aborted   atomic.Pointer[error]
 	// transferred is what ReadFrom or WriteTo moved, for OnTransfer.
