@@ -35,6 +35,9 @@ const MaxArchives = 64
 // maxListed bounds the entries named one by one in a note.
 const maxListed = 10
 
+// maxNoteName bounds a name quoted in a note.
+const maxNoteName = 200
+
 // Archive is one type/instance archive written by Split.
 type Archive struct {
 	Type, Instance string
@@ -69,8 +72,8 @@ var validName = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$`)
 // (reading r, writing the archives) are the host's. On any error nothing
 // is left written. The archives are returned by type, then instance.
 func Split(r io.Reader, accept func(typ string) bool, path func(k int) string) ([]Archive, []string, error) {
-	s := &splitter{accept: accept, path: path, open: map[key]*output{}, refused: map[key]int{}}
 	in := &recordingReader{r: r}
+	s := &splitter{accept: accept, path: path, open: map[key]*output{}, refused: map[key]int{}, in: in}
 	err := s.read(tar.NewReader(bufio.NewReaderSize(in, 64<<10)))
 	switch {
 	case in.err != nil:
@@ -112,6 +115,30 @@ type splitter struct {
 	kinds    []string    // entries neither files nor directories
 	badNames []string    // type or instance names that cannot be used
 	tooMany  []string    // instances beyond MaxArchives
+
+	in      *recordingReader
+	written int64 // file bytes written to the archives
+}
+
+// errExpands: the archives would hold more than upload.tar itself (a
+// sparse file, which archive/tar expands, zeros and all): a bomb.
+var errExpands = errors.New("upload.tar expands beyond its own size (a sparse file?)")
+
+// expansionGuard fails a copy once more file bytes were written than were
+// read: an honest tar's data comes from its own bytes.
+type expansionGuard struct {
+	w io.Writer
+	s *splitter
+}
+
+func (g expansionGuard) Write(p []byte) (int, error) {
+	// bufio reads ahead at most its 64 KiB: 1 MiB of slack is plenty.
+	if g.s.written+int64(len(p)) > g.s.in.n+1<<20 {
+		return 0, errExpands
+	}
+	n, err := g.w.Write(p)
+	g.s.written += int64(n)
+	return n, err
 }
 
 // writeError marks a failure writing an archive (the host's).
@@ -138,7 +165,7 @@ func (s *splitter) read(tr *tar.Reader) error {
 			continue
 		}
 		isDir := h.Typeflag == tar.TypeDir
-		isFile := h.Typeflag == tar.TypeReg || h.Typeflag == tar.TypeRegA
+		isFile := (h.Typeflag == tar.TypeReg || h.Typeflag == tar.TypeRegA) && !sparse(h)
 		switch {
 		case instance == "" && isDir:
 			continue // upload/ or upload/<type>/
@@ -183,7 +210,10 @@ func (s *splitter) read(tr *tar.Reader) error {
 			return hostOr(o, err)
 		}
 		if isFile {
-			if _, err := io.Copy(o.tw, tr); err != nil {
+			if _, err := io.Copy(expansionGuard{o.tw, s}, tr); err != nil {
+				if errors.Is(err, errExpands) {
+					return err
+				}
 				return hostOr(o, err) // else upload.tar ended inside the file
 			}
 		}
@@ -318,7 +348,11 @@ func (s *splitter) notes() []string {
 		refused = append(refused, k)
 	}
 	slices.SortFunc(refused, func(a, b key) int { return strings.Compare(a.typ+"/"+a.instance, b.typ+"/"+b.instance) })
-	for _, k := range refused {
+	for i, k := range refused {
+		if i == maxListed {
+			notes = append(notes, fmt.Sprintf("and %d more instances of types without an upload URL", len(refused)-maxListed))
+			break
+		}
 		notes = append(notes, fmt.Sprintf("upload type %s not uploaded (instance %s, %s): the task has no %s-upload-url", k.typ, k.instance, files(s.refused[k]), k.typ))
 	}
 	add := func(list []string, what string) {
@@ -355,6 +389,8 @@ func kind(t byte) string {
 		return "hard link"
 	case tar.TypeChar, tar.TypeBlock:
 		return "device"
+	case tar.TypeReg, tar.TypeRegA, tar.TypeGNUSparse:
+		return "sparse file"
 	case tar.TypeFifo:
 		return "fifo"
 	}
@@ -362,6 +398,10 @@ func kind(t byte) string {
 }
 
 func printable(s string) string {
+	// A name may be long (a PAX path): the notes go into the result's log.
+	if len(s) > maxNoteName {
+		s = strings.ToValidUTF8(s[:maxNoteName], "") + "..."
+	}
 	return strings.Map(func(r rune) rune {
 		if r < 0x20 || r == 0x7f {
 			return '?'
@@ -375,10 +415,26 @@ func printable(s string) string {
 type recordingReader struct {
 	r   io.Reader
 	err error
+	n   int64 // bytes read
+}
+
+// sparse reports a sparse file (old GNU or PAX GNU.sparse records):
+// archive/tar would expand its holes into data of the full size.
+func sparse(h *tar.Header) bool {
+	if h.Typeflag == tar.TypeGNUSparse {
+		return true
+	}
+	for k := range h.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return true
+		}
+	}
+	return false
 }
 
 func (r *recordingReader) Read(p []byte) (int, error) {
 	n, err := r.r.Read(p)
+	r.n += int64(n)
 	if err != nil && !errors.Is(err, io.EOF) && r.err == nil {
 		r.err = err
 	}

@@ -260,3 +260,67 @@ func TestSplitMaxArchives(t *testing.T) {
 		t.Errorf("notes %q", notes)
 	}
 }
+
+// TestSplitSparse: a sparse file (GNU tar --sparse) would expand into its
+// full size, holes and all: it is left out with a note, and the split
+// writes about what it read, not 300 MiB.
+func TestSplitSparse(t *testing.T) {
+	if _, err := exec.LookPath("tar"); err != nil {
+		t.Skip("tar not installed")
+	}
+	dir := t.TempDir()
+	inst := filepath.Join(dir, "upload", "bindist", "debian")
+	os.MkdirAll(inst, 0o755)
+	os.WriteFile(filepath.Join(inst, "small"), []byte("kept"), 0o644)
+	big, _ := os.Create(filepath.Join(inst, "holes"))
+	big.Truncate(300 << 20)
+	big.Close()
+	for _, format := range []string{"--format=gnu", "--format=posix"} {
+		tarball := filepath.Join(dir, "upload"+format[9:]+".tar")
+		cmd := exec.Command("tar", "--sparse", format, "-cf", tarball, "upload")
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("tar: %v %s", err, out)
+		}
+		f, _ := os.Open(tarball)
+		fi, _ := f.Stat()
+		out := t.TempDir()
+		archives, notes, err := Split(f, bindistOnly, func(k int) string { return filepath.Join(out, fmt.Sprintf("%d.tar", k)) })
+		f.Close()
+		if err != nil {
+			t.Fatalf("%s: %v", format, err)
+		}
+		var written int64
+		for _, a := range archives {
+			written += a.Size
+		}
+		if written > fi.Size()+1<<20 {
+			t.Errorf("%s: a %d-byte upload.tar wrote %d bytes", format, fi.Size(), written)
+		}
+		if !strings.Contains(strings.Join(notes, "\n"), "holes (sparse file)") {
+			t.Errorf("%s: no note for the sparse file: %q", format, notes)
+		}
+	}
+}
+
+// TestSplitNotesBounded: long names and many refused instances do not make
+// notes that crowd out the worker's logs.
+func TestSplitNotesBounded(t *testing.T) {
+	var es []entry
+	long := strings.Repeat("n", 100000)
+	for i := range 200 {
+		es = append(es, entry{name: fmt.Sprintf("upload/other/i%d/f", i), data: []byte("x")})
+		es = append(es, entry{name: "outside/" + long + fmt.Sprint(i), data: []byte("x")})
+	}
+	out := t.TempDir()
+	_, notes, err := Split(bytes.NewReader(makeTar(t, es)), bindistOnly, func(k int) string { return filepath.Join(out, fmt.Sprintf("%d.tar", k)) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(strings.Join(notes, "\n")); n > 8<<10 {
+		t.Fatalf("%d bytes of notes", n)
+	}
+	if !strings.Contains(strings.Join(notes, "\n"), "and 190 more instances") {
+		t.Errorf("notes do not say how many more: %q", notes)
+	}
+}
