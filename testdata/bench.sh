@@ -34,13 +34,11 @@ echo
 
 if want enum; then
   echo "== enumeration of idle bootstrapped machines (real btrfs; absolute times)"
-  out=$(go test -run '^$' -bench 'Enumerate/' -benchtime 5x -count "$runs" ./agent/inventory)
+  # One setup per size (10,000 subvolumes take a while): RUNS scans of it.
+  out=$(go test -run '^$' -bench 'Enumerate/' -benchtime "${runs}x" -timeout 60m ./agent/inventory)
   for n in 1000 10000; do
-    ms=() per=() snaps=()
-    while read -r _ _ ns _ pm _ sn _; do
-      ms+=("$(echo "scale=1; $ns / 1000000" | bc)"); per+=("$(printf '%.0f' "$pm")"); snaps+=("$sn")
-    done < <(grep "machines=$n-" <<<"$out")
-    echo "  $n machines: $(stats "${ms[@]}") ms per scan, $(stats "${per[@]}") ns/machine, snapshots $(median "${snaps[@]}")"
+    grep "machines=$n-" <<<"$out" | awk -v n=$n '{for (i = 1; i < NF; i++) v[$(i+1)] = $i}
+      END {printf "  %d machines: %s (%s-%s) ms per scan, %.0f ns/machine (median), snapshots %s\n", n, v["median-ms"], v["min-ms"], v["max-ms"], v["ns/machine"], v["snapshots"]}'
   done
   echo
 fi

@@ -8,8 +8,10 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/build2/bbot-agent-go/btrfs"
 	"github.com/build2/bbot-agent-go/btrfs/btrfstest"
@@ -320,13 +322,20 @@ func BenchmarkEnumerate(b *testing.B) {
 			e := &Enumerator{Root: root, ToolchainName: "tc", ToolchainID: "tcid",
 				AgentVersion: mustVersion(b, testVersion), Bootstrapper: FakeBootstrapper{mustVersion(b, testVersion)}}
 			b.ResetTimer()
+			var took []float64 // ms per enumeration, for testdata/bench.sh
 			for b.Loop() {
+				t0 := time.Now()
 				ms, err := e.Enumerate(context.Background())
+				took = append(took, float64(time.Since(t0).Microseconds())/1000)
 				if err != nil || len(ms) != n {
 					b.Fatalf("%d machines, %v", len(ms), err)
 				}
 			}
-			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/machine")
+			slices.Sort(took)
+			b.ReportMetric(took[len(took)/2], "median-ms")
+			b.ReportMetric(took[0], "min-ms")
+			b.ReportMetric(took[len(took)-1], "max-ms")
+			b.ReportMetric(took[len(took)/2]*1e6/float64(n), "ns/machine")
 			b.ReportMetric(float64(e.Snapshots()), "snapshots")
 		})
 	}
