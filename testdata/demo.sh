@@ -43,7 +43,7 @@ btrfs -q property set -ts "$m/busybox-1.0" ro true
 ln -s busybox-1.0 "$m/busybox-1"
 
 go build -o "$work/bbot-agent" ./cmd/bbot-agent
-version=$("$work/bbot-agent" --version | awk '{print $2}')
+version=$("$work/bbot-agent" --version | awk 'NR == 1 {print $2}')
 mkdir -p "$mnt/tftp/toolchains/demo"
 printf ': 1\nbbot-version: %s\n' "$version" > "$mnt/tftp/toolchains/demo/toolchain"
 
