@@ -197,12 +197,7 @@ func (s *Sender) post(ctx context.Context, j *Journal, e *Entry, abort bool) (in
 	}
 	req.ContentLength = size
 	req.Header.Set("Content-Type", "text/manifest")
-	s.setUserAgent(req)
-	client := *s.Client
-	// A redirect would turn the POST into a GET that "succeeds": it is a
-	// failure instead, retried until the TTL.
-	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	resp, err := client.Do(req)
+	resp, err := s.do(req)
 	if err != nil {
 		return 0, "", err
 	}
@@ -215,10 +210,16 @@ func (s *Sender) post(ctx context.Context, j *Journal, e *Entry, abort bool) (in
 	return resp.StatusCode, text, nil
 }
 
-func (s *Sender) setUserAgent(req *http.Request) {
+// do sends req with the agent's User-Agent and without following
+// redirects: a redirect would turn the POST into a GET that "succeeds"; it
+// is a failure instead, retried until the TTL.
+func (s *Sender) do(req *http.Request) (*http.Response, error) {
 	if s.UserAgent != "" {
 		req.Header.Set("User-Agent", s.UserAgent)
 	}
+	client := *s.Client
+	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return client.Do(req)
 }
 
 // PostBytes POSTs a request from memory once, without redirects (when the
@@ -229,10 +230,7 @@ func (s *Sender) PostBytes(ctx context.Context, url string, body []byte) (int, e
 		return 0, err
 	}
 	req.Header.Set("Content-Type", "text/manifest")
-	s.setUserAgent(req)
-	client := *s.Client
-	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	resp, err := client.Do(req)
+	resp, err := s.do(req)
 	if err != nil {
 		return 0, err
 	}

@@ -174,10 +174,7 @@ func (s *Sender) postUpload(ctx context.Context, j *Journal, e *Entry, u *Upload
 	}
 	req.ContentLength = int64(head.Len()) + u.Size + int64(len(tail))
 	req.Header.Set("Content-Type", mw.FormDataContentType())
-	s.setUserAgent(req)
-	client := *s.Client
-	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	resp, err := client.Do(req)
+	resp, err := s.do(req)
 	if err != nil {
 		return 0, "", err
 	}
