@@ -52,6 +52,7 @@ if want tftp; then
   taskset -c 0 in.tftpd -L -a 127.0.0.1:16901 -s "$work/srv" -B 65464 & pids+=($!)
   taskset -c 0 "$work/tftpbench" -addr 127.0.0.1:16902 -root "$work/srv" -window 1 & pids+=($!)
   taskset -c 0 "$work/tftpbench" -addr 127.0.0.1:16903 -root "$work/srv" -window 16 & pids+=($!)
+  taskset -c 0 "$work/tftpbench" -addr 127.0.0.1:16904 -root "$work/srv" -window 1 -pin-sender & pids+=($!)
   sleep 0.5
   get() { # port blksize -> MB/s
     rm -f "$work/out"
@@ -67,13 +68,14 @@ if want tftp; then
     for b in 512 1468 8192 65464; do
       res[hpa$b]+=" $(get 16901 $b)"
       res[go$b]+=" $(get 16902 $b)"
+      res[pin$b]+=" $(get 16904 $b)"
       if [ $b -le 1468 ]; then res[win$b]+=" $(get 16903 $b)"; fi
     done
   done
   for b in 512 1468 8192 65464; do
     # shellcheck disable=SC2086
-    h=$(median ${res[hpa$b]}) g=$(median ${res[go$b]})
-    line="  blksize $b: in.tftpd $(stats ${res[hpa$b]}), ours lock-step $(stats ${res[go$b]}): $(ratio "$g" "$h")x"
+    h=$(median ${res[hpa$b]}) g=$(median ${res[go$b]}) p=$(median ${res[pin$b]})
+    line="  blksize $b: in.tftpd $(stats ${res[hpa$b]}), ours lock-step $(stats ${res[go$b]}): $(ratio "$g" "$h")x; with pin/tftp's sender $(stats ${res[pin$b]}): $(ratio "$p" "$h")x"
     if [ $b -le 1468 ]; then w=$(median ${res[win$b]}); line+="; ours anticipating (window 16) $(stats ${res[win$b]}): $(ratio "$w" "$h")x"; fi
     echo "$line"
   done

@@ -420,7 +420,8 @@ func (m *Mapping) serveGet(r *Request) (int64, error) {
 	// the client's.
 	hr := &hostReader{r: f}
 	var n int64
-	if fi.Size() <= readAheadChunk {
+	if fi.Size() <= readAheadChunk || r.lockStep != nil {
+		// (The agent's lock-step loop reads ahead itself.)
 		n, err = r.ReadFrom(hr)
 	} else {
 		ra := newReadAhead(hr)

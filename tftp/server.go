@@ -52,6 +52,10 @@ type Request struct {
 	aborted   atomic.Pointer[error]
 	// transferred is what ReadFrom or WriteTo moved, for OnTransfer.
 	transferred int64
+	// lockStep, if set, is the server whose own lock-step loop serves
+	// this GET; size is the content's size for tsize (-1: unknown).
+	lockStep *Server
+	size     int64
 }
 
 // ErrAborted is the error of a transfer cut off by Mapping.Close or by
@@ -70,6 +74,7 @@ func (r *Request) abort(err error) {
 			// pin/tftp cannot send its ERROR on a closed socket: tell the
 			// client here so that it stops at once.
 			r.conn.WriteToUDP(errorPacket(err.Error()), &r.Remote)
+			wakeReceive(r.conn)
 			r.conn.Close()
 		}
 	})
@@ -153,6 +158,7 @@ func (r *Request) Size() (int64, bool) {
 // SetSize announces the size of a GET's content (answers tsize) when src is
 // not seekable.
 func (r *Request) SetSize(n int64) {
+	r.size = n
 	if ot, ok := r.rf.(pintftp.OutgoingTransfer); ok {
 		ot.SetSize(n)
 	}
@@ -166,6 +172,20 @@ func (r *Request) ReadFrom(src io.Reader) (int64, error) {
 	}
 	if err := r.abortErr(); err != nil {
 		return 0, err
+	}
+	if s := r.lockStep; s != nil {
+		if ls := newLockStep(r.rf, r.conn, &r.Remote, s.maxBlock(), r.size, s.timeout(), s.retries()); ls != nil {
+			n, err := ls.send(abortReader{src, r})
+			r.transferred = n
+			if aerr := r.abortErr(); err != nil && aerr != nil {
+				err = aerr
+			}
+			if err == nil {
+				// pin/tftp closes the socket only when the handler fails.
+				r.conn.Close()
+			}
+			return n, err
+		}
 	}
 	n, err := r.rf.ReadFrom(abortReader{src, r})
 	r.transferred = n
@@ -234,6 +254,10 @@ type Server struct {
 	// MaxTransfers bounds concurrent transfers (default 32); requests
 	// beyond it are refused.
 	MaxTransfers int
+	// PinSender serves lock-step GETs with pin/tftp's sender instead of
+	// the agent's own block loop (see lockStep): slower, kept for A/B
+	// benchmarks.
+	PinSender bool
 	// ErrorLog receives transfer failures; nil discards.
 	ErrorLog *slog.Logger
 	// OnTransfer, if set, learns of every request once it is done: its
@@ -327,11 +351,28 @@ func (s *Server) serve(r *Request) (err error) {
 	return box.h.ServeTFTP(r)
 }
 
+func (s *Server) timeout() time.Duration {
+	if s.Timeout <= 0 {
+		return 2 * time.Second
+	}
+	return s.Timeout
+}
+
+func (s *Server) retries() int {
+	if s.Retries <= 0 {
+		return 5 // pin/tftp's default
+	}
+	return s.Retries
+}
+
 // Serve serves requests arriving on conn until Shutdown.
 func (s *Server) Serve(conn *net.UDPConn) error {
 	srv := pintftp.NewServer(
 		func(name string, rf io.ReaderFrom) error {
-			r := &Request{Op: Get, Filename: name, rf: rf, conn: udpConnOf(rf)}
+			r := &Request{Op: Get, Filename: name, rf: rf, conn: udpConnOf(rf), size: -1}
+			if s.Window() == 1 && !s.PinSender {
+				r.lockStep = s
+			}
 			if ot, ok := rf.(pintftp.OutgoingTransfer); ok {
 				r.Remote = ot.RemoteAddr()
 			}
@@ -350,11 +391,7 @@ func (s *Server) Serve(conn *net.UDPConn) error {
 	if w := s.Window(); w > 1 {
 		srv.SetAnticipate(w)
 	}
-	timeout := s.Timeout
-	if timeout <= 0 {
-		timeout = 2 * time.Second
-	}
-	srv.SetTimeout(timeout)
+	srv.SetTimeout(s.timeout())
 	if s.Retries > 0 {
 		srv.SetRetries(s.Retries)
 	}

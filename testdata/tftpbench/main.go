@@ -1,5 +1,5 @@
 // Command tftpbench serves a directory read-only with the project's tftp
-// package, for testdata/tftp-bench.sh.
+// package, for testdata/bench.sh and testdata/tftp-bench.sh.
 package main
 
 import (
@@ -17,6 +17,7 @@ func main() {
 	addr := flag.String("addr", "127.0.0.1:16969", "listen address")
 	root := flag.String("root", ".", "directory to serve")
 	window := flag.Uint("window", 1, "sender anticipation window (1 = lock-step, 0 = auto)")
+	pin := flag.Bool("pin-sender", false, "lock-step GETs with pin/tftp's sender (the agent's own loop otherwise)")
 	profile := flag.String("cpuprofile", "", "write a CPU profile here until SIGTERM")
 	flag.Parse()
 	if *profile != "" {
@@ -31,7 +32,7 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	srv := &tftp.Server{Anticipate: *window}
+	srv := &tftp.Server{Anticipate: *window, PinSender: *pin}
 	srv.SetHandler(m)
 	conn, err := tftp.Listen(*addr)
 	if err != nil {
