@@ -34,35 +34,62 @@ import (
 // testdata/bench.sh measures both against in.tftpd.
 type lockStep struct {
 	rc      syscall.RawConn // reads and writes hold the socket open
-	block   int             // negotiated block size
+	aborted func() bool
+	block   int // negotiated block size
 	oack    []byte
 	timeout time.Duration
 	retries int
 	pkt     [2][]byte // the block in flight and the next one
 	ack     []byte
+	// shortened: SO_RCVTIMEO is set to what was left of a wait, not to
+	// the timeout.
+	shortened bool
 }
 
-// newLockStep takes over a GET from pin/tftp's sender rf, or returns nil
-// when the request needs pin/tftp (netascii mode, a socket not found).
-func newLockStep(rf any, conn *net.UDPConn, remote *net.UDPAddr, maxBlock int, size int64, timeout time.Duration, retries int) *lockStep {
-	ip4 := remote.IP.To4()
-	if conn == nil || ip4 == nil {
-		return nil
+// pinRequest is what the loop takes from pin/tftp's sender: the parsed
+// request and the block size limit pin/tftp worked out for it (the
+// server's maximum, and the interface's MTU with ClampToMTU).
+type pinRequest struct {
+	mode        string
+	opts        map[string]string
+	maxBlockLen int
+}
+
+// lockStepFor says whether the loop can serve this GET: an octet-mode
+// request from an IPv4 client on a socket found in pin/tftp's sender.
+// Anything else (netascii, IPv6, a pin/tftp whose sender has another
+// shape) stays with pin/tftp's sender.
+func lockStepFor(rf any, conn *net.UDPConn, remote net.UDPAddr) (pinRequest, bool) {
+	if conn == nil || remote.IP.To4() == nil {
+		return pinRequest{}, false
 	}
-	mode, opts, ok := requestOf(rf)
-	if !ok || !strings.EqualFold(mode, "octet") {
-		return nil
+	req, ok := requestOf(rf)
+	if !ok || !strings.EqualFold(req.mode, "octet") {
+		return pinRequest{}, false
 	}
-	ls := &lockStep{block: 512, timeout: timeout, retries: retries}
+	return req, true
+}
+
+// newLockStep prepares the transfer's socket for the loop: connected to
+// the client, blocking, SO_RCVTIMEO the timeout. size is the content's
+// size (-1: unknown); aborted tells an abort's shutdown(2) from an empty
+// datagram.
+func newLockStep(req pinRequest, conn *net.UDPConn, remote net.UDPAddr, maxBlock int, size int64,
+	timeout time.Duration, retries int, aborted func() bool) (*lockStep, error) {
+	ls := &lockStep{block: 512, timeout: timeout, retries: retries, aborted: aborted}
+	limit := min(maxBlock, 65464)
+	if req.maxBlockLen >= 512 {
+		limit = min(limit, req.maxBlockLen)
+	}
 	var oack []byte
-	for name, value := range opts {
+	for name, value := range req.opts {
 		switch strings.ToLower(name) {
 		case "blksize":
 			n, err := strconv.Atoi(value)
 			if err != nil || n < 512 {
 				continue // ignored, as pin/tftp does (RFC 2348 allows it)
 			}
-			ls.block = min(n, maxBlock, 65464)
+			ls.block = min(n, limit)
 			oack = appendOption(oack, name, strconv.Itoa(ls.block))
 		case "tsize":
 			// Not for an empty or unknown size: curl refuses tsize 0, and
@@ -77,13 +104,13 @@ func newLockStep(rf any, conn *net.UDPConn, remote *net.UDPAddr, maxBlock int, s
 	}
 	rc, err := conn.SyscallConn()
 	if err != nil {
-		return nil
+		return nil, err
 	}
 	ls.rc = rc
+	sa := &unix.SockaddrInet4{Port: remote.Port}
+	copy(sa.Addr[:], remote.IP.To4())
 	var serr error
 	err = rc.Control(func(fd uintptr) {
-		sa := &unix.SockaddrInet4{Port: remote.Port}
-		copy(sa.Addr[:], ip4)
 		tv := unix.NsecToTimeval(timeout.Nanoseconds())
 		if serr = unix.SetsockoptTimeval(int(fd), unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); serr != nil {
 			return
@@ -93,15 +120,24 @@ func newLockStep(rf any, conn *net.UDPConn, remote *net.UDPAddr, maxBlock int, s
 		}
 		serr = unix.SetNonblock(int(fd), false)
 	})
-	if err != nil || serr != nil {
-		return nil
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return nil, err
+	}
+	// A small file needs no full-size buffers (it cannot grow past its
+	// announced size either: the loop stops at a short block).
+	buf := ls.block
+	if size >= 0 && size < int64(buf) {
+		buf = int(size)
 	}
 	for i := range ls.pkt {
-		ls.pkt[i] = make([]byte, 4+ls.block)
+		ls.pkt[i] = make([]byte, 4+buf)
 		binary.BigEndian.PutUint16(ls.pkt[i], 3) // DATA
 	}
 	ls.ack = make([]byte, 516)
-	return ls
+	return ls, nil
 }
 
 func appendOption(b []byte, name, value string) []byte {
@@ -111,24 +147,26 @@ func appendOption(b []byte, name, value string) []byte {
 	return append(b, 0)
 }
 
-// requestOf reads the transfer mode and options pin/tftp parsed into its
-// sender (unexported fields; TestRequestOf pins the shape).
-func requestOf(rf any) (mode string, opts map[string]string, ok bool) {
+// requestOf reads the request pin/tftp parsed into its sender
+// (unexported fields; TestRequestOf pins the shape).
+func requestOf(rf any) (pinRequest, bool) {
 	v := reflect.ValueOf(rf)
 	if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Kind() != reflect.Struct {
-		return "", nil, false
+		return pinRequest{}, false
 	}
 	m := v.Elem().FieldByName("mode")
 	o := v.Elem().FieldByName("opts")
+	b := v.Elem().FieldByName("maxBlockLen")
 	if !m.IsValid() || m.Kind() != reflect.String || !o.IsValid() || o.Kind() != reflect.Map ||
-		o.Type().Key().Kind() != reflect.String || o.Type().Elem().Kind() != reflect.String {
-		return "", nil, false
+		o.Type().Key().Kind() != reflect.String || o.Type().Elem().Kind() != reflect.String ||
+		!b.IsValid() || b.Kind() != reflect.Int {
+		return pinRequest{}, false
 	}
-	opts = make(map[string]string, o.Len())
+	req := pinRequest{mode: m.String(), opts: make(map[string]string, o.Len()), maxBlockLen: int(b.Int())}
 	for it := o.MapRange(); it.Next(); {
-		opts[it.Key().String()] = it.Value().String()
+		req.opts[it.Key().String()] = it.Value().String()
 	}
-	return m.String(), opts, true
+	return req, true
 }
 
 var errTooManyRetries = errors.New("no acknowledgement from the client")
@@ -136,16 +174,16 @@ var errTooManyRetries = errors.New("no acknowledgement from the client")
 // send sends src in lock-step; it returns the bytes the client
 // acknowledged.
 func (ls *lockStep) send(src io.Reader) (int64, error) {
-	if ls.oack != nil {
-		if err := ls.exchange(ls.oack, 0); err != nil {
-			return 0, err
-		}
-	}
 	var sent int64
 	cur := 0
 	n, err := ls.fill(src, ls.pkt[cur])
 	if err != nil {
 		return 0, err
+	}
+	if ls.oack != nil {
+		if err := ls.exchange(ls.oack, 0); err != nil {
+			return 0, err
+		}
 	}
 	for blk := uint16(1); ; blk++ {
 		p := ls.pkt[cur][:4+n]
@@ -174,7 +212,7 @@ func (ls *lockStep) send(src io.Reader) (int64, error) {
 }
 
 func (ls *lockStep) fill(src io.Reader, p []byte) (int, error) {
-	n, err := io.ReadFull(src, p[4:4+ls.block])
+	n, err := io.ReadFull(src, p[4:])
 	if err == io.EOF || err == io.ErrUnexpectedEOF {
 		err = nil
 	}
@@ -192,38 +230,73 @@ func (ls *lockStep) exchange(p []byte, blk uint16) error {
 // waitAck waits for the ACK of blk, retransmitting p on each timeout.
 // Older ACKs (duplicates) are ignored, not answered: answering them is
 // the Sorcerer's Apprentice bug. Only the client's address and port get
-// here (the socket is connected), and whatever else it sends does not
-// extend the timeout.
+// here (the socket is connected). Whatever else arrives (junk, a
+// duplicate ACK, an empty datagram, a signal, a soft ICMP error) does not
+// extend the wait: the next recv gets only what is left of it.
 func (ls *lockStep) waitAck(p []byte, blk uint16) error {
 	deadline := time.Now().Add(ls.timeout)
 	for try := 0; ; {
 		n, err := ls.recv()
 		switch {
-		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN:
-		case err != nil:
-			return err // ECONNREFUSED: the client's port is closed
-		case n == 0:
-			return ErrAborted // shut down by abort
-		case n >= 4 && binary.BigEndian.Uint16(ls.ack) == 4 && binary.BigEndian.Uint16(ls.ack[2:]) == blk:
-			return nil
-		case n >= 4 && binary.BigEndian.Uint16(ls.ack) == 5:
-			return &clientStopped{msg: strings.TrimRight(string(ls.ack[4:n]), "\x00")}
-		default:
-			if time.Now().Before(deadline) {
-				continue
+		case err == nil && n >= 4 && binary.BigEndian.Uint16(ls.ack) == 4 && binary.BigEndian.Uint16(ls.ack[2:]) == blk:
+			if ls.shortened {
+				return ls.setTimeout(ls.timeout)
 			}
+			return nil
+		case err == nil && n >= 4 && binary.BigEndian.Uint16(ls.ack) == 5:
+			return &clientStopped{msg: strings.TrimRight(string(ls.ack[4:n]), "\x00")}
+		case err == nil && n == 0 && ls.aborted():
+			return ErrAborted // shut down by abort
+		case err == errClosed:
+			return ErrAborted
+		case err != nil && err != unix.EAGAIN && err != unix.EINTR && !softError(err):
+			return err // ECONNREFUSED: the client's port is closed
+		}
+		if left := time.Until(deadline); err != unix.EAGAIN && left > 0 {
+			// SO_RCVTIMEO of 0 would wait forever.
+			if err := ls.setTimeout(max(left, time.Millisecond)); err != nil {
+				return err
+			}
+			continue
 		}
 		// Timed out.
 		if try++; try > ls.retries {
 			return errTooManyRetries
+		}
+		if ls.shortened {
+			if err := ls.setTimeout(ls.timeout); err != nil {
+				return err
+			}
 		}
 		if err := ls.write(p); err != nil {
 			return err
 		}
 		deadline = time.Now().Add(ls.timeout)
 	}
+}
+
+// softError is an error a connected UDP socket reports for an ICMP
+// message or a full queue that a retransmission may get past (an
+// unconnected socket, as pin/tftp's, never sees them).
+func softError(err error) bool {
+	switch err {
+	case unix.EMSGSIZE, unix.EHOSTUNREACH, unix.ENETUNREACH, unix.ENOBUFS, unix.EPERM:
+		return true
+	}
+	return false
+}
+
+func (ls *lockStep) setTimeout(d time.Duration) error {
+	var serr error
+	err := ls.rc.Control(func(fd uintptr) {
+		tv := unix.NsecToTimeval(d.Nanoseconds())
+		serr = unix.SetsockoptTimeval(int(fd), unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	})
+	if err != nil {
+		return ErrAborted
+	}
+	ls.shortened = d != ls.timeout
+	return serr
 }
 
 // recv waits in recv(2) for the client's next packet, at most the
@@ -234,11 +307,15 @@ func (ls *lockStep) recv() (n int, err error) {
 		return true
 	})
 	if cerr != nil {
-		return 0, ErrAborted // closed by abort
+		return 0, errClosed
 	}
 	return n, err
 }
 
+// errClosed: the socket was closed (by an abort).
+var errClosed = errors.New("closed")
+
+// write sends p; a soft error counts as sent (the timeout retransmits).
 func (ls *lockStep) write(p []byte) error {
 	var err error
 	cerr := ls.rc.Write(func(fd uintptr) bool {
@@ -251,6 +328,9 @@ func (ls *lockStep) write(p []byte) error {
 	})
 	if cerr != nil {
 		return ErrAborted
+	}
+	if softError(err) {
+		return nil
 	}
 	return err
 }

@@ -3,10 +3,13 @@ package tftp
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,25 +21,27 @@ import (
 func TestRequestOf(t *testing.T) {
 	got := make(chan string, 1)
 	srv := pintftp.NewServer(func(name string, rf io.ReaderFrom) error {
-		mode, opts, ok := requestOf(rf)
+		req, ok := requestOf(rf)
 		if !ok {
 			got <- "not found"
 			return errors.New("no")
 		}
-		got <- mode + " blksize=" + opts["blksize"]
+		got <- fmt.Sprintf("%s blksize=%s max=%d", req.mode, req.opts["blksize"], req.maxBlockLen)
 		return errors.New("done")
 	}, nil)
 	conn, err := Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	srv.SetBlockSize(8192)
+	srv.SetBlockSizeNegotiation(false) // as Server does without ClampToMTU
 	go srv.Serve(conn)
 	defer srv.Shutdown()
 	p := newRawPeer(t)
 	p.conn.WriteTo([]byte("\x00\x01x\x00octet\x00blksize\x001468\x00"), conn.LocalAddr())
 	select {
 	case s := <-got:
-		if s != "octet blksize=1468" {
+		if s != "octet blksize=1468 max=8192" {
 			t.Errorf("requestOf: %s", s)
 		}
 	case <-time.After(5 * time.Second):
@@ -257,4 +262,140 @@ func TestLockStepFallsBack(t *testing.T) {
 		t.Errorf("netascii: op %d %q err %v", op, data, err)
 	}
 	p.ack(1)
+}
+
+// TestLockStepDuplicateAckKeepsDeadline: a DATA lost on the way, and the
+// client re-sending its last ACK just before the server's timeout (as
+// busybox, curl and firmware clients do): the retransmission comes at the
+// timeout, not a whole timeout after the duplicate.
+func TestLockStepDuplicateAckKeepsDeadline(t *testing.T) {
+	const timeout = 500 * time.Millisecond
+	e := startServer(t, func(s *Server, _ *Mapping) { s.Timeout = timeout })
+	randomFile(t, filepath.Join(e.get, "f"), 4096)
+	p, _, _, _ := lockStepPeer(t, e, "f", "")
+	p.ack(1)
+	if op, blk, _, err := p.read(); err != nil || op != opDATA || blk != 2 {
+		t.Fatalf("op %d block %d err %v", op, blk, err)
+	}
+	t0 := time.Now()
+	time.Sleep(timeout * 9 / 10)
+	p.ack(1)
+	op, blk, _, err := p.read()
+	d := time.Since(t0)
+	if err != nil || op != opDATA || blk != 2 {
+		t.Fatalf("op %d block %d err %v", op, blk, err)
+	}
+	t.Logf("block 2 again after %v (timeout %v)", d, timeout)
+	if d > timeout*14/10 {
+		t.Errorf("retransmitted after %v: the duplicate ACK re-armed the timeout (%v)", d, timeout)
+	}
+}
+
+// TestLockStepEmptyDatagram: an empty datagram from the client is junk,
+// not the shutdown of an abort.
+func TestLockStepEmptyDatagram(t *testing.T) {
+	e := startServer(t, nil)
+	randomFile(t, filepath.Join(e.get, "f"), 4096)
+	p, _, _, _ := lockStepPeer(t, e, "f", "")
+	p.conn.WriteTo([]byte{}, p.tid)
+	time.Sleep(100 * time.Millisecond)
+	p.ack(1)
+	if op, blk, _, err := p.read(); err != nil || op != opDATA || blk != 2 {
+		t.Fatalf("after an empty datagram and ACK 1: op %d block %d err %v", op, blk, err)
+	}
+	if evs := e.eventsOf(TransferFailed); len(evs) != 0 {
+		t.Errorf("failed: %+v", evs)
+	}
+}
+
+// TestLockStepSignals: signals landing on the thread blocked in recv(2)
+// (EINTR: a socket with SO_RCVTIMEO is not restarted) do not postpone the
+// retransmission.
+func TestLockStepSignals(t *testing.T) {
+	const timeout = 400 * time.Millisecond
+	e := startServer(t, func(s *Server, _ *Mapping) { s.Timeout = timeout })
+	randomFile(t, filepath.Join(e.get, "f"), 4096)
+	p, _, _, _ := lockStepPeer(t, e, "f", "")
+	stop := make(chan struct{})
+	hits := make(chan int, 1)
+	go func() {
+		n := 0
+		defer func() { hits <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(30 * time.Millisecond):
+			}
+			tasks, _ := os.ReadDir("/proc/self/task")
+			for _, task := range tasks {
+				wchan, _ := os.ReadFile("/proc/self/task/" + task.Name() + "/wchan")
+				if strings.Contains(string(wchan), "wait_for_more_packets") {
+					tid, _ := strconv.Atoi(task.Name())
+					syscall.Tgkill(os.Getpid(), tid, syscall.SIGURG)
+					n++
+				}
+			}
+		}
+	}()
+	t0 := time.Now()
+	op, blk, _, err := p.read()
+	d := time.Since(t0)
+	close(stop)
+	n := <-hits
+	t.Logf("%d signals; block %d again after %v (timeout %v)", n, blk, d, timeout)
+	if err != nil || op != opDATA || blk != 1 {
+		t.Fatalf("op %d block %d err %v", op, blk, err)
+	}
+	if n == 0 {
+		t.Fatal("no thread found waiting in recv: the test proves nothing")
+	}
+	if d > timeout*15/10 {
+		t.Errorf("retransmitted after %v under signals (timeout %v)", d, timeout)
+	}
+}
+
+// TestLockStepHandlerIgnoresError: a handler that drops ReadFrom's error
+// and returns nil does not leak the transfer's socket (pin/tftp closes it
+// only when the handler fails).
+func TestLockStepHandlerIgnoresError(t *testing.T) {
+	e := startServer(t, func(s *Server, _ *Mapping) { s.Timeout = 100 * time.Millisecond; s.Retries = 1 })
+	done := make(chan error, 5)
+	e.srv.SetHandler(HandlerFunc(func(r *Request) error {
+		_, err := r.ReadFrom(strings.NewReader(strings.Repeat("x", 4096)))
+		done <- err
+		return nil
+	}))
+	fds := func() int { ents, _ := os.ReadDir("/proc/self/fd"); return len(ents) }
+	before := fds()
+	for range 5 {
+		p := newRawPeer(t)
+		p.conn.WriteTo([]byte("\x00\x01f\x00octet\x00"), e.addr)
+		p.read()
+		p.conn.Close() // the client goes away
+	}
+	for range 5 {
+		if err := <-done; err == nil {
+			t.Error("a transfer to a vanished client succeeded")
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	if after := fds(); after > before {
+		t.Errorf("open descriptors %d before, %d after 5 failed transfers", before, after)
+	}
+}
+
+// TestLockStepLargeBlock: the largest block size is granted by default
+// (the limit read from pin/tftp's sender is not lower).
+func TestLockStepLargeBlock(t *testing.T) {
+	e := startServer(t, nil)
+	randomFile(t, filepath.Join(e.get, "f"), 200000)
+	p, op, b01, data := lockStepPeer(t, e, "f", "blksize\x0065464\x00")
+	if oack := string([]byte{byte(b01 >> 8), byte(b01)}) + string(data); op != 6 || oack != "blksize\x0065464\x00" {
+		t.Fatalf("op %d OACK %q", op, oack)
+	}
+	p.ack(0)
+	if op, blk, data, err := p.read(); err != nil || op != opDATA || blk != 1 || len(data) != 65464 {
+		t.Fatalf("op %d block %d, %d bytes, err %v", op, blk, len(data), err)
+	}
 }

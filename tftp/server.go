@@ -53,9 +53,14 @@ type Request struct {
 	// transferred is what ReadFrom or WriteTo moved, for OnTransfer.
 	transferred int64
 	// lockStep, if set, is the server whose own lock-step loop serves
-	// this GET; size is the content's size for tsize (-1: unknown).
-	lockStep *Server
-	size     int64
+	// this GET, with the request lockStepReq; size is the content's size
+	// for tsize (-1: unknown).
+	lockStep    *Server
+	lockStepReq pinRequest
+	size        int64
+	// closeUnlessFailed: the loop failed and left the socket to pin/tftp,
+	// which closes it only if the handler fails too.
+	closeUnlessFailed bool
 }
 
 // ErrAborted is the error of a transfer cut off by Mapping.Close or by
@@ -174,18 +179,24 @@ func (r *Request) ReadFrom(src io.Reader) (int64, error) {
 		return 0, err
 	}
 	if s := r.lockStep; s != nil {
-		if ls := newLockStep(r.rf, r.conn, &r.Remote, s.maxBlock(), r.size, s.timeout(), s.retries()); ls != nil {
+		ls, err := newLockStep(r.lockStepReq, r.conn, r.Remote, s.maxBlock(), r.size, s.timeout(), s.retries(),
+			func() bool { return r.abortErr() != nil })
+		if err == nil {
 			n, err := ls.send(abortReader{src, r})
 			r.transferred = n
 			if aerr := r.abortErr(); err != nil && aerr != nil {
 				err = aerr
 			}
 			if err == nil {
-				// pin/tftp closes the socket only when the handler fails.
+				// pin/tftp closes the socket only when the handler fails
+				// (sending the handler's error to the client first).
 				r.conn.Close()
+			} else {
+				r.closeUnlessFailed = true
 			}
 			return n, err
 		}
+		s.log().Warn("tftp: lock-step GET left to pin/tftp's sender", "remote", r.Remote.String(), "error", err)
 	}
 	n, err := r.rf.ReadFrom(abortReader{src, r})
 	r.transferred = n
@@ -348,7 +359,11 @@ func (s *Server) serve(r *Request) (err error) {
 		delete(s.reqs, r)
 		s.mu.Unlock()
 	}()
-	return box.h.ServeTFTP(r)
+	err = box.h.ServeTFTP(r)
+	if err == nil && r.closeUnlessFailed {
+		r.conn.Close()
+	}
+	return err
 }
 
 func (s *Server) timeout() time.Duration {
@@ -370,11 +385,13 @@ func (s *Server) Serve(conn *net.UDPConn) error {
 	srv := pintftp.NewServer(
 		func(name string, rf io.ReaderFrom) error {
 			r := &Request{Op: Get, Filename: name, rf: rf, conn: udpConnOf(rf), size: -1}
-			if s.Window() == 1 && !s.PinSender {
-				r.lockStep = s
-			}
 			if ot, ok := rf.(pintftp.OutgoingTransfer); ok {
 				r.Remote = ot.RemoteAddr()
+			}
+			if s.Window() == 1 && !s.PinSender {
+				if req, ok := lockStepFor(rf, r.conn, r.Remote); ok {
+					r.lockStep, r.lockStepReq = s, req
+				}
 			}
 			return s.serve(r)
 		},
