@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -512,22 +513,28 @@ func BenchmarkTaskOverhead(b *testing.B) {
 	}
 	b.StopTimer()
 	e.shutdown()
-	var toQEMU, boot, persisted, answered time.Duration
-	for _, tt := range all {
-		toQEMU += tt.QEMUStarted.Sub(tt.Received)
-		boot += tt.Uploaded.Sub(tt.QEMUStarted)
-		persisted += tt.Persisted.Sub(tt.Uploaded)
-		answered += tt.Answered.Sub(tt.Uploaded)
-	}
-	n := float64(len(all))
-	if n == 0 {
+	if len(all) == 0 {
 		b.Fatal("no timings")
 	}
-	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / n }
-	b.ReportMetric(ms(toQEMU), "ms-response-to-qemu")
-	b.ReportMetric(ms(persisted), "ms-upload-to-persisted")
-	b.ReportMetric(ms(answered), "ms-upload-to-answered")
-	b.ReportMetric(ms(boot), "ms-guest-boot-to-result")
+	// Median with min and max over the tasks, per phase.
+	var toQEMU, boot, persisted, answered []time.Duration
+	for _, tt := range all {
+		toQEMU = append(toQEMU, tt.QEMUStarted.Sub(tt.Received))
+		boot = append(boot, tt.Uploaded.Sub(tt.QEMUStarted))
+		persisted = append(persisted, tt.Persisted.Sub(tt.Uploaded))
+		answered = append(answered, tt.Answered.Sub(tt.Uploaded))
+	}
+	report := func(ds []time.Duration, unit string) {
+		ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+		slices.Sort(ds)
+		b.ReportMetric(ms(ds[len(ds)/2]), unit)
+		b.ReportMetric(ms(ds[0]), unit+"-min")
+		b.ReportMetric(ms(ds[len(ds)-1]), unit+"-max")
+	}
+	report(toQEMU, "ms-response-to-qemu")
+	report(persisted, "ms-upload-to-persisted")
+	report(answered, "ms-upload-to-answered")
+	report(boot, "ms-guest-boot-to-result")
 }
 
 // TestBootstrapMisboot: a machine that never talks is retried, then held

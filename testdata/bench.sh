@@ -162,7 +162,7 @@ fi
 if want vm; then
   echo "== with QEMU (TCG; absolute times)"
   out=$(BBOT_BENCH_RUNS=$runs go test -run '^$' -bench 'SlotsThroughput' -benchtime 1x -timeout 60m ./agent)
-  grep -E 'Benchmark|ratio|slots' <<<"$out" | sed 's/^/  /'
+  grep -E '^Benchmark' <<<"$out" | sed 's/^/  /'
   out=$(go test -run '^$' -bench 'TaskOverhead' -benchtime "${runs}x" -timeout 30m ./agent)
   grep -E '^Benchmark' <<<"$out" | sed 's/^/  /'
   echo
