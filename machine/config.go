@@ -6,6 +6,8 @@ package machine
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -42,6 +44,17 @@ type Config struct {
 
 	ConsoleLog    string // default <RunDir>/console.log
 	ConsoleLogMax int64  // bytes kept (the tail); default 16 MiB
+	// ConsoleSocket (default <RunDir>/console.sock) is where Start serves
+	// the serial console to people: the live output after a replay of its
+	// last lines, and their input to the guest. The agent serves it (QEMU's
+	// serial stays on its stdio), so the console log stays whole.
+	ConsoleSocket string
+
+	// VNC, "HOST:DISPLAY" with a loopback HOST (QEMU's VNC server has no
+	// authentication here), is QEMU's -vnc: the display's framebuffer on
+	// TCP port 5900+DISPLAY. Empty: no VNC. The guest sees a display
+	// device only if its manifest's options add one (-nodefaults).
+	VNC string
 
 	// Sandbox runs QEMU under its seccomp filter: -sandbox on with
 	// obsolete, spawn and resourcecontrol denied, and elevateprivileges
@@ -73,11 +86,16 @@ const (
 	AdminSocketName = "admin.sock"
 	PIDFileName     = "qemu.pid"
 	ConsoleLogName  = "console.log"
-	maxSunPath      = 107 // sizeof(sun_path) - 1 on Linux
+	// ConsoleSocketName, the longest of the names, is the console socket.
+	ConsoleSocketName = "console.sock"
+	maxSunPath        = 107 // sizeof(sun_path) - 1 on Linux
 )
 
 // MaxRunDir is the longest RunDir whose sockets fit in sun_path.
-const MaxRunDir = maxSunPath - 1 - len(AdminSocketName)
+const MaxRunDir = maxSunPath - 1 - len(ConsoleSocketName)
+
+// vncPortBase is the TCP port of VNC display 0.
+const vncPortBase = 5900
 
 // QMPSocket is the QMP socket's path.
 func (c *Config) QMPSocket() string { return filepath.Join(c.RunDir, QMPSocketName) }
@@ -96,6 +114,38 @@ func (c *Config) ConsolePath() string {
 	return filepath.Join(c.RunDir, ConsoleLogName)
 }
 
+// ConsoleSocketPath is the console socket's path.
+func (c *Config) ConsoleSocketPath() string {
+	if c.ConsoleSocket != "" {
+		return c.ConsoleSocket
+	}
+	return filepath.Join(c.RunDir, ConsoleSocketName)
+}
+
+// VNCAddress is the VNC server's TCP address, HOST:PORT ("" without VNC).
+func (c *Config) VNCAddress() string {
+	host, display, err := splitVNC(c.VNC)
+	if err != nil {
+		return ""
+	}
+	return net.JoinHostPort(host, strconv.Itoa(vncPortBase+display))
+}
+
+// splitVNC parses VNC: a loopback IP literal and a display whose port is
+// at most 65535.
+func splitVNC(s string) (string, int, error) {
+	host, d, ok := strings.Cut(s, ":")
+	ip, err := netip.ParseAddr(host)
+	display, derr := strconv.Atoi(d)
+	switch {
+	case !ok || err != nil || !ip.Is4() || !ip.IsLoopback():
+		return "", 0, fmt.Errorf("machine: VNC %q: want an IPv4 loopback address and a display, e.g. 127.0.0.1:1", s)
+	case derr != nil || strconv.Itoa(display) != d || display < 0 || vncPortBase+display > 65535:
+		return "", 0, fmt.Errorf("machine: VNC %q: display must be 0..%d", s, 65535-vncPortBase)
+	}
+	return host, display, nil
+}
+
 func (c *Config) binary() string {
 	if c.QEMU == "" {
 		return "qemu-system-x86_64"
@@ -112,6 +162,8 @@ func (c *Config) Validate() error {
 		return errors.New("machine: no run directory")
 	case len(c.AdminSocket()) > maxSunPath || len(c.QMPSocket()) > maxSunPath:
 		return fmt.Errorf("machine: QMP socket path %q is longer than %d bytes", c.AdminSocket(), maxSunPath)
+	case len(c.ConsoleSocketPath()) > maxSunPath:
+		return fmt.Errorf("machine: console socket path %q is longer than %d bytes", c.ConsoleSocketPath(), maxSunPath)
 	case c.Accel != "kvm" && c.Accel != "tcg":
 		return fmt.Errorf("machine: accelerator %q is not kvm or tcg", c.Accel)
 	case c.CPUs < 1:
@@ -143,6 +195,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Disk != "" && (filepath.IsAbs(c.Disk) || strings.Contains(c.Disk, ",")) {
 		return fmt.Errorf("machine: disk %q must be a plain relative path", c.Disk)
+	}
+	if c.VNC != "" {
+		if _, _, err := splitVNC(c.VNC); err != nil {
+			return err
+		}
 	}
 	if c.RunAs != "" && !ValidUserName(c.RunAs) {
 		return fmt.Errorf("machine: bad user name %q", c.RunAs)
@@ -217,7 +274,8 @@ func (c *Config) Args() ([]string, error) {
 		"-smp", strconv.Itoa(c.CPUs),
 		"-m", strconv.FormatUint(c.RAM, 10) + "K",
 		"-display", "none",
-		// The console comes to us on stdout and goes to a bounded log.
+		// The console comes to us on stdout (to a bounded log and the
+		// console socket's clients); stdin is their input.
 		"-chardev", "stdio,id=console,signal=off",
 		"-serial", "chardev:console",
 		"-qmp", "unix:" + qemuEscape(c.QMPSocket()) + ",server=on,wait=off",
@@ -225,6 +283,9 @@ func (c *Config) Args() ([]string, error) {
 		"-pidfile", c.PIDFile(),
 		// A guest reboot ends the machine like a power-off.
 		"-no-reboot",
+	}
+	if c.VNC != "" {
+		a = append(a, "-vnc", c.VNC)
 	}
 	if len(c.OEMStrings)+len(c.OEMFiles) > 0 {
 		s := "type=11"

@@ -46,12 +46,14 @@ func TestArgsGolden(t *testing.T) {
 			c.Accel = "kvm"
 			c.Sandbox = true
 			c.RunAs = "bbot-qemu"
+			c.VNC = "127.0.0.1:1"                                       // the agent's: display = the slot's offset
 			c.OEMFiles = []string{"/run/bbot-agent/default/oem-prefix"} // a secret: not on the command line
 		},
 		// ... and unprivileged (no setuid).
 		"bridge-tcg-sandbox": func(c *Config) {
 			c.Network, c.Tap = "bridge", "bb2"
 			c.Sandbox = true
+			c.VNC = "127.0.0.1:202"
 		},
 	}
 	for name, mod := range cases {
@@ -103,6 +105,18 @@ func TestValidate(t *testing.T) {
 		"sandbox --":       func(c *Config) { c.Sandbox = true; c.Options += " --sandbox off" },
 		"runas root":       func(c *Config) { c.RunAs = "nobody"; c.Options += " -runas root" },
 		"run-with":         func(c *Config) { c.RunAs = "nobody"; c.Options += " -run-with user=root" },
+		"long console":     func(c *Config) { c.ConsoleSocket = "/" + strings.Repeat("c", 107) },
+		// Console socket names are longer than QMP's: a run directory that
+		// fits QMP's may not fit it.
+		"run dir for console": func(c *Config) { c.RunDir = "/" + strings.Repeat("d", maxSunPath-2-len(ConsoleSocketName)+1) },
+		"vnc not loopback":    func(c *Config) { c.VNC = "0.0.0.0:1" },
+		"vnc host name":       func(c *Config) { c.VNC = "localhost:1" },
+		"vnc ipv6":            func(c *Config) { c.VNC = "::1:1" },
+		"vnc no display":      func(c *Config) { c.VNC = "127.0.0.1" },
+		"vnc options":         func(c *Config) { c.VNC = "127.0.0.1:1,password=on" },
+		"vnc port > 65535":    func(c *Config) { c.VNC = "127.0.0.1:59636" },
+		"vnc negative":        func(c *Config) { c.VNC = "127.0.0.1:-1" },
+		"vnc leading zero":    func(c *Config) { c.VNC = "127.0.0.1:01" },
 	}
 	for name, mod := range bad {
 		c := baseConfig()
@@ -122,7 +136,10 @@ func TestValidateAllows(t *testing.T) {
 		"user names": func(c *Config) {
 			c.Sandbox, c.RunAs = true, "_bbot-qemu.1"
 		},
-		"32 bytes": func(c *Config) { c.RunAs = strings.Repeat("u", 32) },
+		"32 bytes":        func(c *Config) { c.RunAs = strings.Repeat("u", 32) },
+		"longest run dir": func(c *Config) { c.RunDir = "/" + strings.Repeat("d", MaxRunDir-1) },
+		"vnc":             func(c *Config) { c.VNC = "127.0.0.1:0" },
+		"vnc last port":   func(c *Config) { c.VNC = "127.0.0.2:59635" },
 	}
 	for name, mod := range good {
 		c := baseConfig()
@@ -130,6 +147,25 @@ func TestValidateAllows(t *testing.T) {
 		if _, err := c.Args(); err != nil {
 			t.Errorf("%s: %v", name, err)
 		}
+	}
+}
+
+// TestConsoleSocketAndVNC: the defaults and what Info reports come from
+// the configuration.
+func TestConsoleSocketAndVNC(t *testing.T) {
+	c := baseConfig()
+	if got := c.ConsoleSocketPath(); got != "/run/bbot-agent/ci/console.sock" {
+		t.Errorf("default console socket %s", got)
+	}
+	if got := c.VNCAddress(); got != "" {
+		t.Errorf("VNC address without VNC: %q", got)
+	}
+	c.ConsoleSocket, c.VNC = "/tmp/c.sock", "127.0.0.1:207"
+	if got := c.ConsoleSocketPath(); got != "/tmp/c.sock" {
+		t.Errorf("console socket %s", got)
+	}
+	if got := c.VNCAddress(); got != "127.0.0.1:6107" {
+		t.Errorf("VNC address %s, want 127.0.0.1:6107", got)
 	}
 }
 
