@@ -2,11 +2,13 @@ package agent
 
 import (
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -342,6 +344,33 @@ func TestHangSuspends(t *testing.T) {
 	if err != nil || rec == nil || rec.PID != m.PID() || !strings.Contains(rec.Reason, "build timeout") {
 		t.Fatalf("suspended record %+v, %v", rec, err)
 	}
+	// It can be reached as the record says: the console socket replays
+	// the guest's last lines, VNC greets on the slot's port.
+	plan := PlanSlot(&e.opts, 1)
+	if rec.ConsoleSocket != filepath.Join(plan.RunDir, machine.ConsoleSocketName) || rec.VNC != "127.0.0.1:"+strconv.Itoa(plan.VNCPort) || plan.VNCPort != 5901 {
+		t.Errorf("suspended record: console socket %q, VNC %q; plan %+v", rec.ConsoleSocket, rec.VNC, plan)
+	}
+	console, err := net.Dial("unix", rec.ConsoleSocket)
+	if err != nil {
+		t.Fatalf("console socket: %v", err)
+	}
+	console.SetReadDeadline(time.Now().Add(5 * time.Second))
+	replay := make([]byte, machine.ConsoleReplayMax)
+	n, err := console.Read(replay)
+	console.Close()
+	if err != nil || !strings.Contains(string(replay[:n]), "bbot-guest: build: hanging") {
+		t.Errorf("console socket replay %q, %v", replay[:n], err)
+	}
+	vnc, err := net.DialTimeout("tcp", rec.VNC, 5*time.Second)
+	if err != nil {
+		t.Fatalf("VNC: %v", err)
+	}
+	vnc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	banner := make([]byte, 12)
+	if _, err := io.ReadFull(vnc, banner); err != nil || !strings.HasPrefix(string(banner), "RFB 003.") {
+		t.Errorf("VNC banner %q, %v", banner, err)
+	}
+	vnc.Close()
 	if _, err := ResumeSuspended(e.slotRun(1)); err != nil {
 		t.Fatal(err)
 	}
@@ -360,6 +389,9 @@ func TestHangSuspends(t *testing.T) {
 	}
 	if rec, _ := ReadSuspended(e.slotRun(1)); rec != nil {
 		t.Errorf("suspended record left: %+v", rec)
+	}
+	if _, err := os.Lstat(filepath.Join(e.slotRun(1), machine.ConsoleSocketName)); !os.IsNotExist(err) {
+		t.Errorf("console socket after the release: %v", err)
 	}
 }
 

@@ -20,13 +20,17 @@ const suspendedFile = "suspended.json"
 
 // Suspended is a held machine, for administrators.
 type Suspended struct {
-	PID         int       `json:"pid"`
-	StartTime   uint64    `json:"start-time"` // tells a reused pid apart
-	Snapshot    string    `json:"snapshot"`
-	ConsoleLog  string    `json:"console"`
-	AdminSocket string    `json:"qmp"`
-	Since       time.Time `json:"since"`
-	Reason      string    `json:"reason"`
+	PID        int    `json:"pid"`
+	StartTime  uint64 `json:"start-time"` // tells a reused pid apart
+	Snapshot   string `json:"snapshot"`
+	ConsoleLog string `json:"console"`
+	// ConsoleSocket serves the live console (socat -,raw,echo=0
+	// UNIX-CONNECT:<it>); VNC is HOST:PORT on the loopback, "" if none.
+	ConsoleSocket string    `json:"console-socket,omitempty"`
+	VNC           string    `json:"vnc,omitempty"`
+	AdminSocket   string    `json:"qmp"`
+	Since         time.Time `json:"since"`
+	Reason        string    `json:"reason"`
 }
 
 func writeSuspended(runDir string, s Suspended) error {

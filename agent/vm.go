@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -95,8 +96,10 @@ func (v *VMs) machineConfig(mc manifest.Machine, dir, mode string, cpus int) mac
 		MAC:           mc.MAC,
 		Options:       mc.Options,
 		ConsoleLogMax: machine.DefaultConsoleLogMax,
-		Sandbox:       true,
-		RunAs:         o.QEMURunAs(),
+		// VNC display = offset: port VNCPortBase+offset (the address plan).
+		VNC:     "127.0.0.1:" + strconv.Itoa(v.offset),
+		Sandbox: true,
+		RunAs:   o.QEMURunAs(),
 	}
 	if o.Network == "bridge" {
 		cfg.Tap = v.tap
