@@ -306,8 +306,14 @@ tokens, and
 .IR <i> /
 each instance's QMP sockets
 .RI ( qmp.sock ", " admin.sock ),
+console socket
+.RI ( console.sock :
+the machine's serial console, for
+.BR "socat \-,raw,echo=0 UNIX\-CONNECT:" \fIpath\fR),
 pid file, console log, VM record and
 .IR suspended.json .
+Each instance's machine also serves VNC on 127.0.0.1, TCP port 5900 plus the instance's offset
+.RI (( toolchain\-num "\-1)\(mu100+" i ).
 .TP
 .IR /etc/bbot\-agent/ <toolchain> .options
 The options file the systemd unit
