@@ -481,7 +481,8 @@ func TestInterrupt(t *testing.T) {
 }
 
 // TestRecoverKillsLeftovers: a VM recorded in the run dir by a crashed
-// agent is killed at start-up; a reused pid (another process now) is not.
+// agent is killed at start-up, its stale run files removed; a reused pid
+// (another process now) is not killed.
 func TestRecoverKillsLeftovers(t *testing.T) {
 	run := t.TempDir()
 	cmd := exec.Command("sleep", "300")
@@ -496,9 +497,20 @@ func TestRecoverKillsLeftovers(t *testing.T) {
 	other := exec.Command("sleep", "300")
 	other.Start()
 	defer other.Process.Kill()
+	// The crashed agent's console socket stays behind (its listener was
+	// never closed).
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(run, machine.ConsoleSocketName), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.SetUnlinkOnClose(false)
+	ln.Close()
 	a := &Agent{Opts: &Options{RunDir: run, TFTP: t.TempDir(), ToolchainName: "e2e"}, Log: testLog(t)}
 	s := &slot{plan: SlotPlan{Instance: 1, RunDir: run}, log: a.Log}
 	a.killLeftovers(s)
+	if _, err := os.Lstat(filepath.Join(run, machine.ConsoleSocketName)); !os.IsNotExist(err) {
+		t.Errorf("stale console socket: %v", err)
+	}
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):

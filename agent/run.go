@@ -287,7 +287,7 @@ func (a *Agent) killLeftovers(s *slot) {
 			}
 		}
 	}
-	for _, n := range []string{machine.PIDFileName, machine.QMPSocketName, machine.AdminSocketName, suspendedFile} {
+	for _, n := range []string{machine.PIDFileName, machine.QMPSocketName, machine.AdminSocketName, machine.ConsoleSocketName, suspendedFile} {
 		os.Remove(filepath.Join(run, n))
 	}
 	// The TFTP directories are removed once the journal is recovered: a
