@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -345,9 +344,9 @@ func TestHangSuspends(t *testing.T) {
 		t.Fatalf("suspended record %+v, %v", rec, err)
 	}
 	// It can be reached as the record says: the console socket replays
-	// the guest's last lines, VNC greets on the slot's port.
+	// the guest's last lines, VNC greets on its unix socket beside it.
 	plan := PlanSlot(&e.opts, 1)
-	if rec.ConsoleSocket != filepath.Join(plan.RunDir, machine.ConsoleSocketName) || rec.VNC != "127.0.0.1:"+strconv.Itoa(plan.VNCPort) || plan.VNCPort != 5901 {
+	if rec.ConsoleSocket != filepath.Join(plan.RunDir, machine.ConsoleSocketName) || rec.VNC != filepath.Join(plan.RunDir, machine.VNCSocketName) {
 		t.Errorf("suspended record: console socket %q, VNC %q; plan %+v", rec.ConsoleSocket, rec.VNC, plan)
 	}
 	console, err := net.Dial("unix", rec.ConsoleSocket)
@@ -361,7 +360,7 @@ func TestHangSuspends(t *testing.T) {
 	if err != nil || !strings.Contains(string(replay[:n]), "bbot-guest: build: hanging") {
 		t.Errorf("console socket replay %q, %v", replay[:n], err)
 	}
-	vnc, err := net.DialTimeout("tcp", rec.VNC, 5*time.Second)
+	vnc, err := net.DialTimeout("unix", rec.VNC, 5*time.Second)
 	if err != nil {
 		t.Fatalf("VNC: %v", err)
 	}
@@ -390,8 +389,10 @@ func TestHangSuspends(t *testing.T) {
 	if rec, _ := ReadSuspended(e.slotRun(1)); rec != nil {
 		t.Errorf("suspended record left: %+v", rec)
 	}
-	if _, err := os.Lstat(filepath.Join(e.slotRun(1), machine.ConsoleSocketName)); !os.IsNotExist(err) {
-		t.Errorf("console socket after the release: %v", err)
+	for _, n := range []string{machine.ConsoleSocketName, machine.VNCSocketName} {
+		if _, err := os.Lstat(filepath.Join(e.slotRun(1), n)); !os.IsNotExist(err) {
+			t.Errorf("%s after the release: %v", n, err)
+		}
 	}
 }
 
@@ -497,19 +498,23 @@ func TestRecoverKillsLeftovers(t *testing.T) {
 	other := exec.Command("sleep", "300")
 	other.Start()
 	defer other.Process.Kill()
-	// The crashed agent's console socket stays behind (its listener was
-	// never closed).
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(run, machine.ConsoleSocketName), Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
+	// The crashed agent's console socket and its QEMU's VNC socket stay
+	// behind (their listeners were never closed).
+	for _, n := range []string{machine.ConsoleSocketName, machine.VNCSocketName} {
+		ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(run, n), Net: "unix"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln.SetUnlinkOnClose(false)
+		ln.Close()
 	}
-	ln.SetUnlinkOnClose(false)
-	ln.Close()
 	a := &Agent{Opts: &Options{RunDir: run, TFTP: t.TempDir(), ToolchainName: "e2e"}, Log: testLog(t)}
 	s := &slot{plan: SlotPlan{Instance: 1, RunDir: run}, log: a.Log}
 	a.killLeftovers(s)
-	if _, err := os.Lstat(filepath.Join(run, machine.ConsoleSocketName)); !os.IsNotExist(err) {
-		t.Errorf("stale console socket: %v", err)
+	for _, n := range []string{machine.ConsoleSocketName, machine.VNCSocketName} {
+		if _, err := os.Lstat(filepath.Join(run, n)); !os.IsNotExist(err) {
+			t.Errorf("stale %s: %v", n, err)
+		}
 	}
 	select {
 	case <-done:
@@ -523,6 +528,26 @@ func TestRecoverKillsLeftovers(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(run, vmRecordFile)); err == nil {
 		t.Error("VM record left")
+	}
+	// What is not a socket is left alone under a socket's name; the
+	// one-instance layout (the run dir's top) never had console or VNC
+	// sockets, so none is removed there.
+	notSocket := filepath.Join(run, machine.VNCSocketName)
+	os.WriteFile(notSocket, []byte("keep"), 0o600)
+	a.killLeftovers(s)
+	if data, _ := os.ReadFile(notSocket); string(data) != "keep" {
+		t.Error("a file that is not a socket was removed")
+	}
+	os.Remove(notSocket)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(run, machine.ConsoleSocketName), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.SetUnlinkOnClose(false)
+	ln.Close()
+	a.killLeftoversIn(s, false)
+	if _, err := os.Lstat(filepath.Join(run, machine.ConsoleSocketName)); err != nil {
+		t.Errorf("the one-instance layout's recovery removed a console socket: %v", err)
 	}
 }
 

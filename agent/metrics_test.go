@@ -20,9 +20,9 @@ func TestValidateMetrics(t *testing.T) {
 	for addr, ok := range map[string]bool{
 		"": true, "127.0.0.1:9464": true, ":9464": true, "[::1]:9464": true, "localhost:0": true,
 		"9464": false, "127.0.0.1": false, "::1:9464": false, "127.0.0.1:http": false, "127.0.0.1:65536": false,
-		// Slots 2..4 of toolchain 2 serve VNC on 6002..6004 (the address
-		// plan), TCP as the metrics are.
-		"127.0.0.1:6001": true, "127.0.0.1:6002": false, ":6004": false, "[::1]:6003": false, "127.0.0.1:6005": true,
+		// No slot has a TCP port (VNC is a unix socket): the ports that
+		// were VNC's are free for the metrics.
+		"127.0.0.1:5901": true, "127.0.0.1:6002": true,
 	} {
 		o := validOptions()
 		o.ToolchainNum, o.Instance, o.Slots = 2, 2, 3

@@ -221,11 +221,6 @@ func (o *Options) Validate() error {
 	if top := Offset(o.ToolchainNum, o.Instance+o.Slots-1); o.TFTPPort < 1 || o.TFTPPort > 65535-top {
 		return &OptionError{"tftp-port", strconv.Itoa(o.TFTPPort), fmt.Sprintf("must be between 1 and %d: instance %d of toolchain %d listens on it plus %d", 65535-top, o.Instance+o.Slots-1, o.ToolchainNum, top)}
 	}
-	// VNC: TCP 5900 plus the offset, within range by the limits above
-	// (at most 15799); kept as a guard should those limits grow.
-	if top := VNCPortBase + Offset(o.ToolchainNum, o.Instance+o.Slots-1); top > 65535 {
-		return &OptionError{"slots", strconv.Itoa(o.Slots), fmt.Sprintf("instance %d of toolchain %d would serve VNC on port %d, beyond 65535", o.Instance+o.Slots-1, o.ToolchainNum, top)}
-	}
 	if o.AuxiliaryRAM != 0 {
 		return &OptionError{"auxiliary-ram", strconv.FormatUint(o.AuxiliaryRAM, 10), "auxiliary machines are not supported yet; 0 (the default) disables them"}
 	}
@@ -247,7 +242,7 @@ func (o *Options) Validate() error {
 		}
 	}
 	if o.Metrics != "" {
-		if err := validateMetrics(o.Metrics, VNCPortBase+Offset(o.ToolchainNum, o.Instance), VNCPortBase+Offset(o.ToolchainNum, o.Instance+o.Slots-1)); err != nil {
+		if err := validateMetrics(o.Metrics); err != nil {
 			return err
 		}
 	}
@@ -316,19 +311,14 @@ func (o *Options) Validate() error {
 }
 
 // validateMetrics checks a --metrics address: HOST:PORT, HOST optional
-// (all addresses) and bracketed for IPv6, its port outside the slots' VNC
-// ports vncFirst..vncLast (TCP too: one of them would fail to start).
-func validateMetrics(addr string, vncFirst, vncLast int) error {
+// (all addresses) and bracketed for IPv6.
+func validateMetrics(addr string) error {
 	_, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return &OptionError{"metrics", addr, "expected HOST:PORT (e.g. 127.0.0.1:9464)"}
 	}
-	p, err := strconv.ParseUint(port, 10, 16)
-	if err != nil {
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
 		return &OptionError{"metrics", addr, "expected a port number between 0 and 65535"}
-	}
-	if int(p) >= vncFirst && int(p) <= vncLast {
-		return &OptionError{"metrics", addr, fmt.Sprintf("port %d is a slot's VNC port (%d..%d: 5900 plus the address plan's offset)", p, vncFirst, vncLast)}
 	}
 	return nil
 }

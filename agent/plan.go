@@ -17,18 +17,11 @@ import (
 // 1..99 and instances 1..99.
 func Offset(toolchainNum, instance int) int { return (toolchainNum-1)*100 + instance }
 
-// VNCPortBase is the TCP port of VNC display 0. A slot's machine has VNC
-// display Offset: ports 5901..15799 for toolchains and instances 1..99.
-// They are TCP and TFTP's are UDP, so the two plans cannot collide
-// whatever --tftp-port is.
-const VNCPortBase = 5900
-
 // SlotPlan is one instance's share of the host.
 type SlotPlan struct {
 	Instance int
 	Offset   int
 	TFTPPort int    // --tftp-port plus Offset (UDP)
-	VNCPort  int    // VNCPortBase plus Offset (TCP, on 127.0.0.1): VNC display Offset
 	Tap      string // bb<Offset>: at most 6 bytes, within IFNAMSIZ
 	// TFTP directories (bbot's layout): where a bootstrapping machine PUTs
 	// its manifest, and where a build machine GETs its task and PUTs its
@@ -48,7 +41,6 @@ func PlanSlot(o *Options, instance int) SlotPlan {
 		Instance:         instance,
 		Offset:           off,
 		TFTPPort:         o.TFTPPort + off,
-		VNCPort:          VNCPortBase + off,
 		Tap:              "bb" + strconv.Itoa(off),
 		TFTPBootstrapPut: filepath.Join(o.TFTP, "bootstrap", tc),
 		TFTPBuildGet:     filepath.Join(o.TFTP, "build", tc, "get"),

@@ -33,7 +33,7 @@ func TestPlanSlot(t *testing.T) {
 	o.TFTP, o.RunDir, o.ToolchainName, o.ToolchainNum, o.TFTPPort = "/build/tftp/", "/run/bbot-agent/ci", "ci", 3, 23400
 	got := PlanSlot(&o, 7)
 	want := SlotPlan{
-		Instance: 7, Offset: 207, TFTPPort: 23607, VNCPort: 6107, Tap: "bb207",
+		Instance: 7, Offset: 207, TFTPPort: 23607, Tap: "bb207",
 		TFTPBootstrapPut: "/build/tftp/bootstrap/ci-7",
 		TFTPBuildGet:     "/build/tftp/build/ci-7/get",
 		TFTPBuildPut:     "/build/tftp/build/ci-7/put",
@@ -43,12 +43,11 @@ func TestPlanSlot(t *testing.T) {
 	if got != want {
 		t.Errorf("PlanSlot:\n got %+v\nwant %+v", got, want)
 	}
-	// The largest: its tap name is well within IFNAMSIZ (15 bytes), its
-	// TFTP port is the one Validate bounds (TestValidateRanges), its VNC
-	// port well below 65535.
+	// The largest: its tap name is well within IFNAMSIZ (15 bytes), and its
+	// port is the one Validate bounds (TestValidateRanges).
 	o.ToolchainNum, o.TFTPPort = 99, 65535-9899
 	p := PlanSlot(&o, 99)
-	if p.Tap != "bb9899" || len(p.Tap) > 15 || p.TFTPPort != 65535 || p.VNCPort != 15799 || p.MACSuffix != [2]byte{0x26, 0xab} {
+	if p.Tap != "bb9899" || len(p.Tap) > 15 || p.TFTPPort != 65535 || p.MACSuffix != [2]byte{0x26, 0xab} {
 		t.Errorf("PlanSlot(99) of toolchain 99: %+v", p)
 	}
 }

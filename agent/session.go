@@ -460,7 +460,7 @@ func (s *session) hold(ctx context.Context, why string) {
 	}
 	v.Log.Warn("machine suspended for inspection: "+why,
 		"snapshot", s.snapshot, "console", info.ConsoleLog,
-		"attach", "socat -,raw,echo=0 UNIX-CONNECT:"+info.ConsoleSocket, "vnc", info.VNC,
+		"attach", ConsoleAttach(info.ConsoleSocket), "vnc", info.VNC, "vnc-attach", VNCAttach(info.VNC),
 		"qmp", info.AdminSocket, "pid", info.PID,
 		"release", fmt.Sprintf("bbot-agent --run-dir %s --instance %d --release (or kill %d)", v.Opts.RunDir, v.instance, info.PID))
 	rec := Suspended{PID: info.PID, StartTime: processStartTime(info.PID), Snapshot: s.snapshot, ConsoleLog: info.ConsoleLog,

@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -96,8 +95,9 @@ func (v *VMs) machineConfig(mc manifest.Machine, dir, mode string, cpus int) mac
 		MAC:           mc.MAC,
 		Options:       mc.Options,
 		ConsoleLogMax: machine.DefaultConsoleLogMax,
-		// VNC display = offset: port VNCPortBase+offset (the address plan).
-		VNC:     "127.0.0.1:" + strconv.Itoa(v.offset),
+		// VNC on <run-dir>/<instance>/vnc.sock, never TCP: guests on user
+		// networking reach the host's loopback.
+		VNC:     true,
 		Sandbox: true,
 		RunAs:   o.QEMURunAs(),
 	}

@@ -6,8 +6,6 @@ package machine
 import (
 	"errors"
 	"fmt"
-	"net"
-	"net/netip"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -50,11 +48,14 @@ type Config struct {
 	// serial stays on its stdio), so the console log stays whole.
 	ConsoleSocket string
 
-	// VNC, "HOST:DISPLAY" with a loopback HOST (QEMU's VNC server has no
-	// authentication here), is QEMU's -vnc: the display's framebuffer on
-	// TCP port 5900+DISPLAY. Empty: no VNC. The guest sees a display
-	// device only if its manifest's options add one (-nodefaults).
-	VNC string
+	// VNC makes QEMU serve VNC (the display's framebuffer, and keyboard
+	// and mouse input) on the unix socket VNCSocket, default
+	// <RunDir>/vnc.sock: -vnc unix:<path>. Never TCP: QEMU's VNC server has
+	// no authentication here, and a guest on user networking reaches the
+	// host's loopback (10.0.2.2). The guest sees a display device only if
+	// its manifest's options add one (-nodefaults).
+	VNC       bool
+	VNCSocket string
 
 	// Sandbox runs QEMU under its seccomp filter: -sandbox on with
 	// obsolete, spawn and resourcecontrol denied, and elevateprivileges
@@ -86,16 +87,16 @@ const (
 	AdminSocketName = "admin.sock"
 	PIDFileName     = "qemu.pid"
 	ConsoleLogName  = "console.log"
-	// ConsoleSocketName, the longest of the names, is the console socket.
+	// ConsoleSocketName, the longest of the socket names, is the console
+	// socket; VNCSocketName is VNC's.
 	ConsoleSocketName = "console.sock"
+	VNCSocketName     = "vnc.sock"
 	maxSunPath        = 107 // sizeof(sun_path) - 1 on Linux
 )
 
-// MaxRunDir is the longest RunDir whose sockets fit in sun_path.
-const MaxRunDir = maxSunPath - 1 - len(ConsoleSocketName)
-
-// vncPortBase is the TCP port of VNC display 0.
-const vncPortBase = 5900
+// MaxRunDir is the longest RunDir whose sockets fit in sun_path: the
+// longest socket name decides.
+const MaxRunDir = maxSunPath - 1 - max(len(ConsoleSocketName), len(VNCSocketName), len(AdminSocketName), len(QMPSocketName))
 
 // QMPSocket is the QMP socket's path.
 func (c *Config) QMPSocket() string { return filepath.Join(c.RunDir, QMPSocketName) }
@@ -122,28 +123,15 @@ func (c *Config) ConsoleSocketPath() string {
 	return filepath.Join(c.RunDir, ConsoleSocketName)
 }
 
-// VNCAddress is the VNC server's TCP address, HOST:PORT ("" without VNC).
-func (c *Config) VNCAddress() string {
-	host, display, err := splitVNC(c.VNC)
-	if err != nil {
-		return ""
-	}
-	return net.JoinHostPort(host, strconv.Itoa(vncPortBase+display))
-}
-
-// splitVNC parses VNC: a loopback IP literal and a display whose port is
-// at most 65535.
-func splitVNC(s string) (string, int, error) {
-	host, d, ok := strings.Cut(s, ":")
-	ip, err := netip.ParseAddr(host)
-	display, derr := strconv.Atoi(d)
+// VNCSocketPath is the VNC socket's path ("" without VNC).
+func (c *Config) VNCSocketPath() string {
 	switch {
-	case !ok || err != nil || !ip.Is4() || !ip.IsLoopback():
-		return "", 0, fmt.Errorf("machine: VNC %q: want an IPv4 loopback address and a display, e.g. 127.0.0.1:1", s)
-	case derr != nil || strconv.Itoa(display) != d || display < 0 || vncPortBase+display > 65535:
-		return "", 0, fmt.Errorf("machine: VNC %q: display must be 0..%d", s, 65535-vncPortBase)
+	case !c.VNC:
+		return ""
+	case c.VNCSocket != "":
+		return c.VNCSocket
 	}
-	return host, display, nil
+	return filepath.Join(c.RunDir, VNCSocketName)
 }
 
 func (c *Config) binary() string {
@@ -164,6 +152,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("machine: QMP socket path %q is longer than %d bytes", c.AdminSocket(), maxSunPath)
 	case len(c.ConsoleSocketPath()) > maxSunPath:
 		return fmt.Errorf("machine: console socket path %q is longer than %d bytes", c.ConsoleSocketPath(), maxSunPath)
+	case len(c.VNCSocketPath()) > maxSunPath:
+		return fmt.Errorf("machine: VNC socket path %q is longer than %d bytes", c.VNCSocketPath(), maxSunPath)
 	case c.Accel != "kvm" && c.Accel != "tcg":
 		return fmt.Errorf("machine: accelerator %q is not kvm or tcg", c.Accel)
 	case c.CPUs < 1:
@@ -196,11 +186,6 @@ func (c *Config) Validate() error {
 	if c.Disk != "" && (filepath.IsAbs(c.Disk) || strings.Contains(c.Disk, ",")) {
 		return fmt.Errorf("machine: disk %q must be a plain relative path", c.Disk)
 	}
-	if c.VNC != "" {
-		if _, _, err := splitVNC(c.VNC); err != nil {
-			return err
-		}
-	}
 	if c.RunAs != "" && !ValidUserName(c.RunAs) {
 		return fmt.Errorf("machine: bad user name %q", c.RunAs)
 	}
@@ -209,7 +194,8 @@ func (c *Config) Validate() error {
 		return err
 	}
 	// The manifest's options must not undo the sandbox or the user switch
-	// (QEMU merges -sandbox options and the last -runas wins).
+	// (QEMU merges -sandbox options and the last -runas wins), nor add a
+	// display or a VNC server (on TCP, say) beside the agent's.
 	for _, w := range opts {
 		opt := w
 		if strings.HasPrefix(opt, "--") {
@@ -224,6 +210,8 @@ func (c *Config) Validate() error {
 			if c.RunAs != "" {
 				return fmt.Errorf("machine options: %s conflicts with the agent's -runas", w)
 			}
+		case "-vnc", "-display":
+			return fmt.Errorf("machine options: %s conflicts with the agent's display (VNC on a unix socket)", w)
 		}
 	}
 	return nil
@@ -284,8 +272,8 @@ func (c *Config) Args() ([]string, error) {
 		// A guest reboot ends the machine like a power-off.
 		"-no-reboot",
 	}
-	if c.VNC != "" {
-		a = append(a, "-vnc", c.VNC)
+	if c.VNC {
+		a = append(a, "-vnc", "unix:"+qemuEscape(c.VNCSocketPath()))
 	}
 	if len(c.OEMStrings)+len(c.OEMFiles) > 0 {
 		s := "type=11"

@@ -46,14 +46,14 @@ func TestArgsGolden(t *testing.T) {
 			c.Accel = "kvm"
 			c.Sandbox = true
 			c.RunAs = "bbot-qemu"
-			c.VNC = "127.0.0.1:1"                                       // the agent's: display = the slot's offset
+			c.VNC = true                                                // the agent's: <RunDir>/vnc.sock
 			c.OEMFiles = []string{"/run/bbot-agent/default/oem-prefix"} // a secret: not on the command line
 		},
 		// ... and unprivileged (no setuid).
 		"bridge-tcg-sandbox": func(c *Config) {
 			c.Network, c.Tap = "bridge", "bb2"
 			c.Sandbox = true
-			c.VNC = "127.0.0.1:202"
+			c.VNC, c.VNCSocket = true, "/run/bbot-agent/ci/v,nc.sock" // a comma, escaped
 		},
 	}
 	for name, mod := range cases {
@@ -109,14 +109,11 @@ func TestValidate(t *testing.T) {
 		// Console socket names are longer than QMP's: a run directory that
 		// fits QMP's may not fit it.
 		"run dir for console": func(c *Config) { c.RunDir = "/" + strings.Repeat("d", maxSunPath-2-len(ConsoleSocketName)+1) },
-		"vnc not loopback":    func(c *Config) { c.VNC = "0.0.0.0:1" },
-		"vnc host name":       func(c *Config) { c.VNC = "localhost:1" },
-		"vnc ipv6":            func(c *Config) { c.VNC = "::1:1" },
-		"vnc no display":      func(c *Config) { c.VNC = "127.0.0.1" },
-		"vnc options":         func(c *Config) { c.VNC = "127.0.0.1:1,password=on" },
-		"vnc port > 65535":    func(c *Config) { c.VNC = "127.0.0.1:59636" },
-		"vnc negative":        func(c *Config) { c.VNC = "127.0.0.1:-1" },
-		"vnc leading zero":    func(c *Config) { c.VNC = "127.0.0.1:01" },
+		"long vnc":            func(c *Config) { c.VNC, c.VNCSocket = true, "/"+strings.Repeat("v", 107) },
+		"vnc option":          func(c *Config) { c.Options += " -vnc 0.0.0.0:1" },
+		"vnc option --":       func(c *Config) { c.Options += " --vnc unix:/tmp/v.sock" },
+		"display option":      func(c *Config) { c.Options += " -display vnc=127.0.0.1:1" },
+		"display option --":   func(c *Config) { c.Options += " --display gtk" },
 	}
 	for name, mod := range bad {
 		c := baseConfig()
@@ -138,8 +135,8 @@ func TestValidateAllows(t *testing.T) {
 		},
 		"32 bytes":        func(c *Config) { c.RunAs = strings.Repeat("u", 32) },
 		"longest run dir": func(c *Config) { c.RunDir = "/" + strings.Repeat("d", MaxRunDir-1) },
-		"vnc":             func(c *Config) { c.VNC = "127.0.0.1:0" },
-		"vnc last port":   func(c *Config) { c.VNC = "127.0.0.2:59635" },
+		"vnc":             func(c *Config) { c.VNC = true },
+		"longest vnc":     func(c *Config) { c.VNC, c.VNCSocket = true, "/"+strings.Repeat("v", maxSunPath-1) },
 	}
 	for name, mod := range good {
 		c := baseConfig()
@@ -157,15 +154,19 @@ func TestConsoleSocketAndVNC(t *testing.T) {
 	if got := c.ConsoleSocketPath(); got != "/run/bbot-agent/ci/console.sock" {
 		t.Errorf("default console socket %s", got)
 	}
-	if got := c.VNCAddress(); got != "" {
-		t.Errorf("VNC address without VNC: %q", got)
+	if got := c.VNCSocketPath(); got != "" {
+		t.Errorf("VNC socket without VNC: %q", got)
 	}
-	c.ConsoleSocket, c.VNC = "/tmp/c.sock", "127.0.0.1:207"
+	c.VNC = true
+	if got := c.VNCSocketPath(); got != "/run/bbot-agent/ci/vnc.sock" {
+		t.Errorf("default VNC socket %s", got)
+	}
+	c.ConsoleSocket, c.VNCSocket = "/tmp/c.sock", "/tmp/v.sock"
 	if got := c.ConsoleSocketPath(); got != "/tmp/c.sock" {
 		t.Errorf("console socket %s", got)
 	}
-	if got := c.VNCAddress(); got != "127.0.0.1:6107" {
-		t.Errorf("VNC address %s, want 127.0.0.1:6107", got)
+	if got := c.VNCSocketPath(); got != "/tmp/v.sock" {
+		t.Errorf("VNC socket %s", got)
 	}
 }
 

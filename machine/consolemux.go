@@ -24,6 +24,9 @@ const (
 	// consoleFlushTimeout bounds how long a closing console waits for a
 	// client to take the output still queued for it.
 	consoleFlushTimeout = time.Second
+	// consoleClientsMax is how many clients the console serves at once;
+	// one more is told so and disconnected.
+	consoleClientsMax = 16
 )
 
 // consoleClientQueueMax bounds the output queued for one console client
@@ -50,6 +53,7 @@ type consoleMux struct {
 	replay  []byte // the latest output, at most 2 × ConsoleReplayMax
 	clients map[*consoleClient]struct{}
 	closed  bool
+	logErr  bool // the console log's first write error was reported
 
 	wg sync.WaitGroup // the accept loop and every client's goroutines
 }
@@ -74,16 +78,27 @@ func newConsoleMux(log io.Writer, in io.WriteCloser, ln net.Listener, logger *sl
 	return m
 }
 
+// accept serves the socket until it is closed. Other errors (EMFILE, say)
+// are retried after a pause, as net/http does: 5 ms doubling to 1 s.
 func (m *consoleMux) accept() {
 	defer m.wg.Done()
+	var pause time.Duration
 	for {
 		conn, err := m.ln.Accept()
 		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				m.logger.Warn("console socket: accept failed, no more clients", "name", m.name, "error", err)
+			if errors.Is(err, net.ErrClosed) {
+				return
 			}
-			return
+			if pause == 0 {
+				pause = 5 * time.Millisecond
+				m.logger.Warn("console socket: accept failed, retrying", "name", m.name, "error", err)
+			} else if pause *= 2; pause > time.Second {
+				pause = time.Second
+			}
+			time.Sleep(pause)
+			continue
 		}
+		pause = 0
 		m.add(conn)
 	}
 }
@@ -95,6 +110,14 @@ func (m *consoleMux) add(conn net.Conn) {
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
+		conn.Close()
+		return
+	}
+	if len(m.clients) >= consoleClientsMax {
+		m.mu.Unlock()
+		m.logger.Warn("console client refused: too many", "name", m.name, "clients", consoleClientsMax)
+		conn.SetWriteDeadline(time.Now().Add(time.Second))
+		fmt.Fprintf(conn, "bbot-agent: console busy: %d clients already attached\r\n", consoleClientsMax)
 		conn.Close()
 		return
 	}
@@ -123,11 +146,16 @@ func replayTail(b []byte) []byte {
 }
 
 // Write takes the console's output: the log first, then every client's
-// queue. It never waits for a client.
+// queue. It never waits for a client, and never fails: a log write error
+// (ENOSPC) is reported once, and the clients still get everything.
 func (m *consoleMux) Write(p []byte) (int, error) {
-	n, err := m.log.Write(p)
+	_, err := m.log.Write(p)
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if err != nil && !m.logErr {
+		m.logErr = true
+		m.logger.Error("console log: write failed; the clients still get the output", "name", m.name, "error", err)
+	}
 	m.replay = append(m.replay, p...)
 	if len(m.replay) > 2*ConsoleReplayMax {
 		m.replay = append(m.replay[:0], m.replay[len(m.replay)-ConsoleReplayMax:]...)
@@ -139,7 +167,7 @@ func (m *consoleMux) Write(p []byte) (int, error) {
 				"queued", fmt.Sprintf("%d KiB", consoleClientQueueMax>>10), "clients", len(m.clients))
 		}
 	}
-	return n, err
+	return len(p), nil
 }
 
 // enqueue queues p for the writer, or reports a full queue.
@@ -302,4 +330,22 @@ func listenConsole(path, runDir string) (*net.UnixListener, error) {
 func insideDir(dir, path string) bool {
 	rel, err := filepath.Rel(filepath.Clean(dir), filepath.Clean(path))
 	return err == nil && rel != "." && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) && !filepath.IsAbs(rel)
+}
+
+// RemoveSocket removes path if it is a unix socket (a stale one, say), and
+// leaves anything else alone. A missing file is no error.
+func RemoveSocket(path string) error {
+	fi, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return err
+	case fi.Mode()&fs.ModeSocket == 0:
+		return fmt.Errorf("%s is not a socket: left alone", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -335,4 +336,97 @@ func TestListenConsoleStale(t *testing.T) {
 	if data, _ := os.ReadFile(file); string(data) != "keep" {
 		t.Error("the regular file was removed")
 	}
+}
+
+// TestConsoleMuxClientCap: the console serves consoleClientsMax clients;
+// one more is told so in a line and disconnected, the others unaffected;
+// once one leaves, a new client is served again.
+func TestConsoleMuxClientCap(t *testing.T) {
+	h := newMuxHarness(t)
+	conns := make([]net.Conn, consoleClientsMax)
+	for i := range conns {
+		conns[i] = h.dial(t)
+	}
+	h.clients(t, consoleClientsMax)
+	extra := h.dial(t)
+	extra.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b, err := io.ReadAll(extra)
+	if err != nil || !strings.Contains(string(b), "console busy") || strings.Count(string(b), "\n") != 1 {
+		t.Errorf("the client over the cap got %q, %v; want one line, then EOF", b, err)
+	}
+	h.clients(t, consoleClientsMax)
+	h.write(t, "still here\n")
+	for _, c := range conns {
+		readN(t, c, "still here\n")
+	}
+	conns[0].Close()
+	h.clients(t, consoleClientsMax-1)
+	again := h.dial(t)
+	h.clients(t, consoleClientsMax)
+	readN(t, again, "still here\n") // the replay
+}
+
+// failingLog fails every write, like a console log on a full /run.
+type failingLog struct{ n int }
+
+func (f *failingLog) Write(p []byte) (int, error) { f.n++; return 0, syscall.ENOSPC }
+
+// TestConsoleMuxLogError: a console log that cannot be written does not
+// cut the clients off: Write succeeds and they get the output.
+func TestConsoleMuxLogError(t *testing.T) {
+	h := newMuxHarness(t)
+	log := &failingLog{}
+	h.mux.log = log
+	c := h.dial(t)
+	h.clients(t, 1)
+	for _, s := range []string{"one\n", "two\n"} {
+		h.write(t, s) // fails the test unless len(p), nil
+		readN(t, c, s)
+	}
+	if log.n != 2 {
+		t.Errorf("the log was written %d times, want 2", log.n)
+	}
+}
+
+// flakyListener fails its first Accepts with EMFILE.
+type flakyListener struct {
+	net.Listener
+	mu    sync.Mutex
+	fails int
+}
+
+func (l *flakyListener) Accept() (net.Conn, error) {
+	l.mu.Lock()
+	if l.fails > 0 {
+		l.fails--
+		l.mu.Unlock()
+		return nil, &net.OpError{Op: "accept", Net: "unix", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	}
+	l.mu.Unlock()
+	return l.Listener.Accept()
+}
+
+// TestConsoleMuxAcceptRetry: transient accept errors (EMFILE) do not end
+// the console: it is served once they pass.
+func TestConsoleMuxAcceptRetry(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, ConsoleSocketName)
+	ln, err := listenConsole(path, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	mux := newConsoleMux(&syncBuffer{}, w, &flakyListener{Listener: ln, fails: 5}, slog.New(slog.DiscardHandler), "test")
+	defer mux.Close()
+	mux.Write([]byte("hello\n"))
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	readN(t, c, "hello\n")
 }

@@ -39,8 +39,9 @@ type Info struct {
 	QMPSocket   string
 	AdminSocket string // a free QMP socket for administrators
 	ConsoleLog  string
-	// ConsoleSocket serves the serial console (socat -,raw,echo=0
-	// UNIX-CONNECT:<it>); VNC is the VNC server's HOST:PORT, "" if none.
+	// ConsoleSocket serves the serial console (socat
+	// -,raw,echo=0,escape=0x1d UNIX-CONNECT:<it>); VNC is the VNC
+	// server's unix socket, "" if none.
 	ConsoleSocket string
 	VNC           string
 	PIDFile       string
@@ -114,6 +115,14 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Machine, error) 
 	if err != nil {
 		return fail(err)
 	}
+	// QEMU would unlink whatever is at the VNC socket's path: only a
+	// stale socket goes.
+	if p := cfg.VNCSocketPath(); p != "" {
+		if err := RemoveSocket(p); err != nil {
+			ln.Close()
+			return fail(fmt.Errorf("VNC socket: %w", err))
+		}
+	}
 	stdin, input, err := os.Pipe()
 	if err != nil {
 		ln.Close()
@@ -165,6 +174,9 @@ func (m *Machine) run() {
 	m.console.Close()
 	os.Remove(m.cfg.QMPSocket())
 	os.Remove(m.cfg.AdminSocket())
+	if p := m.cfg.VNCSocketPath(); p != "" {
+		RemoveSocket(p) // QEMU leaves it
+	}
 	os.Remove(m.cfg.PIDFile())
 	m.waitErr = err
 	close(m.exited)
@@ -256,7 +268,7 @@ func (m *Machine) Info() Info {
 		pid = m.cmd.Process.Pid
 	}
 	return Info{PID: pid, QMPSocket: m.cfg.QMPSocket(), AdminSocket: m.cfg.AdminSocket(), ConsoleLog: m.cfg.ConsolePath(),
-		ConsoleSocket: m.cfg.ConsoleSocketPath(), VNC: m.cfg.VNCAddress(), PIDFile: m.cfg.PIDFile(), Started: m.started}
+		ConsoleSocket: m.cfg.ConsoleSocketPath(), VNC: m.cfg.VNCSocketPath(), PIDFile: m.cfg.PIDFile(), Started: m.started}
 }
 
 // Exited is closed when the process has exited.

@@ -384,31 +384,18 @@ func dialConsole(t *testing.T, cfg machine.Config) net.Conn {
 	return c
 }
 
-// freeVNCDisplay is a display whose port (5900+display) is free on the
-// loopback now.
-func freeVNCDisplay(t *testing.T) int {
-	for d := 100; d < 1000; d++ {
-		if ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", 5900+d)); err == nil {
-			ln.Close()
-			return d
-		}
-	}
-	t.Fatal("no free VNC port")
-	return 0
-}
-
 // TestConsoleSocket: the serial console on console.sock, with the real
 // test machine. Two clients connected from the start both get the boot
 // output (which the console log gets too); a client connecting later
 // first gets a replay of the latest output; a line a client sends reaches
 // the guest, which echoes it; a client that never reads is dropped during
 // a flood while the guest runs on and the other clients keep receiving;
-// VNC answers on the loopback with an RFB banner; the socket goes with
+// VNC answers on its unix socket with an RFB banner; the sockets go with
 // the machine.
 func TestConsoleSocket(t *testing.T) {
 	defer machine.SetConsoleClientQueueMax(64 << 10)()
 	h, cfg := setup(t, "console")
-	cfg.VNC = fmt.Sprintf("127.0.0.1:%d", freeVNCDisplay(t))
+	cfg.VNC = true
 	m := start(t, cfg)
 	if fi, err := os.Stat(cfg.ConsoleSocketPath()); err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("console socket: %v, %v", fi, err)
@@ -496,11 +483,15 @@ func TestConsoleSocket(t *testing.T) {
 		}
 	}
 
-	// VNC on the loopback: QEMU's server greets with its RFB version.
-	if m.Info().VNC != cfg.VNCAddress() || !strings.HasPrefix(cfg.VNCAddress(), "127.0.0.1:") {
-		t.Errorf("Info VNC %q, config %q", m.Info().VNC, cfg.VNCAddress())
+	// VNC on its unix socket in the run directory: QEMU's server greets
+	// with its RFB version.
+	if want := filepath.Join(cfg.RunDir, machine.VNCSocketName); m.Info().VNC != want || cfg.VNCSocketPath() != want {
+		t.Errorf("Info VNC %q, config %q, want %q", m.Info().VNC, cfg.VNCSocketPath(), want)
 	}
-	vnc, err := net.DialTimeout("tcp", cfg.VNCAddress(), 5*time.Second)
+	if fi, err := os.Lstat(cfg.VNCSocketPath()); err != nil || fi.Mode()&os.ModeSocket == 0 {
+		t.Errorf("VNC socket: %v, %v", fi, err)
+	}
+	vnc, err := net.DialTimeout("unix", cfg.VNCSocketPath(), 5*time.Second)
 	if err != nil {
 		t.Fatalf("VNC: %v", err)
 	}
@@ -525,5 +516,8 @@ func TestConsoleSocket(t *testing.T) {
 	}
 	if _, err := os.Lstat(cfg.ConsoleSocketPath()); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("console socket after exit: %v", err)
+	}
+	if _, err := os.Lstat(cfg.VNCSocketPath()); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("VNC socket after exit: %v", err)
 	}
 }

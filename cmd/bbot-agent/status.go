@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"net"
 	"slices"
 	"strings"
 	"time"
@@ -73,10 +72,10 @@ func showStatus(o *agent.Options, w io.Writer, now time.Time) error {
 			fmt.Fprintf(w, "  instance %d: %s since %s (%s): %s\n    console %s, qmp %s, pid %d\n",
 				h.Instance, s.Snapshot, stamp(s.Since), ago(now, s.Since), s.Reason, s.ConsoleLog, s.AdminSocket, s.PID)
 			if s.ConsoleSocket != "" {
-				fmt.Fprintf(w, "    attach: socat -,raw,echo=0 UNIX-CONNECT:%s\n", s.ConsoleSocket)
+				fmt.Fprintf(w, "    attach: %s (Ctrl-] detaches)\n", agent.ConsoleAttach(s.ConsoleSocket))
 			}
 			if s.VNC != "" {
-				fmt.Fprintf(w, "    vnc: %s (vncviewer %s)\n", s.VNC, vncViewerArg(s.VNC))
+				fmt.Fprintf(w, "    vnc: %s (%s)\n", s.VNC, agent.VNCAttach(s.VNC))
 			}
 		}
 	}
@@ -121,16 +120,6 @@ func showStatus(o *agent.Options, w io.Writer, now time.Time) error {
 	}
 	fmt.Fprintf(w, "%s; failed: %d (%s/failed)\n", line, c.Failed, strings.TrimSuffix(o.StateDir, "/"))
 	return nil
-}
-
-// vncViewerArg is a VNC address as vncviewer takes it: HOST::PORT (a
-// single colon would be read as a display number).
-func vncViewerArg(addr string) string {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return addr
-	}
-	return host + "::" + port
 }
 
 func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }

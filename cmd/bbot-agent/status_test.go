@@ -38,7 +38,7 @@ func TestStatusShowsHeldMachine(t *testing.T) {
 	since := time.Date(2026, 12, 2, 14, 0, 0, 0, time.UTC)
 	rec := agent.Suspended{PID: os.Getpid(), StartTime: selfStartTime(t), Snapshot: "/m/v/m/m-ci~1a2b",
 		ConsoleLog: filepath.Join(run, "2", "console.log"), ConsoleSocket: filepath.Join(run, "2", "console.sock"),
-		VNC: "127.0.0.1:5902", AdminSocket: filepath.Join(run, "2", "admin.sock"), Since: since, Reason: "build timeout"}
+		VNC: filepath.Join(run, "2", "vnc.sock"), AdminSocket: filepath.Join(run, "2", "admin.sock"), Since: since, Reason: "build timeout"}
 	data, _ := json.Marshal(rec)
 	if err := os.WriteFile(filepath.Join(run, "2", "suspended.json"), data, 0o600); err != nil {
 		t.Fatal(err)
@@ -50,8 +50,9 @@ func TestStatusShowsHeldMachine(t *testing.T) {
 	}
 	for _, want := range []string{
 		"held machines:\n  instance 2: /m/v/m/m-ci~1a2b since 2026-12-02T14:00:00Z (1h0m0s): build timeout\n",
-		"    attach: socat -,raw,echo=0 UNIX-CONNECT:" + rec.ConsoleSocket + "\n",
-		"    vnc: 127.0.0.1:5902 (vncviewer 127.0.0.1::5902)\n",
+		"    attach: socat -,raw,echo=0,escape=0x1d UNIX-CONNECT:" + rec.ConsoleSocket + " (Ctrl-] detaches)\n",
+		"    vnc: " + rec.VNC + " (local: socat TCP-LISTEN:5901,bind=127.0.0.1,reuseaddr UNIX-CONNECT:" + rec.VNC +
+			" & vncviewer 127.0.0.1::5901; remote: ssh -L 5901:" + rec.VNC + " <host>)\n",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("--status lacks %q:\n%s", want, out.String())
@@ -63,7 +64,9 @@ func TestStatusShowsHeldMachine(t *testing.T) {
 		t.Fatalf("ListSuspended: %+v, %v", held, err)
 	}
 	printSuspended(&out, held[0].Instance, held[0].Suspended)
-	for _, want := range []string{"\nconsole-socket: " + rec.ConsoleSocket + "\n", "\nvnc: 127.0.0.1:5902\n"} {
+	for _, want := range []string{"\nconsole-socket: " + rec.ConsoleSocket + "\n",
+		"\nattach: socat -,raw,echo=0,escape=0x1d UNIX-CONNECT:" + rec.ConsoleSocket + "\n",
+		"\nvnc: " + rec.VNC + "\n", "\nvnc-attach: local: socat TCP-LISTEN:5901,bind=127.0.0.1,reuseaddr UNIX-CONNECT:" + rec.VNC} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("--suspended lacks %q:\n%s", want, out.String())
 		}
