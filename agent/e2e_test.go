@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -343,6 +344,33 @@ func TestHangSuspends(t *testing.T) {
 	if err != nil || rec == nil || rec.PID != m.PID() || !strings.Contains(rec.Reason, "build timeout") {
 		t.Fatalf("suspended record %+v, %v", rec, err)
 	}
+	// It can be reached as the record says: the console socket replays
+	// the guest's last lines, VNC greets on its unix socket beside it.
+	plan := PlanSlot(&e.opts, 1)
+	if rec.ConsoleSocket != filepath.Join(plan.RunDir, machine.ConsoleSocketName) || rec.VNC != filepath.Join(plan.RunDir, machine.VNCSocketName) {
+		t.Errorf("suspended record: console socket %q, VNC %q; plan %+v", rec.ConsoleSocket, rec.VNC, plan)
+	}
+	console, err := net.Dial("unix", rec.ConsoleSocket)
+	if err != nil {
+		t.Fatalf("console socket: %v", err)
+	}
+	console.SetReadDeadline(time.Now().Add(5 * time.Second))
+	replay := make([]byte, machine.ConsoleReplayMax)
+	n, err := console.Read(replay)
+	console.Close()
+	if err != nil || !strings.Contains(string(replay[:n]), "bbot-guest: build: hanging") {
+		t.Errorf("console socket replay %q, %v", replay[:n], err)
+	}
+	vnc, err := net.DialTimeout("unix", rec.VNC, 5*time.Second)
+	if err != nil {
+		t.Fatalf("VNC: %v", err)
+	}
+	vnc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	banner := make([]byte, 12)
+	if _, err := io.ReadFull(vnc, banner); err != nil || !strings.HasPrefix(string(banner), "RFB 003.") {
+		t.Errorf("VNC banner %q, %v", banner, err)
+	}
+	vnc.Close()
 	if _, err := ResumeSuspended(e.slotRun(1)); err != nil {
 		t.Fatal(err)
 	}
@@ -361,6 +389,11 @@ func TestHangSuspends(t *testing.T) {
 	}
 	if rec, _ := ReadSuspended(e.slotRun(1)); rec != nil {
 		t.Errorf("suspended record left: %+v", rec)
+	}
+	for _, n := range []string{machine.ConsoleSocketName, machine.VNCSocketName} {
+		if _, err := os.Lstat(filepath.Join(e.slotRun(1), n)); !os.IsNotExist(err) {
+			t.Errorf("%s after the release: %v", n, err)
+		}
 	}
 }
 
@@ -450,7 +483,8 @@ func TestInterrupt(t *testing.T) {
 }
 
 // TestRecoverKillsLeftovers: a VM recorded in the run dir by a crashed
-// agent is killed at start-up; a reused pid (another process now) is not.
+// agent is killed at start-up, its stale run files removed; a reused pid
+// (another process now) is not killed.
 func TestRecoverKillsLeftovers(t *testing.T) {
 	run := t.TempDir()
 	cmd := exec.Command("sleep", "300")
@@ -465,9 +499,24 @@ func TestRecoverKillsLeftovers(t *testing.T) {
 	other := exec.Command("sleep", "300")
 	other.Start()
 	defer other.Process.Kill()
+	// The crashed agent's console socket and its QEMU's VNC socket stay
+	// behind (their listeners were never closed).
+	for _, n := range []string{machine.ConsoleSocketName, machine.VNCSocketName} {
+		ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(run, n), Net: "unix"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln.SetUnlinkOnClose(false)
+		ln.Close()
+	}
 	a := &Agent{Opts: &Options{RunDir: run, TFTP: t.TempDir(), ToolchainName: "e2e"}, Log: testLog(t)}
 	s := &slot{plan: SlotPlan{Instance: 1, RunDir: run}, log: a.Log}
 	a.killLeftovers(s)
+	for _, n := range []string{machine.ConsoleSocketName, machine.VNCSocketName} {
+		if _, err := os.Lstat(filepath.Join(run, n)); !os.IsNotExist(err) {
+			t.Errorf("stale %s: %v", n, err)
+		}
+	}
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
@@ -480,6 +529,26 @@ func TestRecoverKillsLeftovers(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(run, vmRecordFile)); err == nil {
 		t.Error("VM record left")
+	}
+	// What is not a socket is left alone under a socket's name; the
+	// one-instance layout (the run dir's top) never had console or VNC
+	// sockets, so none is removed there.
+	notSocket := filepath.Join(run, machine.VNCSocketName)
+	os.WriteFile(notSocket, []byte("keep"), 0o600)
+	a.killLeftovers(s)
+	if data, _ := os.ReadFile(notSocket); string(data) != "keep" {
+		t.Error("a file that is not a socket was removed")
+	}
+	os.Remove(notSocket)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(run, machine.ConsoleSocketName), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.SetUnlinkOnClose(false)
+	ln.Close()
+	a.killLeftoversIn(s, false)
+	if _, err := os.Lstat(filepath.Join(run, machine.ConsoleSocketName)); err != nil {
+		t.Errorf("the one-instance layout's recovery removed a console socket: %v", err)
 	}
 }
 

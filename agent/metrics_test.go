@@ -20,8 +20,12 @@ func TestValidateMetrics(t *testing.T) {
 	for addr, ok := range map[string]bool{
 		"": true, "127.0.0.1:9464": true, ":9464": true, "[::1]:9464": true, "localhost:0": true,
 		"9464": false, "127.0.0.1": false, "::1:9464": false, "127.0.0.1:http": false, "127.0.0.1:65536": false,
+		// No slot has a TCP port (VNC is a unix socket): the ports that
+		// were VNC's are free for the metrics.
+		"127.0.0.1:5901": true, "127.0.0.1:6002": true,
 	} {
 		o := validOptions()
+		o.ToolchainNum, o.Instance, o.Slots = 2, 2, 3
 		o.Metrics = addr
 		err := o.Validate()
 		if (err == nil) != ok {

@@ -294,7 +294,7 @@ func (o *Options) Validate() error {
 	// Each slot's QMP sockets live in <run-dir>/<instance>/: they must fit
 	// in a UNIX socket path, checked now rather than at every task.
 	if abs, err := filepath.Abs(o.RunDir); err == nil && len(abs)+3 > machine.MaxRunDir {
-		return &OptionError{"run-dir", o.RunDir, fmt.Sprintf("too long: its sockets <run-dir>/<instance>/%s must fit in %d bytes", machine.AdminSocketName, machine.MaxRunDir+1+len(machine.AdminSocketName))}
+		return &OptionError{"run-dir", o.RunDir, fmt.Sprintf("too long: its sockets <run-dir>/<instance>/%s must fit in %d bytes", machine.ConsoleSocketName, machine.MaxRunDir+1+len(machine.ConsoleSocketName))}
 	}
 	// --fake-machine without --fake-request is bbot's worker-development
 	// mode against the controllers (or --dump-machines prints it).

@@ -21,7 +21,7 @@ func Offset(toolchainNum, instance int) int { return (toolchainNum-1)*100 + inst
 type SlotPlan struct {
 	Instance int
 	Offset   int
-	TFTPPort int    // --tftp-port plus Offset
+	TFTPPort int    // --tftp-port plus Offset (UDP)
 	Tap      string // bb<Offset>: at most 6 bytes, within IFNAMSIZ
 	// TFTP directories (bbot's layout): where a bootstrapping machine PUTs
 	// its manifest, and where a build machine GETs its task and PUTs its

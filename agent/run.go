@@ -240,7 +240,7 @@ func (a *Agent) recoverOtherInstances() {
 // also another toolchain's instance directory (toolchain x, instance 1:
 // build/x-1/).
 func (a *Agent) removeLegacyLayout() {
-	a.killLeftovers(&slot{plan: SlotPlan{RunDir: a.Opts.RunDir}, log: a.Log})
+	a.killLeftoversIn(&slot{plan: SlotPlan{RunDir: a.Opts.RunDir}, log: a.Log}, false)
 	tc := a.Opts.ToolchainName
 	if instanceSuffix.MatchString(tc) {
 		return
@@ -266,7 +266,12 @@ func (a *Agent) Close() {
 // killLeftovers kills a VM recorded in the slot's run dir by a previous
 // agent (checked by its start time, so a reused pid is never hit) and
 // removes stale run files.
-func (a *Agent) killLeftovers(s *slot) {
+func (a *Agent) killLeftovers(s *slot) { a.killLeftoversIn(s, true) }
+
+// killLeftoversIn is killLeftovers; slotSockets says whether the run dir
+// is a slot's, which also had a console and a VNC socket (the one-instance
+// layout's never did).
+func (a *Agent) killLeftoversIn(s *slot, slotSockets bool) {
 	run := s.plan.RunDir
 	if r, err := readVMRecord(run); err == nil {
 		if killed, err := killRecorded(r.PID, r.StartTime); err != nil {
@@ -287,8 +292,18 @@ func (a *Agent) killLeftovers(s *slot) {
 			}
 		}
 	}
-	for _, n := range []string{machine.PIDFileName, machine.QMPSocketName, machine.AdminSocketName, suspendedFile} {
+	for _, n := range []string{machine.PIDFileName, suspendedFile} {
 		os.Remove(filepath.Join(run, n))
+	}
+	// Sockets go only if they are sockets.
+	sockets := []string{machine.QMPSocketName, machine.AdminSocketName}
+	if slotSockets {
+		sockets = append(sockets, machine.ConsoleSocketName, machine.VNCSocketName)
+	}
+	for _, n := range sockets {
+		if err := machine.RemoveSocket(filepath.Join(run, n)); err != nil {
+			s.log.Warn("removing a stale socket", "error", err)
+		}
 	}
 	// The TFTP directories are removed once the journal is recovered: a
 	// complete upload there is a result.

@@ -459,10 +459,12 @@ func (s *session) hold(ctx context.Context, why string) {
 	default:
 	}
 	v.Log.Warn("machine suspended for inspection: "+why,
-		"snapshot", s.snapshot, "console", info.ConsoleLog, "qmp", info.AdminSocket, "pid", info.PID,
+		"snapshot", s.snapshot, "console", info.ConsoleLog,
+		"attach", ConsoleAttach(info.ConsoleSocket), "vnc", info.VNC, "vnc-attach", VNCAttach(info.VNC),
+		"qmp", info.AdminSocket, "pid", info.PID,
 		"release", fmt.Sprintf("bbot-agent --run-dir %s --instance %d --release (or kill %d)", v.Opts.RunDir, v.instance, info.PID))
 	rec := Suspended{PID: info.PID, StartTime: processStartTime(info.PID), Snapshot: s.snapshot, ConsoleLog: info.ConsoleLog,
-		AdminSocket: info.AdminSocket, Since: time.Now().UTC(), Reason: why}
+		ConsoleSocket: info.ConsoleSocket, VNC: info.VNC, AdminSocket: info.AdminSocket, Since: time.Now().UTC(), Reason: why}
 	if err := writeSuspended(v.runDir, rec); err != nil {
 		v.Log.Error("recording the suspended machine", "error", err)
 	}

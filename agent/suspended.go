@@ -20,13 +20,17 @@ const suspendedFile = "suspended.json"
 
 // Suspended is a held machine, for administrators.
 type Suspended struct {
-	PID         int       `json:"pid"`
-	StartTime   uint64    `json:"start-time"` // tells a reused pid apart
-	Snapshot    string    `json:"snapshot"`
-	ConsoleLog  string    `json:"console"`
-	AdminSocket string    `json:"qmp"`
-	Since       time.Time `json:"since"`
-	Reason      string    `json:"reason"`
+	PID        int    `json:"pid"`
+	StartTime  uint64 `json:"start-time"` // tells a reused pid apart
+	Snapshot   string `json:"snapshot"`
+	ConsoleLog string `json:"console"`
+	// ConsoleSocket serves the live console (ConsoleAttach); VNC is the
+	// VNC server's unix socket (VNCAttach), "" if none.
+	ConsoleSocket string    `json:"console-socket,omitempty"`
+	VNC           string    `json:"vnc,omitempty"`
+	AdminSocket   string    `json:"qmp"`
+	Since         time.Time `json:"since"`
+	Reason        string    `json:"reason"`
 }
 
 func writeSuspended(runDir string, s Suspended) error {
@@ -111,4 +115,20 @@ func ListSuspended(runDir string) ([]HeldSlot, error) {
 	}
 	slices.SortFunc(held, func(a, b HeldSlot) int { return a.Instance - b.Instance })
 	return held, nil
+}
+
+// ConsoleAttach is the command that attaches a terminal to a console
+// socket: raw, no local echo, Ctrl-] detaches.
+func ConsoleAttach(path string) string {
+	return "socat -,raw,echo=0,escape=0x1d UNIX-CONNECT:" + path
+}
+
+// VNCAttach is, in short, how to reach a VNC socket with a viewer: locally
+// through a one-connection TCP forwarder, remotely through ssh (see the
+// README and bbot-agent(1)). "" without VNC.
+func VNCAttach(path string) string {
+	if path == "" {
+		return ""
+	}
+	return "local: socat TCP-LISTEN:5901,bind=127.0.0.1,reuseaddr UNIX-CONNECT:" + path + " & vncviewer 127.0.0.1::5901; remote: ssh -L 5901:" + path + " <host>"
 }

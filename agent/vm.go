@@ -95,8 +95,11 @@ func (v *VMs) machineConfig(mc manifest.Machine, dir, mode string, cpus int) mac
 		MAC:           mc.MAC,
 		Options:       mc.Options,
 		ConsoleLogMax: machine.DefaultConsoleLogMax,
-		Sandbox:       true,
-		RunAs:         o.QEMURunAs(),
+		// VNC on <run-dir>/<instance>/vnc.sock, never TCP: guests on user
+		// networking reach the host's loopback.
+		VNC:     true,
+		Sandbox: true,
+		RunAs:   o.QEMURunAs(),
 	}
 	if o.Network == "bridge" {
 		cfg.Tap = v.tap

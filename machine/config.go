@@ -42,6 +42,20 @@ type Config struct {
 
 	ConsoleLog    string // default <RunDir>/console.log
 	ConsoleLogMax int64  // bytes kept (the tail); default 16 MiB
+	// ConsoleSocket (default <RunDir>/console.sock) is where Start serves
+	// the serial console to people: the live output after a replay of its
+	// last lines, and their input to the guest. The agent serves it (QEMU's
+	// serial stays on its stdio), so the console log stays whole.
+	ConsoleSocket string
+
+	// VNC makes QEMU serve VNC (the display's framebuffer, and keyboard
+	// and mouse input) on the unix socket VNCSocket, default
+	// <RunDir>/vnc.sock: -vnc unix:<path>. Never TCP: QEMU's VNC server has
+	// no authentication here, and a guest on user networking reaches the
+	// host's loopback (10.0.2.2). The guest sees a display device only if
+	// its manifest's options add one (-nodefaults).
+	VNC       bool
+	VNCSocket string
 
 	// Sandbox runs QEMU under its seccomp filter: -sandbox on with
 	// obsolete, spawn and resourcecontrol denied, and elevateprivileges
@@ -73,11 +87,16 @@ const (
 	AdminSocketName = "admin.sock"
 	PIDFileName     = "qemu.pid"
 	ConsoleLogName  = "console.log"
-	maxSunPath      = 107 // sizeof(sun_path) - 1 on Linux
+	// ConsoleSocketName, the longest of the socket names, is the console
+	// socket; VNCSocketName is VNC's.
+	ConsoleSocketName = "console.sock"
+	VNCSocketName     = "vnc.sock"
+	maxSunPath        = 107 // sizeof(sun_path) - 1 on Linux
 )
 
-// MaxRunDir is the longest RunDir whose sockets fit in sun_path.
-const MaxRunDir = maxSunPath - 1 - len(AdminSocketName)
+// MaxRunDir is the longest RunDir whose sockets fit in sun_path: the
+// longest socket name decides.
+const MaxRunDir = maxSunPath - 1 - max(len(ConsoleSocketName), len(VNCSocketName), len(AdminSocketName), len(QMPSocketName))
 
 // QMPSocket is the QMP socket's path.
 func (c *Config) QMPSocket() string { return filepath.Join(c.RunDir, QMPSocketName) }
@@ -96,6 +115,25 @@ func (c *Config) ConsolePath() string {
 	return filepath.Join(c.RunDir, ConsoleLogName)
 }
 
+// ConsoleSocketPath is the console socket's path.
+func (c *Config) ConsoleSocketPath() string {
+	if c.ConsoleSocket != "" {
+		return c.ConsoleSocket
+	}
+	return filepath.Join(c.RunDir, ConsoleSocketName)
+}
+
+// VNCSocketPath is the VNC socket's path ("" without VNC).
+func (c *Config) VNCSocketPath() string {
+	switch {
+	case !c.VNC:
+		return ""
+	case c.VNCSocket != "":
+		return c.VNCSocket
+	}
+	return filepath.Join(c.RunDir, VNCSocketName)
+}
+
 func (c *Config) binary() string {
 	if c.QEMU == "" {
 		return "qemu-system-x86_64"
@@ -112,6 +150,10 @@ func (c *Config) Validate() error {
 		return errors.New("machine: no run directory")
 	case len(c.AdminSocket()) > maxSunPath || len(c.QMPSocket()) > maxSunPath:
 		return fmt.Errorf("machine: QMP socket path %q is longer than %d bytes", c.AdminSocket(), maxSunPath)
+	case len(c.ConsoleSocketPath()) > maxSunPath:
+		return fmt.Errorf("machine: console socket path %q is longer than %d bytes", c.ConsoleSocketPath(), maxSunPath)
+	case len(c.VNCSocketPath()) > maxSunPath:
+		return fmt.Errorf("machine: VNC socket path %q is longer than %d bytes", c.VNCSocketPath(), maxSunPath)
 	case c.Accel != "kvm" && c.Accel != "tcg":
 		return fmt.Errorf("machine: accelerator %q is not kvm or tcg", c.Accel)
 	case c.CPUs < 1:
@@ -152,7 +194,8 @@ func (c *Config) Validate() error {
 		return err
 	}
 	// The manifest's options must not undo the sandbox or the user switch
-	// (QEMU merges -sandbox options and the last -runas wins).
+	// (QEMU merges -sandbox options and the last -runas wins), nor add a
+	// display or a VNC server (on TCP, say) beside the agent's.
 	for _, w := range opts {
 		opt := w
 		if strings.HasPrefix(opt, "--") {
@@ -167,6 +210,8 @@ func (c *Config) Validate() error {
 			if c.RunAs != "" {
 				return fmt.Errorf("machine options: %s conflicts with the agent's -runas", w)
 			}
+		case "-vnc", "-display":
+			return fmt.Errorf("machine options: %s conflicts with the agent's display (VNC on a unix socket)", w)
 		}
 	}
 	return nil
@@ -217,7 +262,8 @@ func (c *Config) Args() ([]string, error) {
 		"-smp", strconv.Itoa(c.CPUs),
 		"-m", strconv.FormatUint(c.RAM, 10) + "K",
 		"-display", "none",
-		// The console comes to us on stdout and goes to a bounded log.
+		// The console comes to us on stdout (to a bounded log and the
+		// console socket's clients); stdin is their input.
 		"-chardev", "stdio,id=console,signal=off",
 		"-serial", "chardev:console",
 		"-qmp", "unix:" + qemuEscape(c.QMPSocket()) + ",server=on,wait=off",
@@ -225,6 +271,9 @@ func (c *Config) Args() ([]string, error) {
 		"-pidfile", c.PIDFile(),
 		// A guest reboot ends the machine like a power-off.
 		"-no-reboot",
+	}
+	if c.VNC {
+		a = append(a, "-vnc", "unix:"+qemuEscape(c.VNCSocketPath()))
 	}
 	if len(c.OEMStrings)+len(c.OEMFiles) > 0 {
 		s := "type=11"

@@ -46,12 +46,14 @@ func TestArgsGolden(t *testing.T) {
 			c.Accel = "kvm"
 			c.Sandbox = true
 			c.RunAs = "bbot-qemu"
+			c.VNC = true                                                // the agent's: <RunDir>/vnc.sock
 			c.OEMFiles = []string{"/run/bbot-agent/default/oem-prefix"} // a secret: not on the command line
 		},
 		// ... and unprivileged (no setuid).
 		"bridge-tcg-sandbox": func(c *Config) {
 			c.Network, c.Tap = "bridge", "bb2"
 			c.Sandbox = true
+			c.VNC, c.VNCSocket = true, "/run/bbot-agent/ci/v,nc.sock" // a comma, escaped
 		},
 	}
 	for name, mod := range cases {
@@ -103,6 +105,15 @@ func TestValidate(t *testing.T) {
 		"sandbox --":       func(c *Config) { c.Sandbox = true; c.Options += " --sandbox off" },
 		"runas root":       func(c *Config) { c.RunAs = "nobody"; c.Options += " -runas root" },
 		"run-with":         func(c *Config) { c.RunAs = "nobody"; c.Options += " -run-with user=root" },
+		"long console":     func(c *Config) { c.ConsoleSocket = "/" + strings.Repeat("c", 107) },
+		// Console socket names are longer than QMP's: a run directory that
+		// fits QMP's may not fit it.
+		"run dir for console": func(c *Config) { c.RunDir = "/" + strings.Repeat("d", maxSunPath-2-len(ConsoleSocketName)+1) },
+		"long vnc":            func(c *Config) { c.VNC, c.VNCSocket = true, "/"+strings.Repeat("v", 107) },
+		"vnc option":          func(c *Config) { c.Options += " -vnc 0.0.0.0:1" },
+		"vnc option --":       func(c *Config) { c.Options += " --vnc unix:/tmp/v.sock" },
+		"display option":      func(c *Config) { c.Options += " -display vnc=127.0.0.1:1" },
+		"display option --":   func(c *Config) { c.Options += " --display gtk" },
 	}
 	for name, mod := range bad {
 		c := baseConfig()
@@ -122,7 +133,10 @@ func TestValidateAllows(t *testing.T) {
 		"user names": func(c *Config) {
 			c.Sandbox, c.RunAs = true, "_bbot-qemu.1"
 		},
-		"32 bytes": func(c *Config) { c.RunAs = strings.Repeat("u", 32) },
+		"32 bytes":        func(c *Config) { c.RunAs = strings.Repeat("u", 32) },
+		"longest run dir": func(c *Config) { c.RunDir = "/" + strings.Repeat("d", MaxRunDir-1) },
+		"vnc":             func(c *Config) { c.VNC = true },
+		"longest vnc":     func(c *Config) { c.VNC, c.VNCSocket = true, "/"+strings.Repeat("v", maxSunPath-1) },
 	}
 	for name, mod := range good {
 		c := baseConfig()
@@ -130,6 +144,29 @@ func TestValidateAllows(t *testing.T) {
 		if _, err := c.Args(); err != nil {
 			t.Errorf("%s: %v", name, err)
 		}
+	}
+}
+
+// TestConsoleSocketAndVNC: the defaults and what Info reports come from
+// the configuration.
+func TestConsoleSocketAndVNC(t *testing.T) {
+	c := baseConfig()
+	if got := c.ConsoleSocketPath(); got != "/run/bbot-agent/ci/console.sock" {
+		t.Errorf("default console socket %s", got)
+	}
+	if got := c.VNCSocketPath(); got != "" {
+		t.Errorf("VNC socket without VNC: %q", got)
+	}
+	c.VNC = true
+	if got := c.VNCSocketPath(); got != "/run/bbot-agent/ci/vnc.sock" {
+		t.Errorf("default VNC socket %s", got)
+	}
+	c.ConsoleSocket, c.VNCSocket = "/tmp/c.sock", "/tmp/v.sock"
+	if got := c.ConsoleSocketPath(); got != "/tmp/c.sock" {
+		t.Errorf("console socket %s", got)
+	}
+	if got := c.VNCSocketPath(); got != "/tmp/v.sock" {
+		t.Errorf("VNC socket %s", got)
 	}
 }
 

@@ -39,8 +39,13 @@ type Info struct {
 	QMPSocket   string
 	AdminSocket string // a free QMP socket for administrators
 	ConsoleLog  string
-	PIDFile     string
-	Started     time.Time // when the QEMU process was started
+	// ConsoleSocket serves the serial console (socat
+	// -,raw,echo=0,escape=0x1d UNIX-CONNECT:<it>); VNC is the VNC
+	// server's unix socket, "" if none.
+	ConsoleSocket string
+	VNC           string
+	PIDFile       string
+	Started       time.Time // when the QEMU process was started
 }
 
 // Machine is a running QEMU process. One goroutine owns the process: it
@@ -53,6 +58,7 @@ type Machine struct {
 	argv []string
 
 	console *consoleLog
+	mux     *consoleMux // the console's output fan-out and input
 	exited  chan struct{}
 	waitErr error // set before exited is closed
 
@@ -103,16 +109,41 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Machine, error) 
 	}
 	undo = append(undo, func() { m.console.Close() })
 
+	// The console socket exists from the start, so that a person can
+	// watch the boot. QEMU's stdin is a pipe: its clients' input.
+	ln, err := listenConsole(cfg.ConsoleSocketPath(), cfg.RunDir)
+	if err != nil {
+		return fail(err)
+	}
+	// QEMU would unlink whatever is at the VNC socket's path: only a
+	// stale socket goes.
+	if p := cfg.VNCSocketPath(); p != "" {
+		if err := RemoveSocket(p); err != nil {
+			ln.Close()
+			return fail(fmt.Errorf("VNC socket: %w", err))
+		}
+	}
+	stdin, input, err := os.Pipe()
+	if err != nil {
+		ln.Close()
+		return fail(err)
+	}
+	m.mux = newConsoleMux(m.console, input, ln, log, cfg.Name)
+	undo = append(undo, func() { m.mux.Close() })
+
 	m.cmd = exec.Command(cfg.binary(), argv...)
 	m.cmd.Dir = cfg.Dir
-	m.cmd.Stdout = m.console
-	m.cmd.Stderr = m.console
+	m.cmd.Stdin = stdin
+	m.cmd.Stdout = m.mux
+	m.cmd.Stderr = m.mux
 	// QEMU dies with the agent: nothing is leaked by an agent crash (the
 	// pid file lets a restarted agent check as well).
 	m.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	log.Info("starting machine", "name", cfg.Name, "dir", cfg.Dir, "argv", CommandLine(append([]string{cfg.binary()}, argv...)))
 	m.setState(StateBooting)
-	if err := m.cmd.Start(); err != nil {
+	err = m.cmd.Start()
+	stdin.Close() // QEMU's now (or nobody's)
+	if err != nil {
 		return fail(fmt.Errorf("starting QEMU: %w", err))
 	}
 	m.started = time.Now()
@@ -137,9 +168,15 @@ func (m *Machine) run() {
 	if mon != nil {
 		mon.Disconnect()
 	}
+	// The output has ended (Wait waited for it): the clients get the rest,
+	// then the socket goes.
+	m.mux.Close()
 	m.console.Close()
 	os.Remove(m.cfg.QMPSocket())
 	os.Remove(m.cfg.AdminSocket())
+	if p := m.cfg.VNCSocketPath(); p != "" {
+		RemoveSocket(p) // QEMU leaves it
+	}
 	os.Remove(m.cfg.PIDFile())
 	m.waitErr = err
 	close(m.exited)
@@ -230,7 +267,8 @@ func (m *Machine) Info() Info {
 	if m.cmd.Process != nil {
 		pid = m.cmd.Process.Pid
 	}
-	return Info{PID: pid, QMPSocket: m.cfg.QMPSocket(), AdminSocket: m.cfg.AdminSocket(), ConsoleLog: m.cfg.ConsolePath(), PIDFile: m.cfg.PIDFile(), Started: m.started}
+	return Info{PID: pid, QMPSocket: m.cfg.QMPSocket(), AdminSocket: m.cfg.AdminSocket(), ConsoleLog: m.cfg.ConsolePath(),
+		ConsoleSocket: m.cfg.ConsoleSocketPath(), VNC: m.cfg.VNCSocketPath(), PIDFile: m.cfg.PIDFile(), Started: m.started}
 }
 
 // Exited is closed when the process has exited.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -324,4 +325,199 @@ func TestQMPLatency(t *testing.T) {
 		}
 	}
 	t.Logf("QMP query-status: %.3f ms average over %d", float64(time.Since(t0).Microseconds())/1000/n, n)
+}
+
+// consoleReader collects what one console socket client receives.
+type consoleReader struct {
+	mu   sync.Mutex
+	got  []byte
+	done chan struct{} // closed at EOF or error
+	err  error
+}
+
+func readConsole(c net.Conn) *consoleReader {
+	r := &consoleReader{done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := c.Read(buf)
+			r.mu.Lock()
+			r.got = append(r.got, buf[:n]...)
+			r.mu.Unlock()
+			if err != nil {
+				if !errors.Is(err, io.EOF) {
+					r.err = err
+				}
+				return
+			}
+		}
+	}()
+	return r
+}
+
+func (r *consoleReader) String() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return string(r.got)
+}
+
+// wait waits until what the client received contains s.
+func (r *consoleReader) wait(t *testing.T, who, s string, d time.Duration) {
+	t.Helper()
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if strings.Contains(r.String(), s) {
+			return
+		}
+	}
+	got := r.String()
+	t.Fatalf("console client %s did not receive %q within %s; its last bytes: %q", who, s, d, got[max(0, len(got)-300):])
+}
+
+func dialConsole(t *testing.T, cfg machine.Config) net.Conn {
+	t.Helper()
+	c, err := net.Dial("unix", cfg.ConsoleSocketPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// TestConsoleSocket: the serial console on console.sock, with the real
+// test machine. Two clients connected from the start both get the boot
+// output (which the console log gets too); a client connecting later
+// first gets a replay of the latest output; a line a client sends reaches
+// the guest, which echoes it; a client that never reads is dropped during
+// a flood while the guest runs on and the other clients keep receiving;
+// VNC answers on its unix socket with an RFB banner; the sockets go with
+// the machine.
+func TestConsoleSocket(t *testing.T) {
+	defer machine.SetConsoleClientQueueMax(64 << 10)()
+	h, cfg := setup(t, "console")
+	cfg.VNC = true
+	m := start(t, cfg)
+	if fi, err := os.Stat(cfg.ConsoleSocketPath()); err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("console socket: %v, %v", fi, err)
+	}
+	a := readConsole(dialConsole(t, cfg))
+	bConn := dialConsole(t, cfg)
+	b := readConsole(bConn)
+	stalled := dialConsole(t, cfg) // never read until the end
+	if _, ok := h.wait(tftp.FirstRequest, 60*time.Second); !ok {
+		t.Fatal("no TFTP request from the guest")
+	}
+	a.wait(t, "a", "bbot-guest: build: console: ready", 60*time.Second)
+	b.wait(t, "b", "bbot-guest: build: console: ready", 5*time.Second)
+	// Both saw the guest's first words (the kernel is quiet; the worker's
+	// first line is its OEM strings).
+	for who, r := range map[string]*consoleReader{"a": a, "b": b} {
+		if !strings.Contains(r.String(), "bbot-guest: oem strings:") {
+			t.Errorf("client %s missed the boot output: %q", who, r.String()[:min(200, len(r.String()))])
+		}
+	}
+
+	// A late client first gets the replay: the latest output, which the
+	// console log ends with as well.
+	b.wait(t, "b", "console: tick 1", 10*time.Second)
+	lateConn := dialConsole(t, cfg)
+	lateConn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	first := make([]byte, machine.ConsoleReplayMax)
+	n, err := lateConn.Read(first)
+	if err != nil || !strings.Contains(string(first[:n]), "console: tick") {
+		t.Fatalf("late client's first read (the replay): %q, %v", first[:n], err)
+	}
+	late := readConsole(lateConn)
+	late.mu.Lock()
+	late.got = append([]byte(nil), first[:n]...)
+	late.mu.Unlock()
+	if log := string(mustRead(t, cfg.ConsolePath())); !strings.Contains(log, string(first[:n])) {
+		t.Errorf("the replay is not in the console log")
+	}
+
+	// Input: a line sent by one client reaches the guest (through QEMU's
+	// stdin and the serial port), which logs it for everybody.
+	if _, err := bConn.Write([]byte("hello from b\n")); err != nil {
+		t.Fatal(err)
+	}
+	want := `bbot-guest: console input "hello from b"`
+	for who, r := range map[string]*consoleReader{"a": a, "b": b, "late": late} {
+		r.wait(t, who, want, 30*time.Second)
+	}
+
+	// A flood far beyond the stalled client's socket buffer and queue:
+	// it is dropped (its connection ends while the machine runs), the
+	// others get all of it, the guest goes on ticking.
+	const floodKiB = 1024
+	if _, err := bConn.Write([]byte(fmt.Sprintf("flood %d\n", floodKiB))); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	doneLine := fmt.Sprintf("console: flood of %d KiB done", floodKiB)
+	b.wait(t, "b", doneLine, 180*time.Second)
+	t.Logf("flood of %d KiB through the console in %.1fs", floodKiB, time.Since(t0).Seconds())
+	stalled.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.Copy(io.Discard, stalled); err != nil {
+		t.Errorf("the stalled client was not dropped: %v", err)
+	}
+	if m.State() != machine.StateRunning {
+		t.Errorf("machine %v after the flood", m.State())
+	}
+	for who, r := range map[string]*consoleReader{"a": a, "b": b, "late": late} {
+		r.wait(t, who, doneLine, 10*time.Second)
+		if got := strings.Count(r.String(), "flood 0"); got != floodKiB*16 {
+			t.Errorf("client %s got %d flood lines, want %d", who, got, floodKiB*16)
+		}
+	}
+	// The guest still runs: a tick after the flood reaches the clients.
+	after := len(b.String())
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(b.String()[after:], "console: tick"); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no tick after the flood")
+		}
+	}
+	log := string(mustRead(t, cfg.ConsolePath()))
+	for _, s := range []string{"bbot-guest: build: console: ready", want, doneLine} {
+		if !strings.Contains(log, s) {
+			t.Errorf("console log lacks %q", s)
+		}
+	}
+
+	// VNC on its unix socket in the run directory: QEMU's server greets
+	// with its RFB version.
+	if want := filepath.Join(cfg.RunDir, machine.VNCSocketName); m.Info().VNC != want || cfg.VNCSocketPath() != want {
+		t.Errorf("Info VNC %q, config %q, want %q", m.Info().VNC, cfg.VNCSocketPath(), want)
+	}
+	if fi, err := os.Lstat(cfg.VNCSocketPath()); err != nil || fi.Mode()&os.ModeSocket == 0 {
+		t.Errorf("VNC socket: %v, %v", fi, err)
+	}
+	vnc, err := net.DialTimeout("unix", cfg.VNCSocketPath(), 5*time.Second)
+	if err != nil {
+		t.Fatalf("VNC: %v", err)
+	}
+	vnc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	banner := make([]byte, 12)
+	if _, err := io.ReadFull(vnc, banner); err != nil || !strings.HasPrefix(string(banner), "RFB 003.") {
+		t.Errorf("VNC banner %q, %v", banner, err)
+	}
+	vnc.Close()
+
+	// Down: the clients' connections end, the socket file goes.
+	m.ForceDown()
+	for who, r := range map[string]*consoleReader{"a": a, "b": b, "late": late} {
+		select {
+		case <-r.done:
+			if r.err != nil {
+				t.Errorf("client %s: %v, want EOF", who, r.err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Errorf("client %s still connected after the machine exited", who)
+		}
+	}
+	if _, err := os.Lstat(cfg.ConsoleSocketPath()); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("console socket after exit: %v", err)
+	}
+	if _, err := os.Lstat(cfg.VNCSocketPath()); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("VNC socket after exit: %v", err)
+	}
 }

@@ -460,6 +460,12 @@ func admin(o *agent.Options, stdout io.Writer) error {
 }
 
 func printSuspended(w io.Writer, instance int, s *agent.Suspended) {
-	fmt.Fprintf(w, "instance: %d\npid: %d\nsnapshot: %s\nconsole: %s\nqmp: %s\nsince: %s\nreason: %s\n",
-		instance, s.PID, s.Snapshot, s.ConsoleLog, s.AdminSocket, s.Since.Format(time.RFC3339), s.Reason)
+	fmt.Fprintf(w, "instance: %d\npid: %d\nsnapshot: %s\nconsole: %s\n", instance, s.PID, s.Snapshot, s.ConsoleLog)
+	if s.ConsoleSocket != "" {
+		fmt.Fprintf(w, "console-socket: %s\nattach: %s\n", s.ConsoleSocket, agent.ConsoleAttach(s.ConsoleSocket))
+	}
+	if s.VNC != "" {
+		fmt.Fprintf(w, "vnc: %s\nvnc-attach: %s\n", s.VNC, agent.VNCAttach(s.VNC))
+	}
+	fmt.Fprintf(w, "qmp: %s\nsince: %s\nreason: %s\n", s.AdminSocket, s.Since.Format(time.RFC3339), s.Reason)
 }

@@ -306,8 +306,28 @@ tokens, and
 .IR <i> /
 each instance's QMP sockets
 .RI ( qmp.sock ", " admin.sock ),
+console socket
+.RI ( console.sock :
+the machine's serial console, for
+.BR "socat \-,raw,echo=0,escape=0x1d UNIX\-CONNECT:" \fIpath\fR;
+Ctrl\-] detaches),
+VNC socket
+.RI ( vnc.sock :
+the machine's display, keyboard and mouse, without a password),
 pid file, console log, VM record and
 .IR suspended.json .
+Neither socket is TCP: only the agent's user can reach them.
+To view VNC on the host:
+.B socat TCP\-LISTEN:5901,bind=127.0.0.1,reuseaddr UNIX\-CONNECT:\fIpath\fB &
+.BR "vncviewer 127.0.0.1::5901" ;
+from another machine:
+.B ssh \-L 5901:\fIpath\fB \fIhost\fR
+and
+.B vncviewer 127.0.0.1::5901
+there.
+A held machine is paused: attaching shows the replay of its last output
+only, and typed input is buffered until
+.BR \-\-resume .
 .TP
 .IR /etc/bbot\-agent/ <toolchain> .options
 The options file the systemd unit

@@ -71,6 +71,12 @@ func showStatus(o *agent.Options, w io.Writer, now time.Time) error {
 			s := h.Suspended
 			fmt.Fprintf(w, "  instance %d: %s since %s (%s): %s\n    console %s, qmp %s, pid %d\n",
 				h.Instance, s.Snapshot, stamp(s.Since), ago(now, s.Since), s.Reason, s.ConsoleLog, s.AdminSocket, s.PID)
+			if s.ConsoleSocket != "" {
+				fmt.Fprintf(w, "    attach: %s (Ctrl-] detaches)\n", agent.ConsoleAttach(s.ConsoleSocket))
+			}
+			if s.VNC != "" {
+				fmt.Fprintf(w, "    vnc: %s (%s)\n", s.VNC, agent.VNCAttach(s.VNC))
+			}
 		}
 	}
 

@@ -7,6 +7,7 @@ package main
 
 import (
 	"archive/tar"
+	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
@@ -424,6 +425,16 @@ func (g *guest) build() error {
 		}
 		logf("build: bomb uploaded; staying up, as a worker still running would")
 		select {}
+	case "console":
+		// An interactive guest: it echoes what it reads on its console
+		// (the agent's console socket), floods it on request, and ticks
+		// until forced down.
+		go readConsole()
+		logf("build: console: ready")
+		for i := 0; ; i++ {
+			time.Sleep(500 * time.Millisecond)
+			logf("build: console: tick %d", i)
+		}
 	case "slow":
 		logf("build: sleeping 5s")
 		time.Sleep(5 * time.Second)
@@ -437,6 +448,26 @@ func (g *guest) build() error {
 	}
 	logf("build: result %s uploaded", res.Status)
 	return nil
+}
+
+// readConsole logs each line read on the console; "flood N" writes N KiB
+// of numbered lines to it.
+func readConsole() {
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		line := sc.Text()
+		logf("console input %q", line)
+		var kib int
+		if _, err := fmt.Sscanf(line, "flood %d", &kib); err == nil {
+			w := bufio.NewWriter(os.Stdout)
+			for i := range kib * 16 { // 64-byte lines
+				fmt.Fprintf(w, "flood %08d %s\n", i, strings.Repeat("f", 48))
+			}
+			w.Flush()
+			logf("console: flood of %d KiB done", kib)
+		}
+	}
+	logf("console: input ended: %v", sc.Err())
 }
 
 type zeroReader struct{}
