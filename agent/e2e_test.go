@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -361,16 +360,7 @@ func TestHangSuspends(t *testing.T) {
 	if err != nil || !strings.Contains(string(replay[:n]), "bbot-guest: build: hanging") {
 		t.Errorf("console socket replay %q, %v", replay[:n], err)
 	}
-	vnc, err := net.DialTimeout("unix", rec.VNC, 5*time.Second)
-	if err != nil {
-		t.Fatalf("VNC: %v", err)
-	}
-	vnc.SetReadDeadline(time.Now().Add(5 * time.Second))
-	banner := make([]byte, 12)
-	if _, err := io.ReadFull(vnc, banner); err != nil || !strings.HasPrefix(string(banner), "RFB 003.") {
-		t.Errorf("VNC banner %q, %v", banner, err)
-	}
-	vnc.Close()
+	machinetest.CheckVNC(t, rec.VNC)
 	if _, err := ResumeSuspended(e.slotRun(1)); err != nil {
 		t.Fatal(err)
 	}

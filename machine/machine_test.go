@@ -491,16 +491,7 @@ func TestConsoleSocket(t *testing.T) {
 	if fi, err := os.Lstat(cfg.VNCSocketPath()); err != nil || fi.Mode()&os.ModeSocket == 0 {
 		t.Errorf("VNC socket: %v, %v", fi, err)
 	}
-	vnc, err := net.DialTimeout("unix", cfg.VNCSocketPath(), 5*time.Second)
-	if err != nil {
-		t.Fatalf("VNC: %v", err)
-	}
-	vnc.SetReadDeadline(time.Now().Add(5 * time.Second))
-	banner := make([]byte, 12)
-	if _, err := io.ReadFull(vnc, banner); err != nil || !strings.HasPrefix(string(banner), "RFB 003.") {
-		t.Errorf("VNC banner %q, %v", banner, err)
-	}
-	vnc.Close()
+	machinetest.CheckVNC(t, cfg.VNCSocketPath())
 
 	// Down: the clients' connections end, the socket file goes.
 	m.ForceDown()

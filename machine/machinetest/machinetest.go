@@ -3,12 +3,16 @@
 package machinetest
 
 import (
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -90,4 +94,20 @@ func LockVM(tb testing.TB) {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { f.Close() })
+}
+
+// CheckVNC dials the VNC unix socket at path and fails tb unless QEMU
+// greets with an RFB banner.
+func CheckVNC(tb testing.TB, path string) {
+	tb.Helper()
+	vnc, err := net.DialTimeout("unix", path, 5*time.Second)
+	if err != nil {
+		tb.Fatalf("VNC: %v", err)
+	}
+	defer vnc.Close()
+	vnc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	banner := make([]byte, 12)
+	if _, err := io.ReadFull(vnc, banner); err != nil || !strings.HasPrefix(string(banner), "RFB 003.") {
+		tb.Errorf("VNC banner %q, %v", banner, err)
+	}
 }
