@@ -44,6 +44,11 @@ type muxHarness struct {
 }
 
 func newMuxHarness(t *testing.T) *muxHarness {
+	return newMuxHarnessWith(t, func(ln net.Listener) net.Listener { return ln })
+}
+
+// newMuxHarnessWith serves the console on wrap(the socket's listener).
+func newMuxHarnessWith(t *testing.T, wrap func(net.Listener) net.Listener) *muxHarness {
 	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, ConsoleSocketName)
@@ -56,7 +61,7 @@ func newMuxHarness(t *testing.T) *muxHarness {
 		t.Fatal(err)
 	}
 	h := &muxHarness{log: &syncBuffer{}, stdin: r, path: path}
-	h.mux = newConsoleMux(h.log, w, ln, slog.New(slog.DiscardHandler), "test")
+	h.mux = newConsoleMux(h.log, w, wrap(ln), slog.New(slog.DiscardHandler), "test")
 	t.Cleanup(func() { h.mux.Close(); r.Close() })
 	return h
 }
@@ -409,19 +414,8 @@ func (l *flakyListener) Accept() (net.Conn, error) {
 // TestConsoleMuxAcceptRetry: transient accept errors (EMFILE) do not end
 // the console: it is served once they pass.
 func TestConsoleMuxAcceptRetry(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, ConsoleSocketName)
-	ln, err := listenConsole(path, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	mux := newConsoleMux(&syncBuffer{}, w, &flakyListener{Listener: ln, fails: 5}, slog.New(slog.DiscardHandler), "test")
-	defer mux.Close()
+	h := newMuxHarnessWith(t, func(ln net.Listener) net.Listener { return &flakyListener{Listener: ln, fails: 5} })
+	mux, path := h.mux, h.path
 	mux.Write([]byte("hello\n"))
 	c, err := net.Dial("unix", path)
 	if err != nil {
