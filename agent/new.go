@@ -54,6 +54,11 @@ func New(o *Options, log *slog.Logger) (*Agent, error) {
 		log.Warn("--qemu-user is empty: QEMU runs as root (still under -sandbox)")
 	}
 
+	if o.Network == "bridge" && !o.FakeBootstrap && !o.FakeBuild && o.FakeMachine == "" {
+		if err := machine.HaveNFT(); err != nil {
+			return nil, &ConfigError{err}
+		}
+	}
 	accel := &machine.Accel{Requested: o.Accel, StateFile: filepath.Join(o.StateDir, "accel"), Log: log}
 	hooks := &vmHooks{}
 	// Zero values (a Go caller's Options) mean the defaults.

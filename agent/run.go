@@ -305,6 +305,15 @@ func (a *Agent) killLeftoversIn(s *slot, slotSockets bool) {
 			s.log.Warn("removing a stale socket", "error", err)
 		}
 	}
+	// The worker redirect and the tap, by the slot's own names.
+	if slotSockets && a.Opts.Network == "bridge" {
+		if err := machine.RemoveRedirect(redirectTable(s.plan.Offset)); err != nil {
+			s.log.Warn("removing a worker redirect left by a previous agent", "error", err)
+		}
+		if err := machine.DeleteTap(s.plan.Tap); err != nil {
+			s.log.Warn("removing a tap left by a previous agent", "error", err)
+		}
+	}
 	// The TFTP directories are removed once the journal is recovered: a
 	// complete upload there is a result.
 }

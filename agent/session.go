@@ -75,6 +75,8 @@ type session struct {
 	qemuStarted time.Time
 	uploaded    time.Time
 	prefix      string // this attempt's TFTP session prefix
+	// redirectTo is this attempt's redirect listener (bridge mode).
+	redirectTo netip.AddrPort
 
 	// snapshotTook is what the last attempt's btrfs snapshot took.
 	snapshotTook time.Duration
@@ -218,6 +220,13 @@ func (s *session) start(ctx context.Context) (sessionReport, bool) {
 			return host("tap", err)
 		}
 		s.push(v.dropTap)
+		if s.redirectTo.IsValid() {
+			r := machine.Redirect{Table: v.redirectTable(), Tap: cfg.Tap, MAC: cfg.MAC, Mark: v.redirectMark(), To: s.redirectTo}
+			if err := machine.InstallRedirect(r); err != nil {
+				return host("installing the worker redirect (nftables)", err)
+			}
+			s.push(v.dropRedirect)
+		}
 	}
 	if v.onBoot != nil {
 		v.onBoot(s.snapshot, s.attempts)
@@ -250,7 +259,10 @@ func (s *session) start(ctx context.Context) (sessionReport, bool) {
 	return sessionReport{}, true
 }
 
-// serve binds TFTP and installs the session's directories and mapping.
+// serve binds TFTP and installs the session's directories and mapping. In
+// bridge mode a second server, the target of the slot's redirect of
+// unmodified bbot workers (see machine.Redirect), serves the same mapping
+// to requests without the prefix.
 func (s *session) serve() (sessionReport, bool) {
 	v := s.v
 	host := func(step string, err error) (sessionReport, bool) {
@@ -260,22 +272,25 @@ func (s *session) serve() (sessionReport, bool) {
 	if s.bind != "" {
 		bind = s.bind
 	}
-	conn, err := tftp.Listen(bind)
+	srv, _, err := s.listen(bind)
 	if err != nil {
 		return host("binding TFTP", err)
 	}
-	srv := &tftp.Server{ErrorLog: v.Log, OnTransfer: v.onTransfer}
-	served := make(chan struct{})
-	go func() {
-		srv.Serve(conn) // returns only after Shutdown
-		close(served)
-	}()
-	s.push(func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(sctx)
-		<-served
-	})
+	var redirect *tftp.Server
+	s.redirectTo = netip.AddrPort{}
+	if v.redirects() && !s.noVM {
+		// On the bridge's own address (the DNAT target), whatever
+		// --tftp-address says; a port of its own per attempt.
+		gw, err := netip.ParseAddr(v.GatewayIP)
+		if err != nil {
+			return host("the redirect listener", err)
+		}
+		var addr *net.UDPAddr
+		if redirect, addr, err = s.listen(netip.AddrPortFrom(gw, 0).String()); err != nil {
+			return host("binding the redirect TFTP listener", err)
+		}
+		s.redirectTo = addr.AddrPort()
+	}
 
 	if err := s.makeDirs(); err != nil {
 		return host("TFTP directories", err)
@@ -300,9 +315,39 @@ func (s *session) serve() (sessionReport, bool) {
 	s.q, s.mp, s.transfers = newEventQueue(), mp, nil
 	mp.Notify, mp.Log = s.q.Notify, v.Log
 	srv.SetHandler(mp)
-	s.push(func() { srv.SetHandler(nil); mp.Close() })
+	if redirect != nil {
+		redirect.SetHandler(mp.Redirected())
+	}
+	s.push(func() {
+		srv.SetHandler(nil)
+		if redirect != nil {
+			redirect.SetHandler(nil)
+		}
+		mp.Close()
+	})
 
 	return sessionReport{}, true
+}
+
+// listen binds a TFTP server to addr and serves it until teardown.
+func (s *session) listen(addr string) (*tftp.Server, *net.UDPAddr, error) {
+	conn, err := tftp.Listen(addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	srv := &tftp.Server{ErrorLog: s.v.Log, OnTransfer: s.v.onTransfer}
+	served := make(chan struct{})
+	go func() {
+		srv.Serve(conn) // returns only after Shutdown
+		close(served)
+	}()
+	s.push(func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+		<-served
+	})
+	return srv, conn.LocalAddr().(*net.UDPAddr), nil
 }
 
 // makeDirs creates empty TFTP directories (leftovers of a crash are

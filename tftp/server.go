@@ -48,6 +48,8 @@ type Request struct {
 	// found); abort closes it to wake a blocked receive.
 	conn      *net.UDPConn
 	untracked bool // a Mapping is done with it (guarded by the Mapping's mu)
+	// redirected: served through Mapping.Redirected (no prefix, any source).
+	redirected bool
 	abortOnce sync.Once
 	aborted   atomic.Pointer[error]
 	// transferred is what ReadFrom or WriteTo moved, for OnTransfer.

@@ -15,11 +15,9 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -43,6 +41,12 @@ func main() {
 	}
 	go watchPowerButton()
 
+	if opts := kernelOptions(); opts["bbot.worker"] == "plain" {
+		if err := plainWorker(opts); err != nil {
+			logf("plain: failed: %v", err)
+		}
+		return
+	}
 	oem, err := readOEMStrings()
 	if err != nil {
 		logf("cannot read SMBIOS OEM strings: %v", err)
@@ -133,21 +137,10 @@ func readOEMStrings() (map[string]string, error) {
 // setupNetwork configures the first Ethernet interface: bbot.ip/bbot.gw in
 // bridge mode, QEMU user networking's fixed addresses otherwise.
 func setupNetwork(oem map[string]string) error {
-	ifaces, err := net.Interfaces()
+	dev, err := firstInterface()
 	if err != nil {
 		return err
 	}
-	var names []string
-	for _, i := range ifaces {
-		if i.Flags&net.FlagLoopback == 0 {
-			names = append(names, i.Name)
-		}
-	}
-	if len(names) == 0 {
-		return errors.New("no network interface")
-	}
-	sort.Strings(names)
-	dev := names[0]
 	addr, gw := oem["bbot.ip"], oem["bbot.gw"]
 	if addr == "" {
 		addr, gw = "10.0.2.15/24", "10.0.2.2"
@@ -222,6 +215,7 @@ func powerOff(why string) {
 type guest struct {
 	tftp   *pintftp.Client
 	prefix string
+	task   string // the task's name: "manifest" unless set
 }
 
 func (g *guest) path(name string) string {
@@ -286,9 +280,13 @@ func (g *guest) bootstrap() error {
 
 func (g *guest) build() error {
 	logf("build: fetching task")
-	data, err := g.get("manifest")
+	name := g.task
+	if name == "" {
+		name = "manifest"
+	}
+	data, err := g.get(name)
 	if err != nil {
-		return fmt.Errorf("GET manifest: %w", err)
+		return fmt.Errorf("GET %s: %w", name, err)
 	}
 	task, err := manifest.ParseTask(bytes.NewReader(data), "manifest")
 	if err != nil {
