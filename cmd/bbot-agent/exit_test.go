@@ -91,8 +91,6 @@ func TestExitStatus(t *testing.T) {
 			`^` + regexp.QuoteMeta(badTask) + `:3:1: error: name redefinition\n$`},
 		{"auth key missing", agentArgs("key", "--auth-key", filepath.Join(dir, "none.pem"), "http://localhost/"), exitConfig,
 			`^bbot-agent: error: invalid --auth-key value '.*none\.pem': `},
-		{"bridge missing", []string{"--network", "bridge", "--bridge", "bbnosuch0", "http://localhost/"}, exitConfig,
-			`^bbot-agent: error: --bridge bbnosuch0: `},
 		{"state dir not creatable", agentArgs("state", "--state-dir", filepath.Join(file, "state"), "http://localhost/"), exitConfig,
 			`^bbot-agent: error: --state-dir: mkdir .*: not a directory\n$`},
 		{"instance claimed", agentArgs("claimed", "http://localhost/"), exitConfig,
@@ -114,6 +112,28 @@ func TestExitStatus(t *testing.T) {
 			}
 			if !regexp.MustCompile(c.stderr).MatchString(stderr.String()) {
 				t.Errorf("stderr does not match %q:\n%s", c.stderr, stderr.String())
+			}
+		})
+	}
+}
+
+// TestExitBridgeMode: bridge mode needs nft(8) (only that it can be run
+// is checked, first) and the bridge.
+func TestExitBridgeMode(t *testing.T) {
+	stub := t.TempDir()
+	if err := os.WriteFile(filepath.Join(stub, "nft"), []byte("#!/bin/sh\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ name, path, stderr string }{
+		{"nft missing", t.TempDir(), `^bbot-agent: error: nft \(nftables\) not found: `},
+		{"bridge missing", stub, `^bbot-agent: error: --bridge bbnosuch0: `},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Setenv("PATH", c.path)
+			var stderr bytes.Buffer
+			status := run([]string{"bbot-agent", "--network", "bridge", "--bridge", "bbnosuch0", "http://localhost/"}, io.Discard, &stderr)
+			if status != exitConfig || !regexp.MustCompile(c.stderr).MatchString(stderr.String()) {
+				t.Errorf("exit status %d, want %d; stderr does not match %q:\n%s", status, exitConfig, c.stderr, stderr.String())
 			}
 		})
 	}

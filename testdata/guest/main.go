@@ -43,7 +43,9 @@ func main() {
 
 	if opts := kernelOptions(); opts["bbot.worker"] == "plain" {
 		if err := plainWorker(opts); err != nil {
-			logf("plain: failed: %v", err)
+			// As a worker without its agent: waiting to be powered off.
+			logf("plain: failed: %v; waiting", err)
+			select {}
 		}
 		return
 	}
