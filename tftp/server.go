@@ -50,8 +50,8 @@ type Request struct {
 	untracked bool // a Mapping is done with it (guarded by the Mapping's mu)
 	// redirected: served through Mapping.Redirected (no prefix, any source).
 	redirected bool
-	abortOnce sync.Once
-	aborted   atomic.Pointer[error]
+	abortOnce  sync.Once
+	aborted    atomic.Pointer[error]
 	// transferred is what ReadFrom or WriteTo moved, for OnTransfer.
 	transferred int64
 	// lockStep, if set, is the server whose own lock-step loop serves
