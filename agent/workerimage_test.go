@@ -177,3 +177,37 @@ func TestWorkerImageOtherMAC(t *testing.T) {
 		t.Error("the machine was bootstrapped")
 	}
 }
+
+// TestWorkerImageCrash: an agent SIGKILLed while its plain-worker guest
+// runs leaves the slot's redirect installed; the next agent sweeps it at
+// start-up, reports the task as interrupt once, and leaves no table.
+func TestWorkerImageCrash(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	requireNFT(t)
+	startDHCP(t)
+	srv := controllertest.New()
+	defer srv.Close()
+	e := bridgeE2E(t, controller.Controller{URL: srv.TaskURL()})
+	e.plainWorker("")
+	srv.QueueTask("hello", testMachine)
+	runCrashChild(t, e, "after-qemu-start", 0)
+	if tables := redirectTables(t); len(tables) != 2 {
+		t.Fatalf("after the crash: redirect tables %v, want the slot's two", tables)
+	}
+	var status statusLog
+	e.onStatus = status.record
+	e.start()
+	results := srv.WaitResults(1, 120*time.Second)
+	// Recovered: one full round (enumeration sweeps the snapshot) reached
+	// idle.
+	status.waitSaid("idle", 60*time.Second)
+	e.shutdown()
+	if got := statuses(results); len(results) != 1 || got["hello"] != "interrupt" {
+		t.Errorf("results %v, want exactly hello: interrupt", got)
+	}
+	if tables := redirectTables(t); len(tables) != 0 {
+		t.Errorf("redirect tables left: %v", tables)
+	}
+}
