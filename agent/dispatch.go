@@ -104,6 +104,8 @@ func (a *Agent) dispatch(ctx context.Context) {
 			a.Log.Error("enumerating machines", "error", err)
 		}
 		a.startBootstraps(ctx, pending)
+		a.takeResends(ctx)
+		a.purgeFailed(time.Now())
 		worked := false
 		if ctx.Err() == nil {
 			worked = a.pollOnce(ctx, usable)

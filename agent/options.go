@@ -99,7 +99,9 @@ type Options struct {
 	ShowSuspended bool
 	Release       bool
 	Resume        bool
-	ShowStatus    bool // --status: what the running agent does
+	ShowStatus    bool   // --status: what the running agent does
+	ShowResults   bool   // --results: the journal and failed/, read-only
+	Resend        string // --resend ID: queue a failed result for sending again
 
 	QEMU           string // QEMU binary (default qemu-system-x86_64 on PATH)
 	QEMUUser       string // -runas user when the agent is root; "" keeps QEMU root
@@ -111,12 +113,16 @@ type Options struct {
 	PollInterval   time.Duration
 	SuspendTimeout time.Duration // 0 = hold a suspended machine forever
 	ResultTTL      time.Duration
-	Metrics        string // HOST:PORT serving Prometheus /metrics (daemon only); "" = off
+	// FailedTTL: results in failed/ older than this are purged (0: kept
+	// forever).
+	FailedTTL time.Duration
+	Metrics   string // HOST:PORT serving Prometheus /metrics (daemon only); "" = off
 
 	Controllers []controller.Controller
 }
 
-// maxSeconds bounds every duration option: a week. Longer time limits,
+// maxSeconds bounds every duration option but --failed-ttl (a retention,
+// not a wait): a week. Longer time limits,
 // intervals or holds are mistakes (a unit confusion), and time arithmetic on
 // them stays far from overflowing.
 const maxSeconds = 7 * 24 * 3600
@@ -166,7 +172,8 @@ var Ranges = map[string]Range{
 	"request-timeout":     {1, maxSeconds},
 	"poll-interval":       {1, maxSeconds},
 	"result-ttl":          {1, maxSeconds},
-	"suspend-timeout":     {0, maxSeconds}, // 0: hold forever
+	"failed-ttl":          {0, 366 * 86400}, // 0: keep forever; a year at most, past a week like no other
+	"suspend-timeout":     {0, maxSeconds},  // 0: hold forever
 	"bootstrap-auxiliary": {1, maxSeconds},
 	"interactive-timeout": {1, maxSeconds},
 }
@@ -269,7 +276,7 @@ func (o *Options) Validate() error {
 		{"connect-timeout", o.ConnectTimeout}, {"request-timeout", o.RequestTimeout},
 		{"poll-interval", o.PollInterval}, {"result-ttl", o.ResultTTL},
 		{"suspend-timeout", o.SuspendTimeout}, {"bootstrap-auxiliary", o.BootstrapAuxiliary},
-		{"interactive-timeout", o.InteractiveTimeout}} {
+		{"interactive-timeout", o.InteractiveTimeout}, {"failed-ttl", o.FailedTTL}} {
 		r := Ranges[d.name]
 		// Min is 0 or 1: positive, allowing the sub-second values Go
 		// callers may set.
@@ -369,7 +376,7 @@ func (o *Options) QEMURunAs() string {
 
 // AdminCommand reports whether an admin command was asked for.
 func (o *Options) AdminCommand() bool {
-	return o.ShowSuspended || o.Release || o.Resume || o.ShowStatus
+	return o.ShowSuspended || o.Release || o.Resume || o.ShowStatus || o.ShowResults || o.Resend != ""
 }
 
 func validTrust(fp string) bool {

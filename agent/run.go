@@ -38,7 +38,9 @@ type Agent struct {
 
 	// VMs are the first slot's machine sessions (the one-shot modes use
 	// that slot; tests set the shared hooks through it).
-	VMs        *VMs
+	VMs *VMs
+	// lastPurge is when failed/ was last purged (purgeFailed).
+	lastPurge  time.Time
 	Enumerator *inventory.Enumerator
 	Client     *controller.Client
 	// Journal is the first slot's task journal (opened by Run, Next and
@@ -163,6 +165,8 @@ func (a *Agent) open(ctx context.Context) error {
 	for _, s := range a.slots {
 		a.recoverJournal(ctx, s.journal)
 	}
+	a.takeResends(ctx)
+	a.purgeFailed(time.Now())
 	for _, s := range a.slots {
 		a.removeTFTPDirs(s.plan)
 	}
@@ -217,11 +221,11 @@ func (a *Agent) recoverOtherInstances() {
 					a.recoverReceived(j, e)
 				}
 			}
-			k, err := a.Journal.Adopt(j)
+			ids, err := a.Journal.Adopt(j)
 			if err != nil {
 				a.Log.Error("taking over another instance's journal", "instance", n, "error", err)
 			}
-			adopted += k
+			adopted += len(ids)
 			j.Close()
 		}
 		a.removeTFTPDirs(plan)

@@ -143,6 +143,7 @@ func defaultOptions() agent.Options {
 		QEMUUser:           "nobody",
 		PollInterval:       60 * time.Second,
 		ResultTTL:          10800 * time.Second,
+		FailedTTL:          30 * 86400 * time.Second,
 	}
 }
 
@@ -231,6 +232,7 @@ func flags(o *agent.Options, toolchainVer *string, trust *cli.StringSlice) []cli
 			num("request-retries", "up to `N` controller request retries", &o.RequestRetries),
 			secs("suspend-timeout", "release a suspended machine after this long; 0 = never", &o.SuspendTimeout),
 			secs("result-ttl", "keep retrying a result upload this long", &o.ResultTTL),
+			secs("failed-ttl", "purge results kept in <state-dir>/failed/ this long after they failed; 0 = keep them", &o.FailedTTL),
 		),
 		inCategory(categoryResources,
 			num("slots", "run up to `N` tasks at once, as instances --instance..--instance+N-1", &o.Slots),
@@ -276,6 +278,8 @@ func flags(o *agent.Options, toolchainVer *string, trust *cli.StringSlice) []cli
 			boolean("suspended", "show the machine the agent holds suspended, if any, and exit", &o.ShowSuspended),
 			boolean("release", "release the suspended machine (QMP quit): the agent reports and cleans up", &o.Release),
 			boolean("resume", "let the suspended machine run again (QMP cont)", &o.Resume),
+			boolean("results", "list the results in the journal (not yet delivered) and in <state-dir>/failed/ with why, read-only, and exit", &o.ShowResults),
+			str("resend", "queue the failed result `ID` (as --results lists it) for sending again: the running agent sends it within a poll interval, or the next one at start-up; and exit", &o.Resend),
 		),
 		inCategory(categoryLogging,
 			boolean("systemd-daemon", "log for systemd (priority prefixes, no timestamps)", &o.SystemdDaemon),

@@ -410,8 +410,13 @@ func dumpMachines(ctx context.Context, o *agent.Options, stdout io.Writer, log *
 // admin runs --suspended (every slot), --release or --resume (the slot of
 // --instance) against the run directory.
 func admin(o *agent.Options, stdout io.Writer) error {
-	if o.ShowStatus {
+	switch {
+	case o.ShowStatus:
 		return showStatus(o, stdout, time.Now())
+	case o.ShowResults:
+		return showResults(o, stdout)
+	case o.Resend != "":
+		return resend(o, stdout)
 	}
 	if o.Release || o.Resume {
 		dir := agent.PlanSlot(o, o.Instance).RunDir
