@@ -76,6 +76,8 @@ func (a *Agent) metricsSnapshot() metrics.Snapshot {
 		a.Log.Debug("metrics: reading failed results", "dir", failed, "error", err)
 	}
 	snap.Failed = n
+	free, low := a.freeSpace()
+	snap.FreeSpace, snap.LowSpace = free, low != ""
 	return snap
 }
 

@@ -116,7 +116,10 @@ type Options struct {
 	// FailedTTL: results in failed/ older than this are purged (0: kept
 	// forever).
 	FailedTTL time.Duration
-	Metrics   string // HOST:PORT serving Prometheus /metrics (daemon only); "" = off
+	// MinFree (KiB) is the free-space floor of the machines, TFTP and
+	// state filesystems: below it no bootstrap or task starts (0: none).
+	MinFree uint64
+	Metrics string // HOST:PORT serving Prometheus /metrics (daemon only); "" = off
 
 	Controllers []controller.Controller
 }
@@ -163,6 +166,7 @@ var Ranges = map[string]Range{
 	"auxiliary-ram":       {0, 0}, // KiB; until auxiliary machines are supported
 	"cpu-overcommit":      {0.1, 16},
 	"ram-reserve":         {0, 1 << 30}, // KiB
+	"min-free":            {0, 1 << 40}, // KiB: up to 1 PiB
 	"verbose":             {0, 6},
 	"bootstrap-startup":   {1, maxSeconds},
 	"bootstrap-timeout":   {1, maxSeconds},
@@ -213,7 +217,7 @@ func (o *Options) Validate() error {
 		whole("instance-max", o.InstanceMax), whole("verbose", o.Verbose), whole("cpu", o.CPU),
 		whole("auxiliary-cpu", o.AuxiliaryCPU), whole("bootstrap-retries", o.BootstrapRetries),
 		whole("build-retries", o.BuildRetries), whole("request-retries", o.RequestRetries),
-		size("build-ram", o.RAM), size("ram-reserve", o.RAMReserve),
+		size("build-ram", o.RAM), size("ram-reserve", o.RAMReserve), size("min-free", o.MinFree),
 		{"cpu-overcommit", o.CPUOvercommit, formatBound(o.CPUOvercommit), ""},
 	} {
 		if r := Ranges[n.name]; !r.Contains(n.v) {

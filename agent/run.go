@@ -41,6 +41,7 @@ type Agent struct {
 	VMs *VMs
 	// lastPurge is when failed/ was last purged (purgeFailed).
 	lastPurge  time.Time
+	floor      diskFloor // the last free-space check
 	Enumerator *inventory.Enumerator
 	Client     *controller.Client
 	// Journal is the first slot's task journal (opened by Run, Next and

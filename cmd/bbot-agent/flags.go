@@ -144,6 +144,7 @@ func defaultOptions() agent.Options {
 		PollInterval:       60 * time.Second,
 		ResultTTL:          10800 * time.Second,
 		FailedTTL:          30 * 86400 * time.Second,
+		MinFree:            512 << 10,
 	}
 }
 
@@ -240,6 +241,7 @@ func flags(o *agent.Options, toolchainVer *string, trust *cli.StringSlice) []cli
 			num("instance-max", "at most `N` tasks at once across this toolchain's processes on the host; 0 = no cap beyond the instances claimed", &o.InstanceMax),
 			&cli.GenericFlag{Name: "cpu-overcommit", Usage: "start a task only while the running tasks' CPUs stay within the host's hardware threads times `RATIO` (" + agent.Ranges["cpu-overcommit"].String() + ")", Value: ratio{&o.CPUOvercommit}},
 			size("ram-reserve", "start a task only while the running tasks' RAM stays within the host's memory minus this much", &o.RAMReserve),
+			size("min-free", "start no bootstrap or task while the machines, TFTP or state filesystem has less free space than this (0: no floor)", &o.MinFree),
 		),
 		inCategory(categoryControllers,
 			&cli.StringSliceFlag{Name: "trust", Usage: "repository certificate `FINGERPRINT` to trust instead of the task's (repeatable)", Destination: trust},
