@@ -105,6 +105,7 @@ func (a *Agent) dispatch(ctx context.Context) {
 		}
 		a.takeResends(ctx)
 		a.purgeFailed(time.Now())
+		a.markSeen(time.Now())
 		// Below the free-space floor nothing new starts (a full disk
 		// would fail it mid-way, as a host fault): a host backoff.
 		if why := a.checkFreeSpace(); why != "" {

@@ -11,7 +11,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -102,6 +101,13 @@ type Options struct {
 	ShowStatus    bool   // --status: what the running agent does
 	ShowResults   bool   // --results: the journal and failed/, read-only
 	Resend        string // --resend ID: queue a failed result for sending again
+	// --toolchains lists every toolchain's bootstrapped snapshots; --retire
+	// TC removes TC's; --retire-unused removes those of toolchains no
+	// agent ran for RetireAfter.
+	ShowToolchains bool
+	Retire         string
+	RetireUnused   bool
+	RetireAfter    time.Duration
 
 	QEMU           string // QEMU binary (default qemu-system-x86_64 on PATH)
 	QEMUUser       string // -runas user when the agent is root; "" keeps QEMU root
@@ -177,6 +183,7 @@ var Ranges = map[string]Range{
 	"poll-interval":       {1, maxSeconds},
 	"result-ttl":          {1, maxSeconds},
 	"failed-ttl":          {0, 366 * 86400}, // 0: keep forever; a year at most, past a week like no other
+	"retire-after":        {86400, 366 * 86400},
 	"suspend-timeout":     {0, maxSeconds},  // 0: hold forever
 	"bootstrap-auxiliary": {1, maxSeconds},
 	"interactive-timeout": {1, maxSeconds},
@@ -280,7 +287,7 @@ func (o *Options) Validate() error {
 		{"connect-timeout", o.ConnectTimeout}, {"request-timeout", o.RequestTimeout},
 		{"poll-interval", o.PollInterval}, {"result-ttl", o.ResultTTL},
 		{"suspend-timeout", o.SuspendTimeout}, {"bootstrap-auxiliary", o.BootstrapAuxiliary},
-		{"interactive-timeout", o.InteractiveTimeout}, {"failed-ttl", o.FailedTTL}} {
+		{"interactive-timeout", o.InteractiveTimeout}, {"failed-ttl", o.FailedTTL}, {"retire-after", o.RetireAfter}} {
 		r := Ranges[d.name]
 		// Min is 0 or 1: positive, allowing the sub-second values Go
 		// callers may set.
@@ -300,7 +307,7 @@ func (o *Options) Validate() error {
 		o.StateDir = filepath.Join("/var/lib/bbot-agent", o.ToolchainName)
 	}
 	if o.RunDir == "" {
-		o.RunDir = filepath.Join("/run/bbot-agent", o.ToolchainName)
+		o.RunDir = DefaultRunDir(o.ToolchainName)
 	}
 	// Each slot's QMP sockets live in <run-dir>/<instance>/: they must fit
 	// in a UNIX socket path, checked now rather than at every task.
@@ -337,17 +344,17 @@ func validateMetrics(addr string) error {
 // maxToolchainName is the longest --toolchain-name accepted: it becomes part
 // of file names (<machine>-<toolchain>~<random>), which are limited to 255
 // bytes.
-const maxToolchainName = 64
+const maxToolchainName = inventory.MaxToolchainName
 
 // toolchainName is the --toolchain-name character set: ASCII letters, digits
 // and '_', '.', '+', '-', starting with a letter or digit.
-var toolchainName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.+-]*$`)
+var toolchainName = inventory.ToolchainNameChars
 
 // protocolLike matches names that would collide with the admin's machine
 // names: <machine>-<P> is the link to the image and <machine>-<P>.<R> the
 // image itself (inventory.BootstrapProtocol is P), so all-digit names and names
 // starting with digits and a dot are refused.
-var protocolLike = regexp.MustCompile(`^[0-9]+(\.|$)`)
+var protocolLike = inventory.ProtocolLike
 
 // validateToolchainName checks a --toolchain-name value: it names the
 // bootstrapped snapshot <machine>-<toolchain> beside the admin's images and
@@ -380,7 +387,8 @@ func (o *Options) QEMURunAs() string {
 
 // AdminCommand reports whether an admin command was asked for.
 func (o *Options) AdminCommand() bool {
-	return o.ShowSuspended || o.Release || o.Resume || o.ShowStatus || o.ShowResults || o.Resend != ""
+	return o.ShowSuspended || o.Release || o.Resume || o.ShowStatus || o.ShowResults || o.Resend != "" ||
+		o.ShowToolchains || o.Retire != "" || o.RetireUnused
 }
 
 func validTrust(fp string) bool {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/build2/bbot-agent-go/agent/controller"
 	"github.com/build2/bbot-agent-go/agent/controllertest"
+	"github.com/build2/bbot-agent-go/agent/inventory"
 	"github.com/build2/bbot-agent-go/agent/journal"
 )
 
@@ -68,6 +69,10 @@ func TestResend(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(journal.ResendDir(e.opts.StateDir)); len(ents) > 1 { // .lock
 		t.Errorf("the resend queue holds %v", ents)
+	}
+	// The daemon recorded that its toolchain is in use (--toolchains).
+	if seen, _ := inventory.LastSeen(e.opts.Machines); seen["e2e"].IsZero() {
+		t.Errorf("toolchain use not recorded: %v", seen)
 	}
 	entries, _ := journal.ReadEntries(filepath.Join(e.opts.StateDir, "journal", "1"))
 	if len(entries) != 0 {

@@ -42,6 +42,7 @@ type Agent struct {
 	// lastPurge is when failed/ was last purged (purgeFailed).
 	lastPurge  time.Time
 	floor      diskFloor // the last free-space check
+	lastSeen   time.Time // when the toolchain was last marked in use (markSeen)
 	Enumerator *inventory.Enumerator
 	Client     *controller.Client
 	// Journal is the first slot's task journal (opened by Run, Next and

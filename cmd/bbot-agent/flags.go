@@ -145,6 +145,7 @@ func defaultOptions() agent.Options {
 		ResultTTL:          10800 * time.Second,
 		FailedTTL:          30 * 86400 * time.Second,
 		MinFree:            512 << 10,
+		RetireAfter:        30 * 86400 * time.Second,
 	}
 }
 
@@ -281,6 +282,10 @@ func flags(o *agent.Options, toolchainVer *string, trust *cli.StringSlice) []cli
 			boolean("release", "release the suspended machine (QMP quit): the agent reports and cleans up", &o.Release),
 			boolean("resume", "let the suspended machine run again (QMP cont)", &o.Resume),
 			boolean("results", "list the results in the journal (not yet delivered) and in <state-dir>/failed/ with why, read-only, and exit", &o.ShowResults),
+			boolean("toolchains", "list every toolchain's bootstrapped snapshots <machine>-<toolchain> below --machines, with when an agent of it last ran, and exit", &o.ShowToolchains),
+			str("retire", "remove the bootstrapped snapshots of toolchain `NAME` (not while an agent of it runs with its default run directory) and exit", &o.Retire),
+			boolean("retire-unused", "remove the bootstrapped snapshots of every toolchain no agent ran for --retire-after, and exit", &o.RetireUnused),
+			secs("retire-after", "a toolchain no agent ran for this long is unused (--toolchains, --retire-unused)", &o.RetireAfter),
 			str("resend", "queue the failed result `ID` (as --results lists it) for sending again: the running agent sends it within a poll interval, or the next one at start-up; and exit", &o.Resend),
 		),
 		inCategory(categoryLogging,

@@ -417,6 +417,10 @@ func admin(o *agent.Options, stdout io.Writer) error {
 		return showResults(o, stdout)
 	case o.Resend != "":
 		return resend(o, stdout)
+	case o.ShowToolchains:
+		return showToolchains(o, stdout, time.Now())
+	case o.Retire != "" || o.RetireUnused:
+		return retire(o, stdout, time.Now())
 	}
 	if o.Release || o.Resume {
 		dir := agent.PlanSlot(o, o.Instance).RunDir
