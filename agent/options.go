@@ -130,6 +130,10 @@ type Options struct {
 	Controllers []controller.Controller
 }
 
+// DefaultRetireAfter is --retire-after's default: a toolchain no agent ran
+// for 30 days is unused.
+const DefaultRetireAfter = 30 * 24 * time.Hour
+
 // maxSeconds bounds every duration option but --failed-ttl (a retention,
 // not a wait): a week. Longer time limits,
 // intervals or holds are mistakes (a unit confusion), and time arithmetic on
@@ -184,7 +188,7 @@ var Ranges = map[string]Range{
 	"result-ttl":          {1, maxSeconds},
 	"failed-ttl":          {0, 366 * 86400}, // 0: keep forever; a year at most, past a week like no other
 	"retire-after":        {86400, 366 * 86400},
-	"suspend-timeout":     {0, maxSeconds},  // 0: hold forever
+	"suspend-timeout":     {0, maxSeconds}, // 0: hold forever
 	"bootstrap-auxiliary": {1, maxSeconds},
 	"interactive-timeout": {1, maxSeconds},
 }
@@ -278,6 +282,9 @@ func (o *Options) Validate() error {
 	case "auto", "kvm", "tcg":
 	default:
 		return &OptionError{"accel", o.Accel, "must be 'auto', 'kvm' or 'tcg'"}
+	}
+	if o.RetireAfter == 0 {
+		o.RetireAfter = DefaultRetireAfter // a Go caller's zero value
 	}
 	for _, d := range []struct {
 		name string

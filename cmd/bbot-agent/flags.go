@@ -145,7 +145,7 @@ func defaultOptions() agent.Options {
 		ResultTTL:          10800 * time.Second,
 		FailedTTL:          30 * 86400 * time.Second,
 		MinFree:            512 << 10,
-		RetireAfter:        30 * 86400 * time.Second,
+		RetireAfter:        agent.DefaultRetireAfter,
 	}
 }
 
