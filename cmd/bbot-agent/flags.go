@@ -215,7 +215,7 @@ func flags(o *agent.Options, toolchainVer *string, trust *cli.StringSlice) []cli
 			size("build-ram", "build machine RAM", &o.RAM, "ram"),
 			num("auxiliary-cpu", "virtual `CPU`s per auxiliary machine", &o.AuxiliaryCPU),
 			size("auxiliary-ram", "auxiliary machine RAM; 0 disables them, the only value supported yet", &o.AuxiliaryRAM),
-			str("interactive", "interactive builds `MODE`: false, true or both (only false is supported yet)", &o.Interactive),
+			str("interactive", "interactive builds `MODE`: false (none), true (only interactive) or both", &o.Interactive),
 		),
 		inCategory(categoryTimeouts,
 			secs("bootstrap-startup", "wait this long for a bootstrapping machine's first TFTP request", &o.BootstrapStartup),
