@@ -225,7 +225,7 @@ func flags(o *agent.Options, toolchainVer *string, trust *cli.StringSlice) []cli
 			secs("build-timeout", "build time limit", &o.BuildTimeout),
 			num("build-retries", "up to `N` build mis-boot retries", &o.BuildRetries),
 			secs("bootstrap-auxiliary", "auxiliary machine bootstrap time limit", &o.BootstrapAuxiliary),
-			secs("interactive-timeout", "interactive build time limit", &o.InteractiveTimeout),
+			secs("interactive-timeout", "interactive build time limit, from the worker's breakpoint", &o.InteractiveTimeout),
 			secs("connect-timeout", "controller connection timeout", &o.ConnectTimeout),
 			secs("request-timeout", "controller request timeout", &o.RequestTimeout),
 			num("request-retries", "up to `N` controller request retries", &o.RequestRetries),
