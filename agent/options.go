@@ -57,7 +57,7 @@ type Options struct {
 	AuxiliaryRAM       uint64 // KiB; 0: no auxiliary machines (the only value supported yet)
 	BootstrapAuxiliary time.Duration
 
-	Interactive        string // "false" (the only value supported yet), "true" or "both"
+	Interactive        string // "false", "true" or "both": sent as interactive-mode (README "Interactive builds")
 	InteractiveTimeout time.Duration
 
 	// Accepted for bbot compatibility and ignored: the agent signs and
@@ -247,9 +247,7 @@ func (o *Options) Validate() error {
 		return &OptionError{"auxiliary-ram", strconv.FormatUint(o.AuxiliaryRAM, 10), "auxiliary machines are not supported yet; 0 (the default) disables them"}
 	}
 	switch o.Interactive {
-	case "false":
-	case "true", "both":
-		return &OptionError{"interactive", o.Interactive, "interactive builds are not supported yet"}
+	case "false", "true", "both":
 	default:
 		return &OptionError{"interactive", o.Interactive, "must be 'false', 'true' or 'both'"}
 	}

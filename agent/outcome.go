@@ -20,10 +20,13 @@ const (
 	evInterrupted                   // SIGTERM/SIGINT before the outcome was final
 	evNotOffered                    // the task names a machine this agent did not offer
 	evJournalFault                  // the task's journal entry could not be written
+	evInteractiveOff                // an interactive task for an agent running with --interactive false
+	evInteractiveEnd                // an interactive build released, timed out or powered off at its breakpoint, without a result
 )
 
 var eventNames = [...]string{"result", "startup-exhausted", "timeout", "no-result", "bad-result", "forced-off",
-	"version", "machine-fault", "host-fault", "interrupted", "not-offered", "journal-fault"}
+	"version", "machine-fault", "host-fault", "interrupted", "not-offered", "journal-fault",
+	"interactive-off", "interactive-end"}
 
 func (e event) String() string { return eventNames[e] }
 
@@ -88,7 +91,10 @@ func decideOutcome(p phase, ev event) outcome {
 		o.Status, o.Backoff = "interrupt", hostBackoff
 	case evInterrupted:
 		o.Status = "interrupt"
-	case evNotOffered:
+	case evNotOffered, evInteractiveOff:
+		o.Status = "abort"
+	case evInteractiveEnd:
+		// A person had the machine: nothing is left to inspect.
 		o.Status = "abort"
 	case evJournalFault:
 		o.Status, o.Journaled, o.Backoff = "interrupt", false, hostBackoff

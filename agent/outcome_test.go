@@ -29,6 +29,10 @@ func TestDecideOutcome(t *testing.T) {
 		{buildPhase, evInterrupted, "interrupt", false, noBackoff, false},
 		{buildPhase, evNotOffered, "abort", false, noBackoff, false},
 		{buildPhase, evJournalFault, "interrupt", false, hostBackoff, false},
+		// Interactive builds: refused, or ended at the breakpoint without
+		// a result (released, timed out): abort, never held.
+		{buildPhase, evInteractiveOff, "abort", false, noBackoff, false},
+		{buildPhase, evInteractiveEnd, "abort", false, noBackoff, false},
 		{bootstrapPhase, evResult, "", false, noBackoff, true},
 		{bootstrapPhase, evTimeout, "abort", true, machineBackoff, false},
 		{bootstrapPhase, evStartupExhausted, "abort", true, machineBackoff, false},
@@ -49,7 +53,7 @@ func TestDecideOutcome(t *testing.T) {
 			t.Errorf("%v: state %s with hold %v", tc.ev, o.State(), o.Hold)
 		}
 	}
-	if len(eventNames) != int(evJournalFault)+1 {
+	if len(eventNames) != int(evInteractiveEnd)+1 {
 		t.Errorf("eventNames out of date")
 	}
 }

@@ -431,6 +431,7 @@ func (a *Agent) taskRequest(machines []*inventory.Machine) manifest.TaskRequest 
 		}
 		req.Machines = append(req.Machines, m.Header())
 	}
+	a.addInteractive(&req)
 	return req
 }
 

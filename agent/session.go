@@ -65,6 +65,9 @@ type session struct {
 	// bind, if set, overrides where TFTP is bound (--fake-machine: the
 	// loopback unless --tftp-address says otherwise).
 	bind string
+	// interactive, for an interactive build, waits at its breakpoint
+	// (interactive.go).
+	interactive *interactiveWait
 
 	undo        []func()
 	attempts    int
@@ -385,9 +388,11 @@ func (s *session) makeDirs() error {
 // waitResult waits for one of the result names to be uploaded completely,
 // the machine to power off, a refused or failed upload, or the timeout.
 func (s *session) waitResult(ctx context.Context) sessionReport {
-	deadline := time.Now().Add(s.timeout)
-	wctx, cancel := context.WithDeadline(ctx, deadline)
+	// The timeout cancels wctx; an interactive build's breakpoint resets it.
+	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	timeout := time.AfterFunc(s.timeout, cancel)
+	defer timeout.Stop()
 	var exited <-chan struct{} // never closes without a machine
 	if s.m != nil {
 		exited = s.m.Exited()
@@ -405,6 +410,9 @@ func (s *session) waitResult(ctx context.Context) sessionReport {
 				// guest powering off makes QEMU exit 0.
 				return sessionReport{ev: evHostFault, why: "QEMU ended abnormally: " + werr.Error()}
 			}
+			if s.interactive.waiting() {
+				return s.interactiveEnd(false)
+			}
 			return sessionReport{ev: evNoResult, why: errMachineExited.Error()}
 		case err != nil && ctx.Err() != nil:
 			if n, ok := s.q.completed(s.names); ok { // uploaded just as SIGTERM came
@@ -412,6 +420,8 @@ func (s *session) waitResult(ctx context.Context) sessionReport {
 				return sessionReport{ev: evResult, name: n}
 			}
 			return sessionReport{ev: evInterrupted, why: "interrupted while waiting for the result"}
+		case err != nil && s.interactive.waiting():
+			return s.interactiveEnd(true)
 		case err != nil:
 			return sessionReport{ev: evTimeout, why: fmt.Sprintf("%s timeout (%s) passed without a result", s.mode, s.timeout)}
 		}
@@ -422,6 +432,10 @@ func (s *session) waitResult(ctx context.Context) sessionReport {
 		case e.Kind == tftp.UploadCompleted && wanted:
 			s.uploaded = e.Time
 			return sessionReport{ev: evResult, name: name}
+		case e.Kind == tftp.UploadCompleted && name == interactiveName && s.interactive != nil && !s.interactive.waiting():
+			// At the breakpoint: --interactive-timeout from now on.
+			timeout.Reset(s.interactive.timeout)
+			s.reachBreakpoint(ctx)
 		case e.Kind == tftp.TransferFailed && e.Op == tftp.Put && e.Fault == tftp.FaultHost:
 			// The host could not store what the guest sent (ENOSPC, EIO):
 			// not the guest's fault.

@@ -154,6 +154,22 @@ its VM is paused and kept for inspection until it is released (see
 .B \-\-release
 and
 .BR \-\-suspend\-timeout ).
+With
+.B \-\-interactive true
+or
+.B both
+it asks for interactive builds too, naming the asking slot's console attach command as its interactive login;
+a worker at its breakpoint PUTs a file named
+.IR interactive ,
+after which its machine keeps running for up to
+.B \-\-interactive\-timeout
+and is listed by
+.B \-\-suspended
+until its result comes or
+.B \-\-release
+ends it
+.RB ( abort ,
+not held).
 One process runs up to
 .B \-\-slots
 tasks at once, as bbot's instances

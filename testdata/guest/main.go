@@ -294,8 +294,11 @@ func (g *guest) build() error {
 	if err != nil {
 		return err
 	}
-	res := manifest.Result{Name: task.Name(), Version: task.Version(), Status: "success"}
 	logf("build: task %s/%s", task.Name(), task.Version())
+	if bp := task.Interactive(); bp != "" && bp != "none" {
+		return g.interactive(task, bp) // interactive.go
+	}
+	res := manifest.Result{Name: task.Name(), Version: task.Version(), Status: "success"}
 	switch task.Name() {
 	case "hello":
 		res.Status = "success"
