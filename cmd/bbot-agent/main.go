@@ -435,13 +435,17 @@ func admin(o *agent.Options, stdout io.Writer) error {
 			return err
 		}
 		if s == nil {
-			fmt.Fprintln(stdout, "no suspended machine in", dir)
+			// A script must not take "nothing there" for done.
 			if held, _ := agent.ListSuspended(o.RunDir); len(held) > 0 {
 				for _, h := range held {
 					fmt.Fprintf(stdout, "instance %d holds one: add --instance %d\n", h.Instance, h.Instance)
 				}
 			}
-			return nil
+			option := "--release"
+			if o.Resume {
+				option = "--resume"
+			}
+			return fmt.Errorf("%s: no suspended machine in %s", option, dir)
 		}
 		printSuspended(stdout, o.Instance, s)
 		if o.Release {
