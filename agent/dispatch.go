@@ -559,7 +559,7 @@ func (a *Agent) markHeld(s *slot) {
 		a.mu.Unlock()
 		return
 	}
-	j.held = true
+	j.held, j.heldSince = true, time.Now()
 	tok := j.token
 	j.token = nil
 	what := j.machine
@@ -571,5 +571,29 @@ func (a *Agent) markHeld(s *slot) {
 		tok.Close()
 	}
 	a.setStatus(s, SlotState{Activity: ActivityHeld, Machine: what})
+	a.enforceSuspendMax()
 	a.signalChanged()
+}
+
+// enforceSuspendMax releases the oldest held machines beyond
+// --suspend-max (0: no cap): each held snapshot keeps its disk space.
+func (a *Agent) enforceSuspendMax() {
+	if a.Opts.SuspendMax <= 0 {
+		return
+	}
+	a.mu.Lock()
+	var held []*slot
+	for _, s := range a.slots {
+		if s.job != nil && s.job.held {
+			held = append(held, s)
+		}
+	}
+	slices.SortFunc(held, func(x, y *slot) int { return x.job.heldSince.Compare(y.job.heldSince) })
+	a.mu.Unlock()
+	for i := 0; i < len(held)-a.Opts.SuspendMax; i++ {
+		select {
+		case held[i].vms.evict <- struct{}{}:
+		default: // already told
+		}
+	}
 }

@@ -67,7 +67,7 @@ func New(o *Options, log *slog.Logger) (*Agent, error) {
 	for i := o.Instance; i < o.Instance+slots; i++ {
 		plan := PlanSlot(o, i)
 		vms := &VMs{Opts: o, Log: log.With("slot", i), Accel: accel, instance: i, runDir: plan.RunDir, tap: plan.Tap,
-			offset: plan.Offset, bootstrapPut: plan.TFTPBootstrapPut, vmHooks: hooks}
+			offset: plan.Offset, bootstrapPut: plan.TFTPBootstrapPut, vmHooks: hooks, evict: make(chan struct{}, 1)}
 		var err error
 		if vms.bind, vms.TFTPEndpoint, vms.GuestIP, vms.GatewayIP, err = tftpBind(o, plan); err != nil {
 			// Every tftpBind error is the bridge's: missing, no IPv4, or

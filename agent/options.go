@@ -118,6 +118,7 @@ type Options struct {
 	RunDir         string
 	PollInterval   time.Duration
 	SuspendTimeout time.Duration // 0 = hold a suspended machine forever
+	SuspendMax     int           // held machines kept at most, the oldest released first (0: no cap)
 	ResultTTL      time.Duration
 	// FailedTTL: results in failed/ older than this are purged (0: kept
 	// forever).
@@ -164,6 +165,7 @@ var Ranges = map[string]Range{
 	"slots":        {1, 99},
 	"instance":     {1, 99},
 	"instance-max": {0, 99}, // 0: no cap beyond the claimed instances
+	"suspend-max":  {0, 99}, // 0: no cap (at most one hold per slot anyway)
 	// Each bootstrap or build retry is a whole VM start (up to its startup
 	// timeout); each request retry waits up to a backoff maximum: 100 keeps
 	// the worst case to hours, not forever, and above bbot's usual values.
@@ -225,7 +227,7 @@ func (o *Options) Validate() error {
 	}
 	for _, n := range []numeric{
 		whole("toolchain-num", o.ToolchainNum), whole("slots", o.Slots), whole("instance", o.Instance),
-		whole("instance-max", o.InstanceMax), whole("verbose", o.Verbose), whole("cpu", o.CPU),
+		whole("instance-max", o.InstanceMax), whole("suspend-max", o.SuspendMax), whole("verbose", o.Verbose), whole("cpu", o.CPU),
 		whole("auxiliary-cpu", o.AuxiliaryCPU), whole("bootstrap-retries", o.BootstrapRetries),
 		whole("build-retries", o.BuildRetries), whole("request-retries", o.RequestRetries),
 		size("build-ram", o.RAM), size("ram-reserve", o.RAMReserve), size("min-free", o.MinFree),

@@ -539,6 +539,10 @@ func (s *session) hold(ctx context.Context, why string) {
 		timeout = t.C
 	}
 	h := heartOf(ctx)
+	select {
+	case <-v.evict: // meant for an earlier hold
+	default:
+	}
 held:
 	for {
 		select {
@@ -547,6 +551,9 @@ held:
 			break held
 		case <-timeout:
 			v.Log.Warn("suspend timeout passed, releasing machine", "snapshot", s.snapshot)
+			break held
+		case <-v.evict:
+			v.Log.Warn("releasing the oldest held machine: more are held than --suspend-max allows", "snapshot", s.snapshot, "suspend-max", v.Opts.SuspendMax)
 			break held
 		case <-ctx.Done():
 			break held

@@ -48,6 +48,7 @@ type job struct {
 	cpus      int
 	ram       uint64 // KiB
 	held      bool   // suspended for inspection: neither interruptible nor counted in priorities
+	heldSince time.Time
 	token     *os.File
 	cancel    context.CancelCauseFunc
 	done      chan struct{}

@@ -45,6 +45,8 @@ type VMs struct {
 	bootstrapPut string
 	// onHeld, if set, learns that the slot holds a machine for inspection.
 	onHeld func()
+	// evict ends the slot's hold (--suspend-max: it is the oldest).
+	evict chan struct{}
 	// onTransfer, if set, learns of each TFTP request once done (metrics).
 	onTransfer func(op tftp.Op, bytes int64, err error)
 

@@ -233,6 +233,7 @@ func flags(o *agent.Options, toolchainVer *string, trust *cli.StringSlice) []cli
 			secs("request-timeout", "controller request timeout", &o.RequestTimeout),
 			num("request-retries", "up to `N` controller request retries", &o.RequestRetries),
 			secs("suspend-timeout", "release a suspended machine after this long; 0 = never", &o.SuspendTimeout),
+			num("suspend-max", "keep at most `N` machines held for inspection, releasing the oldest first (each keeps its snapshot's disk space); 0 = no cap", &o.SuspendMax),
 			secs("result-ttl", "keep retrying a result upload this long", &o.ResultTTL),
 			secs("failed-ttl", "purge results kept in <state-dir>/failed/ this long after they failed; 0 = keep them", &o.FailedTTL),
 		),
