@@ -64,6 +64,19 @@ func requireNFT(t *testing.T) {
 	machinetest.Require(t, err == nil, "busybox not installed (apt-get install busybox-static)")
 }
 
+// plainWorkerE2E is a bridge-mode agent in the namespace whose machine
+// plays an unmodified worker, the bridge's DHCP server, and the strict
+// controller it polls.
+func plainWorkerE2E(t *testing.T) (*controllertest.Server, *e2e) {
+	requireNFT(t)
+	startDHCP(t)
+	srv := controllertest.New()
+	t.Cleanup(srv.Close)
+	e := bridgeE2E(t, controller.Controller{URL: srv.TaskURL()})
+	e.plainWorker("")
+	return srv, e
+}
+
 // redirectTables lists the bbot_ nftables tables.
 func redirectTables(t *testing.T) []string {
 	t.Helper()
@@ -90,13 +103,8 @@ func TestWorkerImage(t *testing.T) {
 	if !inNetns(t) {
 		return
 	}
-	requireNFT(t)
-	startDHCP(t)
-	srv := controllertest.New()
-	defer srv.Close()
+	srv, e := plainWorkerE2E(t)
 	srv.QueueTask("hello", testMachine)
-	e := bridgeE2E(t, controller.Controller{URL: srv.TaskURL()})
-	e.plainWorker("")
 
 	// What an agent killed while instance 2 ran leaves: its run dir, tap
 	// and redirect.
@@ -185,12 +193,7 @@ func TestWorkerImageCrash(t *testing.T) {
 	if !inNetns(t) {
 		return
 	}
-	requireNFT(t)
-	startDHCP(t)
-	srv := controllertest.New()
-	defer srv.Close()
-	e := bridgeE2E(t, controller.Controller{URL: srv.TaskURL()})
-	e.plainWorker("")
+	srv, e := plainWorkerE2E(t)
 	srv.QueueTask("hello", testMachine)
 	runCrashChild(t, e, "after-qemu-start", 0)
 	if tables := redirectTables(t); len(tables) != 2 {
