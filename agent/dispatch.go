@@ -451,7 +451,7 @@ func (a *Agent) pollOnce(ctx context.Context, scanned []*inventory.Machine) bool
 			return true
 		}
 	}
-	a.startTask(ctx, s, resp, m, prio, tok, received)
+	a.startTask(ctx, s, resp, m, auxiliaryOffered(offered), prio, tok, received)
 	return true
 }
 
@@ -518,13 +518,14 @@ func (a *Agent) preempt(ctx context.Context, victims []int, by string) *slot {
 }
 
 // startTask runs a task in slot s, in its own goroutine.
-func (a *Agent) startTask(ctx context.Context, s *slot, resp *manifest.TaskResponse, m *inventory.Machine, prio controller.Priority, tok *os.File, received time.Time) {
+func (a *Agent) startTask(ctx context.Context, s *slot, resp *manifest.TaskResponse, m *inventory.Machine, aux []*inventory.Machine, prio controller.Priority, tok *os.File, received time.Time) {
 	cpus := a.Opts.CPU
 	if prio.Boost() {
 		cpus = hostThreads() // bbot's F=1: all hardware threads
 	}
 	jctx, cancel := context.WithCancelCause(ctx)
-	j := &job{dir: m.Dir, machine: m.Header().Name, priority: prio, cpus: cpus, ram: taskRAM(a.Opts, m.Header()),
+	auxCPUs, auxMem := a.auxiliaryNeeds(resp.Task)
+	j := &job{dir: m.Dir, machine: m.Header().Name, priority: prio, cpus: cpus + auxCPUs, ram: taskRAM(a.Opts, m.Header()) + auxMem,
 		token: tok, cancel: cancel, done: make(chan struct{})}
 	a.mu.Lock()
 	s.job, s.jobMachine = j, m
@@ -534,7 +535,7 @@ func (a *Agent) startTask(ctx context.Context, s *slot, resp *manifest.TaskRespo
 		defer a.endJob(s, j)
 		jctx, untrack := a.hearts.track(jctx, fmt.Sprintf("slot %d task", s.n()))
 		defer untrack()
-		a.deliver(ctx, jctx, s, resp, []*inventory.Machine{m}, received, cpus, func() { a.markHeld(s) })
+		a.deliver(ctx, jctx, s, resp, append([]*inventory.Machine{m}, aux...), received, cpus, func() { a.markHeld(s) })
 		return nil
 	})
 }

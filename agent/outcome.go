@@ -20,10 +20,13 @@ const (
 	evInterrupted                   // SIGTERM/SIGINT before the outcome was final
 	evNotOffered                    // the task names a machine this agent did not offer
 	evJournalFault                  // the task's journal entry could not be written
+	evAuxiliaryUnknown              // the task names an auxiliary machine this agent did not offer
+	evAuxiliaryFault                // an auxiliary machine did not start or upload a valid environment
 )
 
 var eventNames = [...]string{"result", "startup-exhausted", "timeout", "no-result", "bad-result", "forced-off",
-	"version", "machine-fault", "host-fault", "interrupted", "not-offered", "journal-fault"}
+	"version", "machine-fault", "host-fault", "interrupted", "not-offered", "journal-fault",
+	"auxiliary-unknown", "auxiliary-fault"}
 
 func (e event) String() string { return eventNames[e] }
 
@@ -88,8 +91,12 @@ func decideOutcome(p phase, ev event) outcome {
 		o.Status, o.Backoff = "interrupt", hostBackoff
 	case evInterrupted:
 		o.Status = "interrupt"
-	case evNotOffered:
+	case evNotOffered, evAuxiliaryUnknown:
 		o.Status = "abort"
+	case evAuxiliaryFault:
+		// The build never ran: nothing to inspect in it, and the faulty
+		// auxiliary machine waits out its own backoff.
+		o.Status, o.Backoff = "abort", machineBackoff
 	case evJournalFault:
 		o.Status, o.Journaled, o.Backoff = "interrupt", false, hostBackoff
 	}

@@ -65,6 +65,11 @@ type session struct {
 	// bind, if set, overrides where TFTP is bound (--fake-machine: the
 	// loopback unless --tftp-address says otherwise).
 	bind string
+	// announceBound: the guest is told the address TFTP was bound to (an
+	// ephemeral port: auxiliary machines). tweak, if set, amends each
+	// attempt's QEMU configuration (auxiliary NICs and MACs).
+	announceBound bool
+	tweak         func(*machine.Config)
 
 	undo        []func()
 	attempts    int
@@ -201,6 +206,9 @@ func (s *session) start(ctx context.Context) (sessionReport, bool) {
 	}
 	prefix := s.prefix
 	cfg := v.machineConfig(s.mc, s.snapshot, s.mode, s.cpus)
+	if s.tweak != nil {
+		s.tweak(&cfg)
+	}
 	// The prefix reaches the guest through a file in the 0700 run dir,
 	// never on QEMU's command line (world-readable in /proc).
 	prefixFile := filepath.Join(v.runDir, "oem-prefix")
@@ -263,6 +271,9 @@ func (s *session) serve() (sessionReport, bool) {
 	conn, err := tftp.Listen(bind)
 	if err != nil {
 		return host("binding TFTP", err)
+	}
+	if s.announceBound {
+		v.TFTPEndpoint = conn.LocalAddr().String()
 	}
 	srv := &tftp.Server{ErrorLog: v.Log, OnTransfer: v.onTransfer}
 	served := make(chan struct{})
