@@ -56,10 +56,10 @@ type task struct {
 	// machines are those offered with it: where its auxiliary machines
 	// are found.
 	machines []*inventory.Machine
-	head   result.Head
-	rt     result.Task
-	entry  *journal.Entry
-	dirs   taskDirs
+	head     result.Head
+	rt       result.Task
+	entry    *journal.Entry
+	dirs     taskDirs
 }
 
 // handle performs one task: the journal entry first (with the signed

@@ -72,7 +72,9 @@ const maxGuestPrefix = 29
 
 // parseGuestRange parses a --guest-range value: an IPv4 prefix in canonical
 // form, so that what the admin wrote is the range used.
-func parseGuestRange(s string) (netip.Prefix, error) { return parseIPv4Prefix("guest-range", s, "10.0.0.128/25") }
+func parseGuestRange(s string) (netip.Prefix, error) {
+	return parseIPv4Prefix("guest-range", s, "10.0.0.128/25")
+}
 
 // parseIPv4Prefix parses an IPv4 ADDR/LEN option value in canonical form;
 // errors name the option and show example.
