@@ -222,7 +222,7 @@ func TestAuxiliaryRecovery(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	netnsIP(t, "", "link", "add", "bbx1other", "type", "dummy") // not ours
+	netnsIP(t, "", "link", "add", "bbx1other", "type", "bridge") // not ours
 	run := auxRunDir(plan.RunDir, 2)
 	os.MkdirAll(run, 0o700)
 	cmd := exec.Command("sleep", "300")
@@ -278,13 +278,13 @@ func TestParseEnvironment(t *testing.T) {
 		t.Errorf("got %q, %v; want %q", vars, err, want)
 	}
 	for data, reason := range map[string]string{
-		"A=1\nnot a variable\n":          "environment:2: expected NAME=value",
-		"pg-sql=1\n":                     `environment:1: invalid variable name "pg-sql"`,
-		"1A=1\n":                         `environment:1: invalid variable name "1A"`,
-		"A=1\nB=2\nA=3\n":                "environment:3: A redefinition",
-		"A=\x01\n":                       "environment:1: A: the value has control characters",
-		"A=\xff\n":                       "environment:1: A: the value has control characters or invalid UTF-8",
-		strings.Repeat("A", 17<<10):      "environment: larger than 16384 bytes",
+		"A=1\nnot a variable\n":           "environment:2: expected NAME=value",
+		"pg-sql=1\n":                      `environment:1: invalid variable name "pg-sql"`,
+		"1A=1\n":                          `environment:1: invalid variable name "1A"`,
+		"A=1\nB=2\nA=3\n":                 "environment:3: A redefinition",
+		"A=\x01\n":                        "environment:1: A: the value has control characters",
+		"A=\xff\n":                        "environment:1: A: the value has control characters or invalid UTF-8",
+		strings.Repeat("A", 17<<10):       "environment: larger than 16384 bytes",
 		strings.Repeat("V\n", 1) + "=1\n": `environment:1: expected NAME=value`,
 	} {
 		if _, err := parseEnvironment([]byte(data), "environment"); err == nil || !strings.Contains(err.Error(), reason) {
@@ -331,7 +331,7 @@ func TestAuxiliaryBlock(t *testing.T) {
 	}{
 		{"", 1, 1, "10.254.0.0/28", ""},
 		{"", 1, 2, "10.254.0.16/28", ""},
-		{"", 2, 1, "10.254.6.64/28", ""}, // offset 101: block 100
+		{"", 2, 1, "10.254.6.64/28", ""},      // offset 101: block 100
 		{"", 41, 96, "10.254.255.240/28", ""}, // offset 4096: the last block
 		{"", 41, 97, "", "invalid --auxiliary-range value '10.254.0.0/16': instance 97 of toolchain 41 needs /28 block number 4096, but the range holds 4096"},
 		{"172.30.0.0/20", 1, 99, "172.30.6.32/28", ""},
