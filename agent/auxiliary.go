@@ -341,7 +341,7 @@ func (a *Agent) auxiliaryNeeds(t *manifest.Task) (int, uint64) {
 	if len(reqs) == 0 || a.Opts.AuxiliaryRAM == 0 {
 		return 0, 0
 	}
-	return len(reqs) * a.Opts.AuxiliaryCPU, a.Opts.AuxiliaryRAM
+	return len(reqs) * auxCPUs(a.Opts), a.Opts.AuxiliaryRAM
 }
 
 // auxiliaryOffered are the offered auxiliary machines.
@@ -527,12 +527,19 @@ func (a *Agent) auxSession(t *task, n auxNet, k int, m *inventory.Machine, ram u
 	v.onHeld = nil
 	get, put := auxTFTPDirs(t.slot.plan, k)
 	name := m.Header().Name
-	return &session{v: &v, mode: "auxiliary", cpus: a.Opts.AuxiliaryCPU, mc: m.Manifest.Machine, source: m.Bootstrapped,
+	return &session{v: &v, mode: "auxiliary", cpus: auxCPUs(a.Opts), mc: m.Manifest.Machine, source: m.Bootstrapped,
 		get: get, put: put, getFiles: map[string][]byte{}, names: []string{auxEnvironmentName},
-		startup: a.Opts.BuildStartup, timeout: a.Opts.BootstrapAuxiliary, retries: a.Opts.BuildRetries,
+		startup: a.Opts.BuildStartup, timeout: cmp.Or(a.Opts.BootstrapAuxiliary, defaultBootstrapAuxiliary), retries: a.Opts.BuildRetries,
 		maxFile: maxEnvironment, maxTotal: 4 * maxEnvironment, entry: t.entry.ID, announceBound: true,
 		tweak: func(cfg *machine.Config) { cfg.MAC = SlotMAC(fmt.Sprintf("%s/aux%d", name, k), base.offset) }}
 }
+
+// auxCPUs is --auxiliary-cpu (a Go caller's zero: 1, bbot's default).
+func auxCPUs(o *Options) int { return max(o.AuxiliaryCPU, 1) }
+
+// defaultBootstrapAuxiliary is bbot's --bootstrap-auxiliary, for a Go
+// caller's zero.
+const defaultBootstrapAuxiliary = 900 * time.Second
 
 func auxRunDir(slotRun string, k int) string {
 	return filepath.Join(slotRun, auxRunPrefix+strconv.Itoa(k))
