@@ -20,7 +20,8 @@ const auxPort = "5432"
 // (DATABASE_HOST, DATABASE_PORT) and then answers every connection to port
 // 5432 with "aux-ok <address>" until it is powered off. The OEM string
 // bbot.test-aux (from the test machine manifest's options) makes it
-// misbehave: "silent" never uploads, "bad" uploads a malformed file.
+// misbehave: "silent" talks (a GET, so it counts as started) but never
+// uploads, "bad" uploads a malformed file.
 func (g *guest) auxiliary() error {
 	ip, _, _ := strings.Cut(g.oem["bbot.ip"], "/")
 	if ip == "" {
@@ -33,7 +34,8 @@ func (g *guest) auxiliary() error {
 	env := "# test auxiliary machine\nDATABASE_HOST=" + ip + "\nDATABASE_PORT=" + auxPort + "\n"
 	switch g.oem["bbot.test-aux"] {
 	case "silent":
-		logf("auxiliary: not uploading the environment (bbot.test-aux=silent)")
+		_, err := g.get("nothing")
+		logf("auxiliary: GET nothing: %v; not uploading the environment (bbot.test-aux=silent)", err)
 		select {}
 	case "bad":
 		env = "DATABASE_HOST=" + ip + "\nnot a variable\n"
