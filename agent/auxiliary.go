@@ -416,6 +416,9 @@ func (a *Agent) startAuxiliary(ctx context.Context, t *task) (*auxGroup, *auxFai
 	unknown := func(why string) (*auxGroup, *auxFailure) {
 		return nil, &auxFailure{ev: evAuxiliaryUnknown, why: why + "; no machine was booted"}
 	}
+	if t.mach.NoVM {
+		return unknown("--fake-machine runs no auxiliary machines")
+	}
 	if len(reqs) > maxAuxiliary {
 		return unknown(fmt.Sprintf("the task names %d auxiliary machines, more than %d", len(reqs), maxAuxiliary))
 	}
