@@ -449,3 +449,55 @@ func TestAuxiliaryQEMUArgs(t *testing.T) {
 		t.Error("a second NIC without a MAC accepted")
 	}
 }
+
+// auxQEMURunning reports whether a QEMU of slot 1's auxiliary machine 1 runs.
+func (e *e2e) auxQEMURunning() bool {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	dir := auxRunDir(e.slotRun(1), 1) + "/"
+	for _, p := range procs {
+		if data, err := os.ReadFile(p); err == nil && strings.Contains(string(data), dir) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestAuxiliaryHeld: a build held for inspection keeps its auxiliary
+// machine and private network up; both go down together when the hold
+// ends.
+func TestAuxiliaryHeld(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	srv := controllertest.New()
+	defer srv.Close()
+	srv.QueueTaskWith("hang", testMachine, manifest.NameValue{Name: "auxiliary-machine", Value: testAuxMachine})
+	e := bridgeE2E(t, controller.Controller{URL: srv.TaskURL()})
+	e.addAuxiliaryMachine("")
+	e.opts.BuildTimeout, e.opts.SuspendTimeout = 15*time.Second, 0
+	held := make(chan *machine.Machine, 1)
+	e.onSuspend = func(m *machine.Machine) { held <- m }
+	e.start()
+	select {
+	case <-held:
+	case <-time.After(240 * time.Second):
+		t.Fatal("the build machine was never held")
+	}
+	n := auxNet{offset: PlanSlot(&e.opts, 1).Offset}
+	if _, err := net.InterfaceByName(n.Bridge()); err != nil || !e.auxQEMURunning() {
+		t.Errorf("while the build is held: bridge %v, auxiliary QEMU running %v", err, e.auxQEMURunning())
+	}
+	if _, err := ReleaseSuspended(e.slotRun(1)); err != nil {
+		t.Fatal(err)
+	}
+	results := srv.WaitResults(1, 60*time.Second)
+	if r := resultOf(results, "hang"); r == nil || r.Status != "abort" {
+		t.Fatalf("results %+v", results)
+	}
+	// The result is sent in parallel with the teardown.
+	for deadline := time.Now().Add(30 * time.Second); e.auxQEMURunning() && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+	}
+	e.shutdown()
+	e.checkHost(t)
+	e.checkNoAuxInterfaces(t)
+}
