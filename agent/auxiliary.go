@@ -42,8 +42,8 @@ const (
 	auxEnvironmentName = "environment"
 	maxEnvironment     = 16 << 10
 	maxEnvironmentVars = 256
-	// auxRunDirPattern under the slot's run dir holds an auxiliary VM's
-	// sockets and record (short: sockets must fit in sun_path).
+	// <slot run dir>/a<k> holds auxiliary machine k's sockets and VM
+	// record (short: sockets must fit in sun_path).
 	auxRunPrefix = "a"
 )
 
@@ -492,7 +492,9 @@ func (a *Agent) startAuxiliary(ctx context.Context, t *task) (*auxGroup, *auxFai
 				why = fmt.Sprintf("auxiliary machine %s (%s) did not upload its environment within --bootstrap-auxiliary (%s)", name, r.field(), a.Opts.BootstrapAuxiliary)
 			}
 			return fail(&auxFailure{ev: evAuxiliaryFault, why: why + s.consoleNote(), dir: ms[i].Dir})
-		default:
+		case evInterrupted:
+			return fail(&auxFailure{ev: rep.ev, why: interruptNote(ctx)})
+		default: // host faults, the snapshot's machine fault
 			return fail(&auxFailure{ev: rep.ev, why: "auxiliary machine " + name + ": " + rep.why, dir: ms[i].Dir})
 		}
 		data, err := os.ReadFile(filepath.Join(s.put, rep.name))
