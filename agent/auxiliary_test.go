@@ -426,18 +426,6 @@ func TestAuxiliaryOffer(t *testing.T) {
 	}
 }
 
-func TestAuxiliaryOutcomes(t *testing.T) {
-	if o := decideOutcome(buildPhase, evAuxiliaryUnknown); o.Status != "abort" || o.Hold || o.Backoff != noBackoff {
-		t.Errorf("unknown auxiliary machine: %+v", o)
-	}
-	if o := decideOutcome(buildPhase, evAuxiliaryFault); o.Status != "abort" || o.Hold || o.Backoff != machineBackoff {
-		t.Errorf("auxiliary machine fault: %+v", o)
-	}
-	if evAuxiliaryFault.String() != "auxiliary-fault" || evAuxiliaryUnknown.String() != "auxiliary-unknown" {
-		t.Error("event names")
-	}
-}
-
 func TestAuxiliaryQEMUArgs(t *testing.T) {
 	cfg := machine.Config{Dir: "/m", RunDir: "/r", Accel: "tcg", CPUs: 1, RAM: 65536, Network: "bridge", Tap: "bb1", AuxTap: "bby1", AuxMAC: "02:00:00:00:00:01"}
 	args, err := cfg.Args()

@@ -29,6 +29,9 @@ func TestDecideOutcome(t *testing.T) {
 		{buildPhase, evInterrupted, "interrupt", false, noBackoff, false},
 		{buildPhase, evNotOffered, "abort", false, noBackoff, false},
 		{buildPhase, evJournalFault, "interrupt", false, hostBackoff, false},
+		// Auxiliary machines: nothing was built, nothing is held.
+		{buildPhase, evAuxiliaryUnknown, "abort", false, noBackoff, false},
+		{buildPhase, evAuxiliaryFault, "abort", false, machineBackoff, false},
 		{bootstrapPhase, evResult, "", false, noBackoff, true},
 		{bootstrapPhase, evTimeout, "abort", true, machineBackoff, false},
 		{bootstrapPhase, evStartupExhausted, "abort", true, machineBackoff, false},
@@ -49,7 +52,7 @@ func TestDecideOutcome(t *testing.T) {
 			t.Errorf("%v: state %s with hold %v", tc.ev, o.State(), o.Hold)
 		}
 	}
-	if len(eventNames) != int(evJournalFault)+1 {
+	if len(eventNames) != int(evAuxiliaryFault)+1 {
 		t.Errorf("eventNames out of date")
 	}
 }
