@@ -222,11 +222,23 @@ func (a *Agent) offerable(h manifest.MachineHeader) bool {
 			a.Log.Info("auxiliary machines are not offered: --auxiliary-ram is 0", "machine", h.Name)
 		})
 		return false
+	case !auxiliaryName(h.Name):
+		if _, logged := a.auxBadNames.LoadOrStore(h.Name, true); !logged {
+			a.Log.Warn("auxiliary machine not offered: its name needs <arch>-<os>[-...] (brep refuses the whole request otherwise)", "machine", h.Name)
+		}
+		return false
 	case h.RAMMinimum > o.AuxiliaryRAM:
 		a.Log.Debug("auxiliary machine not offered: its ram-minimum exceeds --auxiliary-ram", "machine", h.Name, "ram-minimum", h.RAMMinimum)
 		return false
 	}
 	return true
+}
+
+// auxiliaryName: brep derives an auxiliary machine's configuration name
+// by dropping the first (architecture) component, so it needs two.
+func auxiliaryName(name string) bool {
+	arch, rest, ok := strings.Cut(name, "-")
+	return ok && arch != "" && rest != "" && !strings.HasPrefix(rest, "-")
 }
 
 // auxRequest is one auxiliary machine a task names: auxiliary-machine-<env>

@@ -384,7 +384,7 @@ func TestAuxiliaryOffer(t *testing.T) {
 		return inventory.FakeMachine(manifest.MachineHeader{ID: name, Name: name, Summary: "s", Role: role, RAMMinimum: minimum})
 	}
 	ms := []*inventory.Machine{mk("x86_64-linux_b", "", 0), mk("x86_64-linux_big", "build", 4<<20), mk("x86_64-linux_pg", "auxiliary", 1<<20),
-		mk("x86_64-linux_pgbig", "auxiliary", 3<<20)}
+		mk("x86_64-linux_pgbig", "auxiliary", 3<<20), mk("postgresql", "auxiliary", 0), mk("x86_64--pg", "auxiliary", 0)}
 	names := func(req manifest.TaskRequest) string {
 		var ns []string
 		for _, h := range req.Machines {

@@ -94,8 +94,10 @@ type Agent struct {
 	pendingTimings sync.Map
 	// Metrics, if set, records the daemon's metrics (EnableMetrics).
 	Metrics *metrics.Metrics
-	// auxOffNotice logs once that auxiliary machines are not offered.
+	// auxOffNotice logs once that auxiliary machines are not offered;
+	// auxBadNames, each badly named auxiliary machine once.
 	auxOffNotice sync.Once
+	auxBadNames  sync.Map
 }
 
 // taskTimings are the agent's own costs around a task.
