@@ -489,3 +489,32 @@ func TestAuxiliaryHeld(t *testing.T) {
 	e.checkHost(t)
 	e.checkNoAuxInterfaces(t)
 }
+
+// TestAuxiliaryCrash: the agent is SIGKILLed once the build machine
+// started beside its auxiliary machine (crash point after-qemu-start); the
+// restarted agent kills both QEMUs by their records, deletes their
+// snapshots, removes the private bridge and taps, and reports interrupt.
+func TestAuxiliaryCrash(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	srv := controllertest.New()
+	defer srv.Close()
+	srv.QueueTaskWith("hello", testMachine, manifest.NameValue{Name: "auxiliary-machine-pgsql", Value: testAuxMachine})
+	e := bridgeE2E(t, controller.Controller{URL: srv.TaskURL()})
+	e.addAuxiliaryMachine("")
+	runCrashChild(t, e, "after-qemu-start", 0)
+	n := auxNet{offset: PlanSlot(&e.opts, 1).Offset}
+	if _, err := net.InterfaceByName(n.Bridge()); err != nil || !e.auxQEMURunning() {
+		t.Fatalf("after the crash: bridge %v, auxiliary QEMU running %v", err, e.auxQEMURunning())
+	}
+	runRecovered(t, e, srv, 0)
+	if rs := srv.Results(); len(rs) != 1 || rs[0].Request.Result.Status != "interrupt" {
+		t.Errorf("results %+v, want one interrupt", rs)
+	}
+	if e.auxQEMURunning() {
+		t.Error("the auxiliary machine's QEMU survived the restart")
+	}
+	checkNothingLeft(t, e)
+	e.checkNoAuxInterfaces(t)
+}
