@@ -45,6 +45,8 @@ const (
 	// <slot run dir>/a<k> holds auxiliary machine k's sockets and VM
 	// record (short: sockets must fit in sun_path).
 	auxRunPrefix = "a"
+	// minMachineRAM (KiB) is machine.Config's floor.
+	minMachineRAM = 64 << 10
 )
 
 func isAuxiliary(h manifest.MachineHeader) bool { return h.Role == "auxiliary" }
@@ -61,7 +63,7 @@ func (o *Options) validateAuxiliary() error {
 	}
 	ram := strconv.FormatUint(o.AuxiliaryRAM, 10)
 	switch {
-	case o.AuxiliaryRAM < Ranges["build-ram"].minKiB():
+	case o.AuxiliaryRAM < minMachineRAM:
 		return &OptionError{"auxiliary-ram", ram, "must be 0 (no auxiliary machines) or at least 65536 KiB, one machine's minimum"}
 	case o.Network == "user":
 		return &OptionError{"auxiliary-ram", ram, "auxiliary machines need --network bridge (they live on a private bridge the agent makes); use 0 with --network user"}
@@ -76,8 +78,6 @@ func (o *Options) validateAuxiliary() error {
 	}
 	return nil
 }
-
-func (r Range) minKiB() uint64 { return uint64(r.Min) }
 
 func parseAuxiliaryRange(s string) (netip.Prefix, error) {
 	p, err := parseIPv4Prefix("auxiliary-range", s, DefaultAuxiliaryRange)
@@ -340,7 +340,7 @@ func auxRAM(total uint64, hs []manifest.MachineHeader) ([]uint64, error) {
 		if h.RAMMaximum > 0 && r > h.RAMMaximum {
 			r = h.RAMMaximum
 		}
-		rams[i] = max(r, Ranges["build-ram"].minKiB())
+		rams[i] = max(r, minMachineRAM)
 	}
 	return rams, nil
 }
