@@ -356,6 +356,19 @@ func (a *Agent) auxiliaryNeeds(t *manifest.Task) (int, uint64) {
 	return len(reqs) * auxCPUs(a.Opts), a.Opts.AuxiliaryRAM
 }
 
+// auxiliaryDirs are the directories of the auxiliary machines among aux
+// that the task names: in use by its job from its start (before their
+// locks are taken), so they are not offered again meanwhile.
+func auxiliaryDirs(t *manifest.Task, aux []*inventory.Machine) []string {
+	var dirs []string
+	for _, r := range auxiliaryRequests(t) {
+		if m := findMachineIf(aux, r.Machine, isAuxiliary); m != nil && !slices.Contains(dirs, m.Dir) {
+			dirs = append(dirs, m.Dir)
+		}
+	}
+	return dirs
+}
+
 // auxiliaryOffered are the offered auxiliary machines.
 func auxiliaryOffered(offered map[string]*inventory.Machine) []*inventory.Machine {
 	var ms []*inventory.Machine

@@ -518,3 +518,17 @@ func TestAuxiliaryCrash(t *testing.T) {
 	checkNothingLeft(t, e)
 	e.checkNoAuxInterfaces(t)
 }
+
+// TestAuxiliaryInUse: a running task's auxiliary machines are not offered
+// again, even before its locks are taken.
+func TestAuxiliaryInUse(t *testing.T) {
+	task, _ := manifest.ParseTask(strings.NewReader(": 1\nname: p\nversion: 1\nrepository-url: u\nmachine: b\nauxiliary-machine-db: x86_64-linux_pg\ntarget: t\n"), "task")
+	pg := &inventory.Machine{Dir: "/m/pg", Manifest: manifest.BootstrappedMachine{Machine: manifest.Machine{MachineHeader: manifest.MachineHeader{Name: "x86_64-linux_pg", Role: "auxiliary"}}}}
+	other := &inventory.Machine{Dir: "/m/other", Manifest: manifest.BootstrappedMachine{Machine: manifest.Machine{MachineHeader: manifest.MachineHeader{Name: "x86_64-linux_other", Role: "auxiliary"}}}}
+	build := &inventory.Machine{Dir: "/m/b"}
+	a := &Agent{slots: []*slot{{job: &job{dir: "/m/b", auxDirs: auxiliaryDirs(task, []*inventory.Machine{pg, other})}}}}
+	_, _, free := a.slotState([]*inventory.Machine{build, pg, other})
+	if len(free) != 1 || free[0] != other {
+		t.Errorf("free machines %+v, want only %s", free, other.Dir)
+	}
+}

@@ -353,6 +353,9 @@ func (a *Agent) slotState(scanned []*inventory.Machine) (running []runningTask, 
 			continue
 		}
 		inUse[j.dir] = true
+		for _, d := range j.auxDirs {
+			inUse[d] = true
+		}
 		if !j.bootstrap && !j.held && s.jobMachine != nil {
 			busy[j.machine] = s.jobMachine
 		}
@@ -525,7 +528,7 @@ func (a *Agent) startTask(ctx context.Context, s *slot, resp *manifest.TaskRespo
 	}
 	jctx, cancel := context.WithCancelCause(ctx)
 	auxCPUs, auxMem := a.auxiliaryNeeds(resp.Task)
-	j := &job{dir: m.Dir, machine: m.Header().Name, priority: prio, cpus: cpus + auxCPUs, ram: taskRAM(a.Opts, m.Header()) + auxMem,
+	j := &job{dir: m.Dir, auxDirs: auxiliaryDirs(resp.Task, aux), machine: m.Header().Name, priority: prio, cpus: cpus + auxCPUs, ram: taskRAM(a.Opts, m.Header()) + auxMem,
 		token: tok, cancel: cancel, done: make(chan struct{})}
 	a.mu.Lock()
 	s.job, s.jobMachine = j, m
