@@ -532,3 +532,30 @@ func TestAuxiliaryInUse(t *testing.T) {
 		t.Errorf("free machines %+v, want only %s", free, other.Dir)
 	}
 }
+
+// TestAuxiliaryInterrupt: SIGINT while an auxiliary machine is up and the
+// build machine not yet booted reports interrupt and tears everything
+// down.
+func TestAuxiliaryInterrupt(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	srv := controllertest.New()
+	defer srv.Close()
+	srv.QueueTaskWith("hello", testMachine, manifest.NameValue{Name: "auxiliary-machine", Value: testAuxMachine})
+	e := bridgeE2E(t, controller.Controller{URL: srv.TaskURL()})
+	e.addAuxiliaryMachine("silent")
+	e.opts.BootstrapAuxiliary = 600 * time.Second
+	e.start()
+	for deadline := time.Now().Add(240 * time.Second); !e.auxQEMURunning() && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+	}
+	if !e.auxQEMURunning() {
+		t.Fatal("the auxiliary machine never started")
+	}
+	e.shutdown()
+	if rs := srv.Results(); len(rs) != 1 || rs[0].Request.Result.Status != "interrupt" {
+		t.Fatalf("results %+v, want one interrupt", rs)
+	}
+	e.checkHost(t)
+	e.checkNoAuxInterfaces(t)
+}
