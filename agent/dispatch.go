@@ -103,6 +103,15 @@ func (a *Agent) dispatch(ctx context.Context) {
 		if err != nil && ctx.Err() == nil {
 			a.Log.Error("enumerating machines", "error", err)
 		}
+		a.takeResends(ctx)
+		a.purgeFailed(time.Now())
+		a.markSeen(time.Now())
+		// Below the free-space floor nothing new starts (a full disk
+		// would fail it mid-way, as a host fault): a host backoff.
+		if why := a.checkFreeSpace(); why != "" {
+			a.lowSpaceBackoff(why)
+			continue
+		}
 		a.startBootstraps(ctx, pending)
 		worked := false
 		if ctx.Err() == nil {

@@ -32,6 +32,7 @@ type e2e struct {
 	root      string
 	onSuspend func(*machine.Machine)
 	onStatus  func(string)
+	onBoot    func(snapshot string, attempt int)
 	// maxUploadTar, if set, lowers upload.tar's cap; onTimings receives
 	// each delivered task's timings.
 	maxUploadTar int64
@@ -99,6 +100,7 @@ func (e *e2e) start() {
 	a.Client.Min, a.Client.Max = 10*time.Millisecond, 50*time.Millisecond
 	a.Sender.Min, a.Sender.Max = 10*time.Millisecond, 100*time.Millisecond
 	a.VMs.onSuspend = e.onSuspend
+	a.VMs.onBoot = e.onBoot
 	a.VMs.maxUpload = 8 << 20 // the "huge" task reaches the cap in seconds, even on a loaded host
 	a.VMs.maxUploadTar = e.maxUploadTar
 	a.onTimings = e.onTimings

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"path/filepath"
 	"time"
 
 	"github.com/build2/bbot-agent-go/agent/controller"
@@ -71,12 +70,14 @@ func (a *Agent) metricsSnapshot() metrics.Snapshot {
 			snap.Journal[string(state)] += n
 		}
 	}
-	failed := filepath.Join(a.Opts.StateDir, "failed")
+	failed := journal.FailedDir(a.Opts.StateDir)
 	n, err := journal.CountFailed(failed)
 	if err != nil {
 		a.Log.Debug("metrics: reading failed results", "dir", failed, "error", err)
 	}
 	snap.Failed = n
+	free, low := a.freeSpace()
+	snap.FreeSpace, snap.LowSpace = free, low != ""
 	return snap
 }
 

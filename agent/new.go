@@ -54,6 +54,11 @@ func New(o *Options, log *slog.Logger) (*Agent, error) {
 		log.Warn("--qemu-user is empty: QEMU runs as root (still under -sandbox)")
 	}
 
+	if o.Network == "bridge" && !o.FakeBootstrap && !o.FakeBuild && o.FakeMachine == "" {
+		if err := machine.HaveNFT(); err != nil {
+			return nil, &ConfigError{err}
+		}
+	}
 	accel := &machine.Accel{Requested: o.Accel, StateFile: filepath.Join(o.StateDir, "accel"), Log: log}
 	hooks := &vmHooks{}
 	// Zero values (a Go caller's Options) mean the defaults.
@@ -100,7 +105,7 @@ func New(o *Options, log *slog.Logger) (*Agent, error) {
 	}
 	a.Client = &controller.Client{Controllers: o.Controllers, HTTP: httpClient, Retries: o.RequestRetries, Log: log,
 		Min: time.Second, Max: 60 * time.Second, Rand: newRand(), UserAgent: UserAgent()}
-	a.Sender = &journal.Sender{Client: httpClient, TTL: o.ResultTTL, Failed: filepath.Join(o.StateDir, "failed"), Log: log, UserAgent: UserAgent(),
+	a.Sender = &journal.Sender{Client: httpClient, TTL: o.ResultTTL, Failed: journal.FailedDir(o.StateDir), Log: log, UserAgent: UserAgent(),
 		Min: time.Second, Max: 5 * time.Minute, AbortForm: result.AbortForm, Finalize: finalizeBody,
 		Delivered: func(*journal.Entry) { crash.Point("after-post") }, Watchdog: senderWatchdog{a.hearts},
 		UploadDelivered: func(*journal.Entry) { crash.Point("after-upload-post") }}

@@ -11,7 +11,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -61,7 +60,7 @@ type Options struct {
 	// slot's private network for its auxiliary machines.
 	AuxiliaryRange string
 
-	Interactive        string // "false" (the only value supported yet), "true" or "both"
+	Interactive        string // "false", "true" or "both": sent as interactive-mode (README "Interactive builds")
 	InteractiveTimeout time.Duration
 
 	// Accepted for bbot compatibility and ignored: the agent signs and
@@ -102,7 +101,16 @@ type Options struct {
 	ShowSuspended bool
 	Release       bool
 	Resume        bool
-	ShowStatus    bool // --status: what the running agent does
+	ShowStatus    bool   // --status: what the running agent does
+	ShowResults   bool   // --results: the journal and failed/, read-only
+	Resend        string // --resend ID: queue a failed result for sending again
+	// --toolchains lists every toolchain's bootstrapped snapshots; --retire
+	// TC removes TC's; --retire-unused removes those of toolchains no
+	// agent ran for RetireAfter.
+	ShowToolchains bool
+	Retire         string
+	RetireUnused   bool
+	RetireAfter    time.Duration
 
 	QEMU           string // QEMU binary (default qemu-system-x86_64 on PATH)
 	QEMUUser       string // -runas user when the agent is root; "" keeps QEMU root
@@ -114,12 +122,23 @@ type Options struct {
 	PollInterval   time.Duration
 	SuspendTimeout time.Duration // 0 = hold a suspended machine forever
 	ResultTTL      time.Duration
-	Metrics        string // HOST:PORT serving Prometheus /metrics (daemon only); "" = off
+	// FailedTTL: results in failed/ older than this are purged (0: kept
+	// forever).
+	FailedTTL time.Duration
+	// MinFree (KiB) is the free-space floor of the machines, TFTP and
+	// state filesystems: below it no bootstrap or task starts (0: none).
+	MinFree uint64
+	Metrics string // HOST:PORT serving Prometheus /metrics (daemon only); "" = off
 
 	Controllers []controller.Controller
 }
 
-// maxSeconds bounds every duration option: a week. Longer time limits,
+// DefaultRetireAfter is --retire-after's default: a toolchain no agent ran
+// for 30 days is unused.
+const DefaultRetireAfter = 30 * 24 * time.Hour
+
+// maxSeconds bounds every duration option but --failed-ttl (a retention,
+// not a wait): a week. Longer time limits,
 // intervals or holds are mistakes (a unit confusion), and time arithmetic on
 // them stays far from overflowing.
 const maxSeconds = 7 * 24 * 3600
@@ -160,6 +179,7 @@ var Ranges = map[string]Range{
 	"auxiliary-ram":       {0, 1 << 30}, // KiB; 0: no auxiliary machines
 	"cpu-overcommit":      {0.1, 16},
 	"ram-reserve":         {0, 1 << 30}, // KiB
+	"min-free":            {0, 1 << 40}, // KiB: up to 1 PiB
 	"verbose":             {0, 6},
 	"bootstrap-startup":   {1, maxSeconds},
 	"bootstrap-timeout":   {1, maxSeconds},
@@ -169,6 +189,8 @@ var Ranges = map[string]Range{
 	"request-timeout":     {1, maxSeconds},
 	"poll-interval":       {1, maxSeconds},
 	"result-ttl":          {1, maxSeconds},
+	"failed-ttl":          {0, 366 * 86400}, // 0: keep forever; a year at most, past a week like no other
+	"retire-after":        {86400, 366 * 86400},
 	"suspend-timeout":     {0, maxSeconds}, // 0: hold forever
 	"bootstrap-auxiliary": {1, maxSeconds},
 	"interactive-timeout": {1, maxSeconds},
@@ -209,7 +231,7 @@ func (o *Options) Validate() error {
 		whole("instance-max", o.InstanceMax), whole("verbose", o.Verbose), whole("cpu", o.CPU),
 		whole("auxiliary-cpu", o.AuxiliaryCPU), whole("bootstrap-retries", o.BootstrapRetries),
 		whole("build-retries", o.BuildRetries), whole("request-retries", o.RequestRetries),
-		size("build-ram", o.RAM), size("ram-reserve", o.RAMReserve), size("auxiliary-ram", o.AuxiliaryRAM),
+		size("build-ram", o.RAM), size("ram-reserve", o.RAMReserve), size("min-free", o.MinFree), size("auxiliary-ram", o.AuxiliaryRAM),
 		{"cpu-overcommit", o.CPUOvercommit, formatBound(o.CPUOvercommit), ""},
 	} {
 		if r := Ranges[n.name]; !r.Contains(n.v) {
@@ -228,9 +250,7 @@ func (o *Options) Validate() error {
 		return err
 	}
 	switch o.Interactive {
-	case "false":
-	case "true", "both":
-		return &OptionError{"interactive", o.Interactive, "interactive builds are not supported yet"}
+	case "false", "true", "both":
 	default:
 		return &OptionError{"interactive", o.Interactive, "must be 'false', 'true' or 'both'"}
 	}
@@ -264,6 +284,9 @@ func (o *Options) Validate() error {
 	default:
 		return &OptionError{"accel", o.Accel, "must be 'auto', 'kvm' or 'tcg'"}
 	}
+	if o.RetireAfter == 0 {
+		o.RetireAfter = DefaultRetireAfter // a Go caller's zero value
+	}
 	for _, d := range []struct {
 		name string
 		v    time.Duration
@@ -272,7 +295,7 @@ func (o *Options) Validate() error {
 		{"connect-timeout", o.ConnectTimeout}, {"request-timeout", o.RequestTimeout},
 		{"poll-interval", o.PollInterval}, {"result-ttl", o.ResultTTL},
 		{"suspend-timeout", o.SuspendTimeout}, {"bootstrap-auxiliary", o.BootstrapAuxiliary},
-		{"interactive-timeout", o.InteractiveTimeout}} {
+		{"interactive-timeout", o.InteractiveTimeout}, {"failed-ttl", o.FailedTTL}, {"retire-after", o.RetireAfter}} {
 		r := Ranges[d.name]
 		// Min is 0 or 1: positive, allowing the sub-second values Go
 		// callers may set.
@@ -292,7 +315,7 @@ func (o *Options) Validate() error {
 		o.StateDir = filepath.Join("/var/lib/bbot-agent", o.ToolchainName)
 	}
 	if o.RunDir == "" {
-		o.RunDir = filepath.Join("/run/bbot-agent", o.ToolchainName)
+		o.RunDir = DefaultRunDir(o.ToolchainName)
 	}
 	// Each slot's QMP sockets live in <run-dir>/<instance>/: they must fit
 	// in a UNIX socket path, checked now rather than at every task.
@@ -329,17 +352,17 @@ func validateMetrics(addr string) error {
 // maxToolchainName is the longest --toolchain-name accepted: it becomes part
 // of file names (<machine>-<toolchain>~<random>), which are limited to 255
 // bytes.
-const maxToolchainName = 64
+const maxToolchainName = inventory.MaxToolchainName
 
 // toolchainName is the --toolchain-name character set: ASCII letters, digits
 // and '_', '.', '+', '-', starting with a letter or digit.
-var toolchainName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.+-]*$`)
+var toolchainName = inventory.ToolchainNameChars
 
 // protocolLike matches names that would collide with the admin's machine
 // names: <machine>-<P> is the link to the image and <machine>-<P>.<R> the
 // image itself (inventory.BootstrapProtocol is P), so all-digit names and names
 // starting with digits and a dot are refused.
-var protocolLike = regexp.MustCompile(`^[0-9]+(\.|$)`)
+var protocolLike = inventory.ProtocolLike
 
 // validateToolchainName checks a --toolchain-name value: it names the
 // bootstrapped snapshot <machine>-<toolchain> beside the admin's images and
@@ -372,7 +395,8 @@ func (o *Options) QEMURunAs() string {
 
 // AdminCommand reports whether an admin command was asked for.
 func (o *Options) AdminCommand() bool {
-	return o.ShowSuspended || o.Release || o.Resume || o.ShowStatus
+	return o.ShowSuspended || o.Release || o.Resume || o.ShowStatus || o.ShowResults || o.Resend != "" ||
+		o.ShowToolchains || o.Retire != "" || o.RetireUnused
 }
 
 func validTrust(fp string) bool {

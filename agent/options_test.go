@@ -247,8 +247,8 @@ func TestOptionsStrings(t *testing.T) {
 		reason string // "" for accepted
 	}{
 		{"interactive", func(o *Options) { o.Interactive = "false" }, ""},
-		{"interactive", func(o *Options) { o.Interactive = "true" }, "interactive builds are not supported yet"},
-		{"interactive", func(o *Options) { o.Interactive = "both" }, "interactive builds are not supported yet"},
+		{"interactive", func(o *Options) { o.Interactive = "true" }, ""},
+		{"interactive", func(o *Options) { o.Interactive = "both" }, ""},
 		{"interactive", func(o *Options) { o.Interactive = "" }, "must be 'false', 'true' or 'both'"},
 		{"interactive", func(o *Options) { o.Interactive = "False" }, "must be 'false', 'true' or 'both'"},
 		{"interactive", func(o *Options) { o.Interactive = "yes" }, "must be 'false', 'true' or 'both'"},

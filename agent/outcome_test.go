@@ -29,6 +29,10 @@ func TestDecideOutcome(t *testing.T) {
 		{buildPhase, evInterrupted, "interrupt", false, noBackoff, false},
 		{buildPhase, evNotOffered, "abort", false, noBackoff, false},
 		{buildPhase, evJournalFault, "interrupt", false, hostBackoff, false},
+		// Interactive builds: refused, or ended at the breakpoint without
+		// a result (released, timed out): abort, never held.
+		{buildPhase, evInteractiveOff, "abort", false, noBackoff, false},
+		{buildPhase, evInteractiveEnd, "abort", false, noBackoff, false},
 		// Auxiliary machines: nothing was built, nothing is held.
 		{buildPhase, evAuxiliaryUnknown, "abort", false, noBackoff, false},
 		{buildPhase, evAuxiliaryFault, "abort", false, machineBackoff, false},

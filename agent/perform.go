@@ -123,6 +123,11 @@ func (a *Agent) handle(ctx context.Context, sl *slot, resp *manifest.TaskRespons
 		a.settle(t, outcome{Status: "abort", Journaled: true}, "--fake-build: no machine was booted")
 		return t.entry, func() {}
 	}
+	if note := a.interactiveRefusal(t.task); note != "" {
+		t.slot.log.Warn("task refused: "+note, "package", t.rt.Name, "machine", t.mach.Header().Name)
+		a.settle(t, decideOutcome(buildPhase, evInteractiveOff), note)
+		return t.entry, func() {}
+	}
 	a.setStatus(sl, SlotState{Activity: ActivityBuilding, Task: t.rt.Name + "/" + t.rt.Version, Machine: t.mach.Header().Name})
 	return t.entry, a.perform(ctx, t, received)
 }
@@ -240,6 +245,7 @@ func (a *Agent) perform(ctx context.Context, t *task, received time.Time) func()
 	}
 	s.maxSizes = map[string]int64{uploadTarName: cmp.Or(s.v.maxUploadTar, maxUploadTar)}
 	s.maxTotal = 4*s.maxFile + s.maxSizes[uploadTarName]
+	a.interactive(t, s)
 	if s.noVM {
 		s.bind = fakeBind(o, t.slot.plan)
 		t.slot.log.Log(ctx, logx.LevelNotice, "serving the task over TFTP with no VM (--fake-machine): GET manifest, PUT result.manifest[.lz4] and upload.tar",

@@ -38,7 +38,11 @@ type Agent struct {
 
 	// VMs are the first slot's machine sessions (the one-shot modes use
 	// that slot; tests set the shared hooks through it).
-	VMs        *VMs
+	VMs *VMs
+	// lastPurge is when failed/ was last purged (purgeFailed).
+	lastPurge  time.Time
+	floor      diskFloor // the last free-space check
+	lastSeen   time.Time // when the toolchain was last marked in use (markSeen)
 	Enumerator *inventory.Enumerator
 	Client     *controller.Client
 	// Journal is the first slot's task journal (opened by Run, Next and
@@ -167,6 +171,8 @@ func (a *Agent) open(ctx context.Context) error {
 	for _, s := range a.slots {
 		a.recoverJournal(ctx, s.journal)
 	}
+	a.takeResends(ctx)
+	a.purgeFailed(time.Now())
 	for _, s := range a.slots {
 		a.removeTFTPDirs(s.plan)
 	}
@@ -221,11 +227,11 @@ func (a *Agent) recoverOtherInstances() {
 					a.recoverReceived(j, e)
 				}
 			}
-			k, err := a.Journal.Adopt(j)
+			ids, err := a.Journal.Adopt(j)
 			if err != nil {
 				a.Log.Error("taking over another instance's journal", "instance", n, "error", err)
 			}
-			adopted += k
+			adopted += len(ids)
 			j.Close()
 		}
 		a.removeTFTPDirs(plan)
@@ -307,6 +313,15 @@ func (a *Agent) killLeftoversIn(s *slot, slotSockets bool) {
 	for _, n := range sockets {
 		if err := machine.RemoveSocket(filepath.Join(run, n)); err != nil {
 			s.log.Warn("removing a stale socket", "error", err)
+		}
+	}
+	// The worker redirect and the tap, by the slot's own names.
+	if slotSockets && a.Opts.Network == "bridge" {
+		if err := machine.RemoveRedirect(redirectTable(s.plan.Offset)); err != nil {
+			s.log.Warn("removing a worker redirect left by a previous agent", "error", err)
+		}
+		if err := machine.DeleteTap(s.plan.Tap); err != nil {
+			s.log.Warn("removing a tap left by a previous agent", "error", err)
 		}
 	}
 	// The TFTP directories are removed once the journal is recovered: a
@@ -421,6 +436,7 @@ func (a *Agent) taskRequest(machines []*inventory.Machine) manifest.TaskRequest 
 	if a.Opts.Network == "bridge" {
 		req.AuxiliaryRAM = a.Opts.AuxiliaryRAM
 	}
+	a.addInteractive(&req)
 	return req
 }
 

@@ -70,6 +70,9 @@ type session struct {
 	// attempt's QEMU configuration (auxiliary NICs and MACs).
 	announceBound bool
 	tweak         func(*machine.Config)
+	// interactive, for an interactive build, waits at its breakpoint
+	// (interactive.go).
+	interactive *interactiveWait
 
 	undo        []func()
 	attempts    int
@@ -80,6 +83,8 @@ type session struct {
 	qemuStarted time.Time
 	uploaded    time.Time
 	prefix      string // this attempt's TFTP session prefix
+	// redirectTo is this attempt's redirect listener (bridge mode).
+	redirectTo netip.AddrPort
 
 	// snapshotTook is what the last attempt's btrfs snapshot took.
 	snapshotTook time.Duration
@@ -226,6 +231,13 @@ func (s *session) start(ctx context.Context) (sessionReport, bool) {
 			return host("tap", err)
 		}
 		s.push(v.dropTap)
+		if s.redirectTo.IsValid() {
+			r := machine.Redirect{Table: v.redirectTable(), Tap: cfg.Tap, MAC: cfg.MAC, Mark: v.redirectMark(), To: s.redirectTo}
+			if err := machine.InstallRedirect(r); err != nil {
+				return host("installing the worker redirect (nftables)", err)
+			}
+			s.push(v.dropRedirect)
+		}
 	}
 	if v.onBoot != nil {
 		v.onBoot(s.snapshot, s.attempts)
@@ -258,7 +270,10 @@ func (s *session) start(ctx context.Context) (sessionReport, bool) {
 	return sessionReport{}, true
 }
 
-// serve binds TFTP and installs the session's directories and mapping.
+// serve binds TFTP and installs the session's directories and mapping. In
+// bridge mode a second server, the target of the slot's redirect of
+// unmodified bbot workers (see machine.Redirect), serves the same mapping
+// to requests without the prefix.
 func (s *session) serve() (sessionReport, bool) {
 	v := s.v
 	host := func(step string, err error) (sessionReport, bool) {
@@ -268,25 +283,28 @@ func (s *session) serve() (sessionReport, bool) {
 	if s.bind != "" {
 		bind = s.bind
 	}
-	conn, err := tftp.Listen(bind)
+	srv, bound, err := s.listen(bind)
 	if err != nil {
 		return host("binding TFTP", err)
 	}
 	if s.announceBound {
-		v.TFTPEndpoint = conn.LocalAddr().String()
+		v.TFTPEndpoint = bound.String()
 	}
-	srv := &tftp.Server{ErrorLog: v.Log, OnTransfer: v.onTransfer}
-	served := make(chan struct{})
-	go func() {
-		srv.Serve(conn) // returns only after Shutdown
-		close(served)
-	}()
-	s.push(func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(sctx)
-		<-served
-	})
+	var redirect *tftp.Server
+	s.redirectTo = netip.AddrPort{}
+	if v.redirects() && !s.noVM && !s.announceBound { // auxiliary machines: no redirect (README)
+		// On the bridge's own address (the DNAT target), whatever
+		// --tftp-address says; a port of its own per attempt.
+		gw, err := netip.ParseAddr(v.GatewayIP)
+		if err != nil {
+			return host("the redirect listener", err)
+		}
+		var addr *net.UDPAddr
+		if redirect, addr, err = s.listen(netip.AddrPortFrom(gw, 0).String()); err != nil {
+			return host("binding the redirect TFTP listener", err)
+		}
+		s.redirectTo = addr.AddrPort()
+	}
 
 	if err := s.makeDirs(); err != nil {
 		return host("TFTP directories", err)
@@ -311,9 +329,39 @@ func (s *session) serve() (sessionReport, bool) {
 	s.q, s.mp, s.transfers = newEventQueue(), mp, nil
 	mp.Notify, mp.Log = s.q.Notify, v.Log
 	srv.SetHandler(mp)
-	s.push(func() { srv.SetHandler(nil); mp.Close() })
+	if redirect != nil {
+		redirect.SetHandler(mp.Redirected())
+	}
+	s.push(func() {
+		srv.SetHandler(nil)
+		if redirect != nil {
+			redirect.SetHandler(nil)
+		}
+		mp.Close()
+	})
 
 	return sessionReport{}, true
+}
+
+// listen binds a TFTP server to addr and serves it until teardown.
+func (s *session) listen(addr string) (*tftp.Server, *net.UDPAddr, error) {
+	conn, err := tftp.Listen(addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	srv := &tftp.Server{ErrorLog: s.v.Log, OnTransfer: s.v.onTransfer}
+	served := make(chan struct{})
+	go func() {
+		srv.Serve(conn) // returns only after Shutdown
+		close(served)
+	}()
+	s.push(func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+		<-served
+	})
+	return srv, conn.LocalAddr().(*net.UDPAddr), nil
 }
 
 // makeDirs creates empty TFTP directories (leftovers of a crash are
@@ -351,9 +399,11 @@ func (s *session) makeDirs() error {
 // waitResult waits for one of the result names to be uploaded completely,
 // the machine to power off, a refused or failed upload, or the timeout.
 func (s *session) waitResult(ctx context.Context) sessionReport {
-	deadline := time.Now().Add(s.timeout)
-	wctx, cancel := context.WithDeadline(ctx, deadline)
+	// The timeout cancels wctx; an interactive build's breakpoint resets it.
+	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	timeout := time.AfterFunc(s.timeout, cancel)
+	defer timeout.Stop()
 	var exited <-chan struct{} // never closes without a machine
 	if s.m != nil {
 		exited = s.m.Exited()
@@ -371,6 +421,9 @@ func (s *session) waitResult(ctx context.Context) sessionReport {
 				// guest powering off makes QEMU exit 0.
 				return sessionReport{ev: evHostFault, why: "QEMU ended abnormally: " + werr.Error()}
 			}
+			if s.interactive.waiting() {
+				return s.interactiveEnd(false)
+			}
 			return sessionReport{ev: evNoResult, why: errMachineExited.Error()}
 		case err != nil && ctx.Err() != nil:
 			if n, ok := s.q.completed(s.names); ok { // uploaded just as SIGTERM came
@@ -378,6 +431,8 @@ func (s *session) waitResult(ctx context.Context) sessionReport {
 				return sessionReport{ev: evResult, name: n}
 			}
 			return sessionReport{ev: evInterrupted, why: "interrupted while waiting for the result"}
+		case err != nil && s.interactive.waiting():
+			return s.interactiveEnd(true)
 		case err != nil:
 			return sessionReport{ev: evTimeout, why: fmt.Sprintf("%s timeout (%s) passed without a result", s.mode, s.timeout)}
 		}
@@ -388,6 +443,10 @@ func (s *session) waitResult(ctx context.Context) sessionReport {
 		case e.Kind == tftp.UploadCompleted && wanted:
 			s.uploaded = e.Time
 			return sessionReport{ev: evResult, name: name}
+		case e.Kind == tftp.UploadCompleted && name == interactiveName && s.interactive != nil && !s.interactive.waiting():
+			// At the breakpoint: --interactive-timeout from now on.
+			timeout.Reset(s.interactive.timeout)
+			s.reachBreakpoint(ctx)
 		case e.Kind == tftp.TransferFailed && e.Op == tftp.Put && e.Fault == tftp.FaultHost:
 			// The host could not store what the guest sent (ENOSPC, EIO):
 			// not the guest's fault.

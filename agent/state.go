@@ -23,12 +23,15 @@ const (
 	ActivityBootstrapping Activity = "bootstrapping"
 	ActivityBuilding      Activity = "building"
 	ActivityHeld          Activity = "held"
-	ActivityStopping      Activity = "stopping"
+	// ActivityInteractive: an interactive build waits at its breakpoint,
+	// its machine running for a person on its console.
+	ActivityInteractive Activity = "interactive"
+	ActivityStopping    Activity = "stopping"
 )
 
 // Activities lists every activity, in a fixed order (metrics export one
 // series per activity).
-var Activities = []Activity{ActivityIdle, ActivityBootstrapping, ActivityBuilding, ActivityHeld, ActivityStopping}
+var Activities = []Activity{ActivityIdle, ActivityBootstrapping, ActivityBuilding, ActivityHeld, ActivityInteractive, ActivityStopping}
 
 // SlotState is one slot's activity.
 type SlotState struct {
@@ -36,6 +39,7 @@ type SlotState struct {
 	Activity Activity  `json:"activity"`
 	Machine  string    `json:"machine,omitempty"` // machine name or directory
 	Task     string    `json:"task,omitempty"`    // <package>/<version> while building
+	Console  string    `json:"console,omitempty"` // console socket, while interactive
 	Since    time.Time `json:"since"`
 }
 
@@ -48,6 +52,8 @@ func (s SlotState) part() string {
 		return "building " + s.Task + " on " + s.Machine
 	case ActivityHeld:
 		return "holding " + s.Machine + " for inspection"
+	case ActivityInteractive:
+		return "interactive " + s.Task + " on " + s.Machine + " at its breakpoint"
 	case "":
 		return string(ActivityIdle)
 	}

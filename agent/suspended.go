@@ -31,6 +31,9 @@ type Suspended struct {
 	AdminSocket   string    `json:"qmp"`
 	Since         time.Time `json:"since"`
 	Reason        string    `json:"reason"`
+	// Interactive: an interactive build at its breakpoint, running (not
+	// paused); --release ends the build (abort).
+	Interactive bool `json:"interactive,omitempty"`
 }
 
 func writeSuspended(runDir string, s Suspended) error {
@@ -78,6 +81,11 @@ func adminCommand(runDir, execute string) (*Suspended, error) {
 	s, err := ReadSuspended(runDir)
 	if err != nil || s == nil {
 		return s, err
+	}
+	if execute == "quit" && s.Interactive {
+		if err := markReleased(runDir); err != nil {
+			return s, err
+		}
 	}
 	_, err = machine.AdminCommand(s.AdminSocket, execute)
 	return s, err

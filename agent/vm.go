@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -146,6 +147,28 @@ func bridgeAddresses(o *Options, plan SlotPlan) (bind, guest, gw string, err err
 func (v *VMs) dropTap() {
 	if v.Opts.Network == "bridge" {
 		machine.DeleteTap(v.tap)
+	}
+}
+
+// redirects says whether sessions redirect unmodified bbot workers' TFTP
+// (196.254.111.222:69) to the slot: in bridge mode, always.
+func (v *VMs) redirects() bool { return v.Opts.Network == "bridge" }
+
+// redirectTable names the slot's nftables tables (bridge and ip family):
+// bbot_<offset>, unique on the host like the tap.
+func (v *VMs) redirectTable() string { return redirectTable(v.offset) }
+
+func redirectTable(offset int) string { return "bbot_" + strconv.Itoa(offset) }
+
+// redirectMark is the firewall mark of the slot's guest's frames:
+// 0x62620000 ("bb") plus the offset.
+func (v *VMs) redirectMark() uint32 { return redirectMark(v.offset) }
+
+func redirectMark(offset int) uint32 { return 0x62620000 | uint32(offset) }
+
+func (v *VMs) dropRedirect() {
+	if err := machine.RemoveRedirect(v.redirectTable()); err != nil {
+		v.Log.Error("removing the worker redirect", "table", v.redirectTable(), "error", err)
 	}
 }
 

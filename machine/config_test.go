@@ -2,6 +2,7 @@ package machine
 
 import (
 	"flag"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -260,5 +261,34 @@ func TestAccel(t *testing.T) {
 	}
 	if got := (&Accel{Requested: "auto", KVMUsable: func() bool { return false }}).Current(); got != "tcg" {
 		t.Errorf("auto without kvm: %s", got)
+	}
+}
+
+// TestRedirectScript: the nft transaction names only the slot's own
+// tables, and bad values never reach nft.
+func TestRedirectScript(t *testing.T) {
+	good := Redirect{Table: "bbot_7", Tap: "bb7", MAC: "02:aa:bb:cc:00:07", Mark: 0x62620007, To: netip.MustParseAddrPort("10.0.0.1:40000")}
+	s, err := good.script()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"delete table bridge bbot_7", "delete table ip bbot_7", `iifname "bb7" ether saddr != 02:aa:bb:cc:00:07 drop`,
+		"meta mark 0x62620007 ip daddr 196.254.111.222 udp dport 69 dnat to 10.0.0.1:40000", "ip daddr 10.0.0.1 udp dport 40000 meta mark != 0x62620007 drop"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("script lacks %q:\n%s", want, s)
+		}
+	}
+	for _, bad := range []Redirect{
+		{Table: "bbot 7; flush ruleset", Tap: "bb7", MAC: good.MAC, To: good.To},
+		{Table: "bbot_7", Tap: `bb7" accept`, MAC: good.MAC, To: good.To},
+		{Table: "bbot_7", Tap: "bb7", MAC: "02:aa:bb:cc:00:07:08:09", To: good.To},
+		{Table: "bbot_7", Tap: "bb7", MAC: good.MAC, To: netip.MustParseAddrPort("[fd00::1]:69")},
+	} {
+		if _, err := bad.script(); err == nil {
+			t.Errorf("%+v accepted", bad)
+		}
+	}
+	if err := RemoveRedirect("x; flush ruleset"); err == nil {
+		t.Error("RemoveRedirect took a bad table name")
 	}
 }

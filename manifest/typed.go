@@ -530,6 +530,10 @@ func (t *Task) Name() string    { return t.Fields.Value("name") }
 func (t *Task) Version() string { return t.Fields.Value("version") }
 func (t *Task) Machine() string { return t.Fields.Value("machine") }
 
+// Interactive is the task's interactive breakpoint (none, error, warning
+// or a worker step id); "" for a task without one.
+func (t *Task) Interactive() string { return t.Fields.Value("interactive") }
+
 func decodeTask(stream string, m *Manifest) (*Task, error) {
 	d := newDecoder(stream, "task", m)
 	single := []string{"name", "version", "repository-url", "repository-type",

@@ -2,6 +2,8 @@ package tftp
 
 import (
 	"bytes"
+	"context"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -81,5 +83,43 @@ func TestSourceAddress(t *testing.T) {
 	os.WriteFile(filepath.Join(e2.get, "manifest"), []byte("task\n"), 0o644)
 	if data, err := get(t, e2, "manifest"); err != nil || string(data) != "task\n" {
 		t.Errorf("GET from the guest's address: %q %v", data, err)
+	}
+}
+
+// TestRedirected: the same mapping behind a second server through
+// Redirected serves requests without the prefix, from another address;
+// the first server still refuses them. Both report to the same events.
+func TestRedirected(t *testing.T) {
+	e := startServer(t, func(s *Server, m *Mapping) {
+		m.Prefix, m.Source = "5ecret", netip.MustParseAddr("127.0.0.2")
+	})
+	os.WriteFile(filepath.Join(e.get, "task.manifest"), []byte("task\n"), 0o644)
+	if _, err := get(t, e, "task.manifest"); err == nil {
+		t.Fatal("the prefixed server served a bare name")
+	}
+	redirected := &Server{ErrorLog: testLogger(t), Anticipate: 1}
+	redirected.SetHandler(e.mapping.Redirected())
+	conn, err := Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go redirected.Serve(conn)
+	t.Cleanup(func() { redirected.Shutdown(context.Background()) })
+	r := &testEnv{addr: conn.LocalAddr().(*net.UDPAddr)}
+	if data, err := get(t, r, "task.manifest"); err != nil || string(data) != "task\n" {
+		t.Fatalf("redirected GET: %q %v", data, err)
+	}
+	if err := put(t, r, "result.manifest", []byte("result\n")); err != nil {
+		t.Fatalf("redirected PUT: %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(e.put, "result.manifest")); string(b) != "result\n" {
+		t.Errorf("put/result.manifest %q", b)
+	}
+	if evs := e.eventsOf(UploadCompleted); len(evs) != 1 || evs[0].Name != "result.manifest" {
+		t.Errorf("upload events %+v", evs)
+	}
+	// Still confined to the mapping's directories.
+	if _, err := get(t, r, "../put/result.manifest"); err == nil {
+		t.Error("redirected GET escaped the get dir")
 	}
 }

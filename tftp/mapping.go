@@ -361,9 +361,25 @@ func (m *Mapping) maxSize(name string) int64 {
 	return m.MaxFileSize
 }
 
+// Redirected returns a handler that serves m to requests without the
+// session prefix, from any address. It is for a server only the session's
+// guest can reach: bridge mode's redirect of unmodified bbot workers,
+// where nftables lets through only the frames of the guest's own tap and
+// MAC. Such a worker knows no prefix and takes its address by DHCP.
+func (m *Mapping) Redirected() Handler {
+	return HandlerFunc(func(r *Request) error {
+		r.redirected = true
+		return m.ServeTFTP(r)
+	})
+}
+
 // admit checks the request's source and session prefix, stripping the
 // prefix from r.Filename; it returns why a request is refused, or "".
+// Requests through Redirected are admitted as they are.
 func (m *Mapping) admit(r *Request) string {
+	if r.redirected {
+		return ""
+	}
 	if m.Source.IsValid() {
 		if a, ok := netip.AddrFromSlice(r.Remote.IP); !ok || a.Unmap() != m.Source.Unmap() {
 			return "source address is not the guest's"

@@ -48,8 +48,10 @@ type Request struct {
 	// found); abort closes it to wake a blocked receive.
 	conn      *net.UDPConn
 	untracked bool // a Mapping is done with it (guarded by the Mapping's mu)
-	abortOnce sync.Once
-	aborted   atomic.Pointer[error]
+	// redirected: served through Mapping.Redirected (no prefix, any source).
+	redirected bool
+	abortOnce  sync.Once
+	aborted    atomic.Pointer[error]
 	// transferred is what ReadFrom or WriteTo moved, for OnTransfer.
 	transferred int64
 	// lockStep, if set, is the server whose own lock-step loop serves

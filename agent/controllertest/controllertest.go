@@ -275,6 +275,10 @@ func (s *Server) buildTask(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, http.StatusBadRequest, err.Error())
 		return
 	}
+	if msg := interactiveError(tr); msg != "" {
+		s.fail(w, http.StatusBadRequest, msg)
+		return
+	}
 	s.mu.Lock()
 	s.requests = append(s.requests, tr)
 	auth := s.keys != nil

@@ -284,8 +284,12 @@ func (j *Journal) Remove(id string) error {
 
 // Entries lists the entries, oldest first. Unreadable entries are
 // returned as errors beside the readable ones.
-func (j *Journal) Entries() ([]*Entry, error) {
-	ents, err := os.ReadDir(j.dir)
+func (j *Journal) Entries() ([]*Entry, error) { return ReadEntries(j.dir) }
+
+// ReadEntries returns the entries in the journal directory dir by id,
+// without taking the instance (for --results beside a running agent).
+func ReadEntries(dir string) ([]*Entry, error) {
+	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -296,7 +300,7 @@ func (j *Journal) Entries() ([]*Entry, error) {
 		if !ok || strings.HasPrefix(id, ".") {
 			continue
 		}
-		e, err := j.read(id)
+		e, err := readEntry(filepath.Join(dir, de.Name()), id)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -305,22 +309,6 @@ func (j *Journal) Entries() ([]*Entry, error) {
 	}
 	sort.Slice(out, func(a, b int) bool { return out[a].ID < out[b].ID })
 	return out, errors.Join(errs...)
-}
-
-func (j *Journal) read(id string) (*Entry, error) {
-	data, err := os.ReadFile(j.metaPath(id))
-	if err != nil {
-		return nil, err
-	}
-	var e Entry
-	if err := json.Unmarshal(data, &e); err != nil {
-		return nil, fmt.Errorf("journal entry %s: %w", id, err)
-	}
-	if e.Version > FormatVersion {
-		return nil, fmt.Errorf("journal entry %s: format %d is newer than this agent's %d", id, e.Version, FormatVersion)
-	}
-	e.ID = id
-	return &e, nil
 }
 
 // Fail moves an entry that cannot be delivered to failedDir, with a .why
@@ -345,12 +333,13 @@ func (j *Journal) Fail(e *Entry, failedDir, why string) error {
 // while j sends them. Its files (body, kept result, upload archives) are
 // linked first and the entry renamed after: a crash in between leaves the
 // entry whole in from (and unreferenced files in j, swept), never lost.
-func (j *Journal) Adopt(from *Journal) (int, error) {
+// It returns the ids of the entries it moved.
+func (j *Journal) Adopt(from *Journal) ([]string, error) {
 	ents, err := os.ReadDir(from.dir)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	n := 0
+	var moved []string
 	var errs []error
 	for _, de := range ents {
 		id, ok := strings.CutSuffix(de.Name(), ".json")
@@ -379,9 +368,9 @@ func (j *Journal) Adopt(from *Journal) (int, error) {
 		for _, f := range files {
 			os.Remove(filepath.Join(from.dir, f))
 		}
-		n++
+		moved = append(moved, id)
 	}
-	return n, errors.Join(errs...)
+	return moved, errors.Join(errs...)
 }
 
 // Orphans opens the instance directories below stateDir/journal that no

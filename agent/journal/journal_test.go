@@ -247,9 +247,9 @@ func TestAdopt(t *testing.T) {
 	other.Receive(b, []byte("body b"))
 	// A crash mid-move of b: its body is already linked here.
 	os.Link(other.BodyPath(b.ID), own.BodyPath(b.ID))
-	n, err := own.Adopt(other)
-	if err != nil || n != 2 {
-		t.Fatalf("Adopt: %d, %v", n, err)
+	ids, err := own.Adopt(other)
+	if err != nil || len(ids) != 2 || ids[0] != a.ID || ids[1] != b.ID {
+		t.Fatalf("Adopt: %v, %v (want %s, %s)", ids, err, a.ID, b.ID)
 	}
 	left, _ := os.ReadDir(other.Path())
 	for _, de := range left {

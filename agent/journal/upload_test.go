@@ -292,8 +292,8 @@ func TestUploadFiles(t *testing.T) {
 		t.Errorf("after the sweep: %s", got)
 	}
 	other, _ := Open(Dir(state, 2))
-	if n, err := other.Adopt(j); n != 1 || err != nil {
-		t.Fatalf("Adopt: %d, %v", n, err)
+	if ids, err := other.Adopt(j); len(ids) != 1 || err != nil {
+		t.Fatalf("Adopt: %v, %v", ids, err)
 	}
 	if got := strings.Join(names(other), " "); got != ".lock .json .req .src .up0.tar .up1.tar" {
 		t.Errorf("adopted: %s", got)

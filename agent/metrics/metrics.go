@@ -260,6 +260,17 @@ type Snapshot struct {
 	// Journal counts this process's journal entries by state.
 	Journal map[string]int
 	Failed  int // results in <state-dir>/failed/
+	// FreeSpace is the free space of the filesystems the agent writes
+	// (machines, TFTP root, state dir) as last checked; LowSpace is set
+	// while one is below the floor (--min-free).
+	FreeSpace []FreeSpace
+	LowSpace  bool
+}
+
+// FreeSpace is one filesystem's free space, named by a directory on it.
+type FreeSpace struct {
+	Path  string
+	Bytes uint64
 }
 
 // Slot is one slot at a scrape.
@@ -276,7 +287,7 @@ type stateCollector struct {
 	activities    []string
 	journalStates []string
 
-	slots, held, heldSeconds, backoffActive, backoffRemaining, draining, withheld, journal, failed *prometheus.Desc
+	slots, held, heldSeconds, backoffActive, backoffRemaining, draining, withheld, journal, failed, freeSpace, lowSpace *prometheus.Desc
 }
 
 func newStateCollector(c Config) *stateCollector {
@@ -295,12 +306,14 @@ func newStateCollector(c Config) *stateCollector {
 		withheld:         d("withheld_machines", "Machines withheld after a machine fault, waiting out their backoff."),
 		journal:          d("journal_entries", "This process's task journal entries (results not yet delivered), by state.", "state"),
 		failed:           d("failed_results", "Results that could not be delivered, kept in <state-dir>/failed/."),
+		freeSpace:        d("free_space_bytes", "Free space of each filesystem the agent writes (machines, TFTP root, state dir), as last checked.", "path"),
+		lowSpace:         d("low_space", "1 while a filesystem the agent writes has less free space than --min-free (no bootstrap or task starts), else 0."),
 	}
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.slots, c.held, c.heldSeconds, c.backoffActive, c.backoffRemaining,
-		c.draining, c.withheld, c.journal, c.failed} {
+		c.draining, c.withheld, c.journal, c.failed, c.freeSpace, c.lowSpace} {
 		ch <- d
 	}
 }
@@ -349,6 +362,10 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.journal, float64(s.Journal[st]), st)
 	}
 	gauge(c.failed, float64(s.Failed))
+	for _, fs := range s.FreeSpace {
+		gauge(c.freeSpace, float64(fs.Bytes), fs.Path)
+	}
+	gauge(c.lowSpace, flag(s.LowSpace))
 }
 
 // Server serves /metrics over HTTP (see Listen).

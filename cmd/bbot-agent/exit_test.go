@@ -6,9 +6,12 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/build2/bbot-agent-go/agent/journal"
 )
 
 // TestExitStatus: each class of error has its exit status, and its one
@@ -91,8 +94,6 @@ func TestExitStatus(t *testing.T) {
 			`^` + regexp.QuoteMeta(badTask) + `:3:1: error: name redefinition\n$`},
 		{"auth key missing", agentArgs("key", "--auth-key", filepath.Join(dir, "none.pem"), "http://localhost/"), exitConfig,
 			`^bbot-agent: error: invalid --auth-key value '.*none\.pem': `},
-		{"bridge missing", []string{"--network", "bridge", "--bridge", "bbnosuch0", "http://localhost/"}, exitConfig,
-			`^bbot-agent: error: --bridge bbnosuch0: `},
 		{"state dir not creatable", agentArgs("state", "--state-dir", filepath.Join(file, "state"), "http://localhost/"), exitConfig,
 			`^bbot-agent: error: --state-dir: mkdir .*: not a directory\n$`},
 		{"instance claimed", agentArgs("claimed", "http://localhost/"), exitConfig,
@@ -116,5 +117,72 @@ func TestExitStatus(t *testing.T) {
 				t.Errorf("stderr does not match %q:\n%s", c.stderr, stderr.String())
 			}
 		})
+	}
+}
+
+// TestExitBridgeMode: bridge mode needs nft(8) (only that it can be run
+// is checked, first) and the bridge.
+func TestExitBridgeMode(t *testing.T) {
+	stub := t.TempDir()
+	if err := os.WriteFile(filepath.Join(stub, "nft"), []byte("#!/bin/sh\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ name, path, stderr string }{
+		{"nft missing", t.TempDir(), `^bbot-agent: error: nft \(nftables\) not found: `},
+		{"bridge missing", stub, `^bbot-agent: error: --bridge bbnosuch0: `},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Setenv("PATH", c.path)
+			var stderr bytes.Buffer
+			status := run([]string{"bbot-agent", "--network", "bridge", "--bridge", "bbnosuch0", "http://localhost/"}, io.Discard, &stderr)
+			if status != exitConfig || !regexp.MustCompile(c.stderr).MatchString(stderr.String()) {
+				t.Errorf("exit status %d, want %d; stderr does not match %q:\n%s", status, exitConfig, c.stderr, stderr.String())
+			}
+		})
+	}
+}
+
+// TestResultsCommands: --results lists the journal and failed/ with why;
+// --resend queues a failed result once, and exits 1 naming the option
+// when failed/ does not hold the id.
+func TestResultsCommands(t *testing.T) {
+	state := t.TempDir()
+	j, err := journal.Open(journal.Dir(state, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pending := &journal.Entry{URL: "http://x/?build-result", Package: "waiting", PackageVersion: "1.0.0", Status: "success"}
+	failed := &journal.Entry{URL: "http://x/?build-result", Package: "lost", PackageVersion: "2.0.0", Status: "abort"}
+	for _, e := range []*journal.Entry{pending, failed} {
+		if err := j.Receive(e, []byte(": 1\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := j.Fail(failed, journal.FailedDir(state), "result TTL passed: HTTP 503"); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	cmd := func(args ...string) (int, string, string) {
+		var stdout, stderr bytes.Buffer
+		status := run(append([]string{"bbot-agent", "--state-dir", state}, args...), &stdout, &stderr)
+		return status, stdout.String(), stderr.String()
+	}
+	status, out, _ := cmd("--results")
+	for _, want := range []string{pending.ID, "received", "waiting/1.0.0", failed.ID, "lost/2.0.0", "result TTL passed: HTTP 503", "--failed-ttl 2592000"} {
+		if status != 0 || !strings.Contains(out, want) {
+			t.Errorf("--results: status %d, output lacks %q:\n%s", status, want, out)
+		}
+	}
+	if status, out, _ := cmd("--resend", failed.ID); status != 0 || !strings.Contains(out, "queued "+failed.ID) {
+		t.Errorf("--resend: status %d:\n%s", status, out)
+	}
+	if status, _, stderr := cmd("--resend", failed.ID); status != exitFailure || !strings.Contains(stderr, "--resend: "+failed.ID+": no such result in failed/") {
+		t.Errorf("second --resend: status %d, stderr %q", status, stderr)
+	}
+	if status, _, stderr := cmd("--resend", "../x"); status != exitFailure || !strings.Contains(stderr, "is not a result id") {
+		t.Errorf("--resend ../x: status %d, stderr %q", status, stderr)
+	}
+	if _, out, _ := cmd("--results"); strings.Contains(out, failed.ID) {
+		t.Errorf("--results still lists the queued result as failed:\n%s", out)
 	}
 }

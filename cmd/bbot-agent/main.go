@@ -410,8 +410,17 @@ func dumpMachines(ctx context.Context, o *agent.Options, stdout io.Writer, log *
 // admin runs --suspended (every slot), --release or --resume (the slot of
 // --instance) against the run directory.
 func admin(o *agent.Options, stdout io.Writer) error {
-	if o.ShowStatus {
+	switch {
+	case o.ShowStatus:
 		return showStatus(o, stdout, time.Now())
+	case o.ShowResults:
+		return showResults(o, stdout)
+	case o.Resend != "":
+		return resend(o, stdout)
+	case o.ShowToolchains:
+		return showToolchains(o, stdout, time.Now())
+	case o.Retire != "" || o.RetireUnused:
+		return retire(o, stdout, time.Now())
 	}
 	if o.Release || o.Resume {
 		dir := agent.PlanSlot(o, o.Instance).RunDir
@@ -426,13 +435,17 @@ func admin(o *agent.Options, stdout io.Writer) error {
 			return err
 		}
 		if s == nil {
-			fmt.Fprintln(stdout, "no suspended machine in", dir)
+			// A script must not take "nothing there" for done.
 			if held, _ := agent.ListSuspended(o.RunDir); len(held) > 0 {
 				for _, h := range held {
 					fmt.Fprintf(stdout, "instance %d holds one: add --instance %d\n", h.Instance, h.Instance)
 				}
 			}
-			return nil
+			option := "--release"
+			if o.Resume {
+				option = "--resume"
+			}
+			return fmt.Errorf("%s: no suspended machine in %s", option, dir)
 		}
 		printSuspended(stdout, o.Instance, s)
 		if o.Release {

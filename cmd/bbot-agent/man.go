@@ -59,7 +59,7 @@ func manPage(app *cli.App) []byte {
 		{2, `A Go panic (a bug in the agent), or SIGABRT from the systemd watchdog (a goroutine stuck outside its loop): both are restarted.`},
 		{exitUsage, `A bad option or value (EX_USAGE): an unknown option, a value that does not parse or is out of range, a bad controller URL or priority, an options file that cannot be read or has a syntax error, a \fB\-\-fake\-request\fP or \fB\-\-fake\-machine\fP file that cannot be read.`},
 		{exitDataErr, `A malformed \fB\-\-fake\-request\fP or \fB\-\-fake\-machine\fP manifest (EX_DATAERR), reported as \fIfile\fP:\fIline\fP:\fIcolumn\fP: error: ...`},
-		{exitConfig, `The host does not fit the options, found at start (EX_CONFIG): the \fB\-\-bridge\fP is missing or has no IPv4 address, \fB\-\-guest\-range\fP does not fit its network, the \fB\-\-auth\-key\fP cannot be read or is not an RSA key, the \fB\-\-qemu\-user\fP does not exist, the state or run directory cannot be created, or another process holds one of this process's instances.`},
+		{exitConfig, `The host does not fit the options, found at start (EX_CONFIG): the \fB\-\-bridge\fP is missing or has no IPv4 address, \fBnft\fP(8) is missing in bridge mode, \fB\-\-guest\-range\fP does not fit its network, the \fB\-\-auth\-key\fP cannot be read or is not an RSA key, the \fB\-\-qemu\-user\fP does not exist, the state or run directory cannot be created, or another process holds one of this process's instances.`},
 	} {
 		p(`.TP`)
 		p(`.B %d`, s.status)
@@ -154,6 +154,22 @@ its VM is paused and kept for inspection until it is released (see
 .B \-\-release
 and
 .BR \-\-suspend\-timeout ).
+With
+.B \-\-interactive true
+or
+.B both
+it asks for interactive builds too, naming the asking slot's console attach command as its interactive login;
+a worker at its breakpoint PUTs a file named
+.IR interactive ,
+after which its machine keeps running for up to
+.B \-\-interactive\-timeout
+and is listed by
+.B \-\-suspended
+until its result comes or
+.B \-\-release
+ends it
+.RB ( abort ,
+not held).
 One process runs up to
 .B \-\-slots
 tasks at once, as bbot's instances

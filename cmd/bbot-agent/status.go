@@ -47,10 +47,13 @@ func showStatus(o *agent.Options, w io.Writer, now time.Time) error {
 			switch s.Activity {
 			case agent.ActivityBootstrapping, agent.ActivityHeld:
 				what += " " + s.Machine
-			case agent.ActivityBuilding:
+			case agent.ActivityBuilding, agent.ActivityInteractive:
 				what += " " + s.Task + " on " + s.Machine
 			}
 			fmt.Fprintf(w, "  slot %d: %s since %s (%s)\n", s.Instance, what, stamp(s.Since), ago(now, s.Since))
+			if s.Activity == agent.ActivityInteractive && s.Console != "" {
+				fmt.Fprintf(w, "    at its breakpoint; attach: %s (Ctrl-] detaches)\n", agent.ConsoleAttach(s.Console))
+			}
 		}
 		if p.Running {
 			for _, m := range st.Withheld {

@@ -15,11 +15,9 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -43,6 +41,14 @@ func main() {
 	}
 	go watchPowerButton()
 
+	if opts := kernelOptions(); opts["bbot.worker"] == "plain" {
+		if err := plainWorker(opts); err != nil {
+			// As a worker without its agent: waiting to be powered off.
+			logf("plain: failed: %v; waiting", err)
+			select {}
+		}
+		return
+	}
 	oem, err := readOEMStrings()
 	if err != nil {
 		logf("cannot read SMBIOS OEM strings: %v", err)
@@ -135,21 +141,10 @@ func readOEMStrings() (map[string]string, error) {
 // setupNetwork configures the first Ethernet interface: bbot.ip/bbot.gw in
 // bridge mode, QEMU user networking's fixed addresses otherwise.
 func setupNetwork(oem map[string]string) error {
-	ifaces, err := net.Interfaces()
+	dev, err := firstInterface()
 	if err != nil {
 		return err
 	}
-	var names []string
-	for _, i := range ifaces {
-		if i.Flags&net.FlagLoopback == 0 {
-			names = append(names, i.Name)
-		}
-	}
-	if len(names) == 0 {
-		return errors.New("no network interface")
-	}
-	sort.Strings(names)
-	dev := names[0]
 	addr, gw := oem["bbot.ip"], oem["bbot.gw"]
 	if addr == "" {
 		addr, gw = "10.0.2.15/24", "10.0.2.2"
@@ -225,6 +220,7 @@ type guest struct {
 	tftp   *pintftp.Client
 	prefix string
 	oem    map[string]string // every bbot.* OEM string
+	task   string            // the task's name: "manifest" unless set
 }
 
 func (g *guest) path(name string) string {
@@ -289,16 +285,23 @@ func (g *guest) bootstrap() error {
 
 func (g *guest) build() error {
 	logf("build: fetching task")
-	data, err := g.get("manifest")
+	name := g.task
+	if name == "" {
+		name = "manifest"
+	}
+	data, err := g.get(name)
 	if err != nil {
-		return fmt.Errorf("GET manifest: %w", err)
+		return fmt.Errorf("GET %s: %w", name, err)
 	}
 	task, err := manifest.ParseTask(bytes.NewReader(data), "manifest")
 	if err != nil {
 		return err
 	}
-	res := manifest.Result{Name: task.Name(), Version: task.Version(), Status: "success"}
 	logf("build: task %s/%s", task.Name(), task.Version())
+	if bp := task.Interactive(); bp != "" && bp != "none" {
+		return g.interactive(task, bp) // interactive.go
+	}
+	res := manifest.Result{Name: task.Name(), Version: task.Version(), Status: "success"}
 	switch task.Name() {
 	case "hello":
 		res.Status = "success"

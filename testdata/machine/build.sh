@@ -47,7 +47,20 @@ mkdir -p "$root"/{bin,dev,proc,sys,tmp,modules,etc}
 
 # busybox and its applets.
 cp /bin/busybox "$root/bin/busybox"
-for applet in sh ip ls cat uname md5sum echo sleep; do ln -sf busybox "$root/bin/$applet"; done
+for applet in sh ip ls cat uname md5sum echo sleep udhcpc; do ln -sf busybox "$root/bin/$applet"; done
+# udhcpc's script for guests that take their address by DHCP (the guest's
+# plain mode, as unmodified bbot worker images do).
+cat > "$root/bin/dhcp-script" <<'SCRIPT'
+#!/bin/sh
+case "$1" in
+bound|renew)
+  ip addr add "$ip/${mask:-24}" dev "$interface"
+  [ -n "$router" ] && ip route add default via "${router%% *}"
+  echo "dhcp: $interface $ip/${mask:-24} via $router"
+  ;;
+esac
+SCRIPT
+chmod 755 "$root/bin/dhcp-script"
 
 # The modules the cloud kernel lacks built in, in load order (no modules.dep).
 order="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net virtio_blk button evdev"
