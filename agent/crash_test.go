@@ -128,31 +128,7 @@ func TestCrashPoints(t *testing.T) {
 			if tc.pkg == "" {
 				srv.QueueTask("hello", testMachine) // proves the machine is usable
 			}
-			a, err := New(&e.opts, testLog(t))
-			if err != nil {
-				t.Fatal(err)
-			}
-			a.Client.Min, a.Client.Max = 10*time.Millisecond, 50*time.Millisecond
-			a.Sender.Min, a.Sender.Max = 10*time.Millisecond, 100*time.Millisecond
-			// Recovered and back to normal: one full round (enumeration,
-			// clean-up, poll) reached idle.
-			var idle atomic.Bool
-			a.Status = func(s string) {
-				if s == "idle" {
-					idle.Store(true)
-				}
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- a.Run(ctx) }()
-			deadline := time.Now().Add(150 * time.Second)
-			for time.Now().Before(deadline) && !(idle.Load() && allAnswered(srv, before)) {
-				time.Sleep(100 * time.Millisecond)
-			}
-			time.Sleep(500 * time.Millisecond) // a duplicate, if any, would arrive now
-			cancel()
-			<-done
-			a.Close()
+			runRecovered(t, e, srv, before)
 
 			sessions := srv.Sessions()[before:]
 			if len(sessions) != 1 {
@@ -202,6 +178,36 @@ func TestCrashPoints(t *testing.T) {
 			t.Errorf("crash point %s is not tested", p)
 		}
 	}
+}
+
+// runRecovered runs the agent (after a crash) until its recovery and one
+// full round (enumeration, clean-up, poll) are done and every session
+// issued since before is answered, then stops it.
+func runRecovered(t *testing.T, e *e2e, srv *controllertest.Server, before int) {
+	t.Helper()
+	a, err := New(&e.opts, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Client.Min, a.Client.Max = 10*time.Millisecond, 50*time.Millisecond
+	a.Sender.Min, a.Sender.Max = 10*time.Millisecond, 100*time.Millisecond
+	var idle atomic.Bool
+	a.Status = func(s string) {
+		if s == "idle" {
+			idle.Store(true)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	deadline := time.Now().Add(150 * time.Second)
+	for time.Now().Before(deadline) && !(idle.Load() && allAnswered(srv, before)) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond) // a duplicate, if any, would arrive now
+	cancel()
+	<-done
+	a.Close()
 }
 
 // allAnswered: every session handed out since before has a result.

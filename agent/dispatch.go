@@ -362,6 +362,9 @@ func (a *Agent) slotState(scanned []*inventory.Machine) (running []runningTask, 
 			continue
 		}
 		inUse[j.dir] = true
+		for _, d := range j.auxDirs {
+			inUse[d] = true
+		}
 		if !j.bootstrap && !j.held && s.jobMachine != nil {
 			busy[j.machine] = s.jobMachine
 		}
@@ -460,7 +463,7 @@ func (a *Agent) pollOnce(ctx context.Context, scanned []*inventory.Machine) bool
 			return true
 		}
 	}
-	a.startTask(ctx, s, resp, m, prio, tok, received)
+	a.startTask(ctx, s, resp, m, auxiliaryOffered(offered), prio, tok, received)
 	return true
 }
 
@@ -527,13 +530,14 @@ func (a *Agent) preempt(ctx context.Context, victims []int, by string) *slot {
 }
 
 // startTask runs a task in slot s, in its own goroutine.
-func (a *Agent) startTask(ctx context.Context, s *slot, resp *manifest.TaskResponse, m *inventory.Machine, prio controller.Priority, tok *os.File, received time.Time) {
+func (a *Agent) startTask(ctx context.Context, s *slot, resp *manifest.TaskResponse, m *inventory.Machine, aux []*inventory.Machine, prio controller.Priority, tok *os.File, received time.Time) {
 	cpus := a.Opts.CPU
 	if prio.Boost() {
 		cpus = hostThreads() // bbot's F=1: all hardware threads
 	}
 	jctx, cancel := context.WithCancelCause(ctx)
-	j := &job{dir: m.Dir, machine: m.Header().Name, priority: prio, cpus: cpus, ram: taskRAM(a.Opts, m.Header()),
+	auxCPUs, auxMem := a.auxiliaryNeeds(resp.Task)
+	j := &job{dir: m.Dir, auxDirs: auxiliaryDirs(resp.Task, aux), machine: m.Header().Name, priority: prio, cpus: cpus + auxCPUs, ram: taskRAM(a.Opts, m.Header()) + auxMem,
 		token: tok, cancel: cancel, done: make(chan struct{})}
 	a.mu.Lock()
 	s.job, s.jobMachine = j, m
@@ -543,7 +547,7 @@ func (a *Agent) startTask(ctx context.Context, s *slot, resp *manifest.TaskRespo
 		defer a.endJob(s, j)
 		jctx, untrack := a.hearts.track(jctx, fmt.Sprintf("slot %d task", s.n()))
 		defer untrack()
-		a.deliver(ctx, jctx, s, resp, []*inventory.Machine{m}, received, cpus, func() { a.markHeld(s) })
+		a.deliver(ctx, jctx, s, resp, append([]*inventory.Machine{m}, aux...), received, cpus, func() { a.markHeld(s) })
 		return nil
 	})
 }

@@ -78,6 +78,9 @@ func New(o *Options, log *slog.Logger) (*Agent, error) {
 		vms.onHeld = func() { a.markHeld(sl) }
 		a.slots = append(a.slots, sl)
 	}
+	if err := checkAuxiliaryHost(o, a.plans()); err != nil {
+		return nil, &ConfigError{err}
+	}
 	if len(a.slots) == 1 {
 		// One slot: logs need no slot attribute.
 		a.slots[0].log, a.slots[0].vms.Log = log, log

@@ -54,8 +54,11 @@ type Options struct {
 	RAM uint64 // KiB (--build-ram)
 
 	AuxiliaryCPU       int
-	AuxiliaryRAM       uint64 // KiB; 0: no auxiliary machines (the only value supported yet)
+	AuxiliaryRAM       uint64 // KiB, in all, for one task's auxiliary machines; 0: none
 	BootstrapAuxiliary time.Duration
+	// AuxiliaryRange (ADDR/LEN, "" for DefaultAuxiliaryRange) holds every
+	// slot's private network for its auxiliary machines.
+	AuxiliaryRange string
 
 	Interactive        string // "false", "true" or "both": sent as interactive-mode (README "Interactive builds")
 	InteractiveTimeout time.Duration
@@ -175,7 +178,7 @@ var Ranges = map[string]Range{
 	"cpu":                 {1, 1024},        // QEMU's -smp limit on x86 is of this order
 	"build-ram":           {65536, 1 << 30}, // KiB: 64 MiB (machine.Config's minimum) .. 1 TiB
 	"auxiliary-cpu":       {1, 1024},
-	"auxiliary-ram":       {0, 0}, // KiB; until auxiliary machines are supported
+	"auxiliary-ram":       {0, 1 << 30}, // KiB; 0: no auxiliary machines
 	"cpu-overcommit":      {0.1, 16},
 	"ram-reserve":         {0, 1 << 30}, // KiB
 	"min-free":            {0, 1 << 40}, // KiB: up to 1 PiB
@@ -230,7 +233,7 @@ func (o *Options) Validate() error {
 		whole("instance-max", o.InstanceMax), whole("suspend-max", o.SuspendMax), whole("verbose", o.Verbose), whole("cpu", o.CPU),
 		whole("auxiliary-cpu", o.AuxiliaryCPU), whole("bootstrap-retries", o.BootstrapRetries),
 		whole("build-retries", o.BuildRetries), whole("request-retries", o.RequestRetries),
-		size("build-ram", o.RAM), size("ram-reserve", o.RAMReserve), size("min-free", o.MinFree),
+		size("build-ram", o.RAM), size("ram-reserve", o.RAMReserve), size("min-free", o.MinFree), size("auxiliary-ram", o.AuxiliaryRAM),
 		{"cpu-overcommit", o.CPUOvercommit, formatBound(o.CPUOvercommit), ""},
 	} {
 		if r := Ranges[n.name]; !r.Contains(n.v) {
@@ -245,8 +248,8 @@ func (o *Options) Validate() error {
 	if top := Offset(o.ToolchainNum, o.Instance+o.Slots-1); o.TFTPPort < 1 || o.TFTPPort > 65535-top {
 		return &OptionError{"tftp-port", strconv.Itoa(o.TFTPPort), fmt.Sprintf("must be between 1 and %d: instance %d of toolchain %d listens on it plus %d", 65535-top, o.Instance+o.Slots-1, o.ToolchainNum, top)}
 	}
-	if o.AuxiliaryRAM != 0 {
-		return &OptionError{"auxiliary-ram", strconv.FormatUint(o.AuxiliaryRAM, 10), "auxiliary machines are not supported yet; 0 (the default) disables them"}
+	if err := o.validateAuxiliary(); err != nil {
+		return err
 	}
 	switch o.Interactive {
 	case "false", "true", "both":

@@ -253,7 +253,8 @@ func TestOptionsStrings(t *testing.T) {
 		{"interactive", func(o *Options) { o.Interactive = "False" }, "must be 'false', 'true' or 'both'"},
 		{"interactive", func(o *Options) { o.Interactive = "yes" }, "must be 'false', 'true' or 'both'"},
 		{"auxiliary-ram", func(o *Options) { o.AuxiliaryRAM = 0 }, ""},
-		{"auxiliary-ram", func(o *Options) { o.AuxiliaryRAM = 4194304 }, "auxiliary machines are not supported yet; 0 (the default) disables them"},
+		{"auxiliary-ram", func(o *Options) { o.AuxiliaryRAM, o.Network = 4194304, "bridge" }, ""},
+		{"auxiliary-ram", func(o *Options) { o.AuxiliaryRAM, o.Network = 4194304, "user" }, "auxiliary machines need --network bridge"},
 		{"guest-range", func(o *Options) { o.GuestRange = "" }, ""},
 		{"guest-range", func(o *Options) { o.GuestRange = "10.0.0.128/25" }, ""},
 		{"guest-range", func(o *Options) { o.GuestRange = "192.168.1.0/24" }, ""}, // the bridge is checked when known

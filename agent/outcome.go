@@ -22,11 +22,14 @@ const (
 	evJournalFault                  // the task's journal entry could not be written
 	evInteractiveOff                // an interactive task for an agent running with --interactive false
 	evInteractiveEnd                // an interactive build released, timed out or powered off at its breakpoint, without a result
+	evAuxiliaryUnknown              // the task names an auxiliary machine this agent did not offer
+	evAuxiliaryFault                // an auxiliary machine did not start or upload a valid environment
 )
 
 var eventNames = [...]string{"result", "startup-exhausted", "timeout", "no-result", "bad-result", "forced-off",
 	"version", "machine-fault", "host-fault", "interrupted", "not-offered", "journal-fault",
-	"interactive-off", "interactive-end"}
+	"interactive-off", "interactive-end",
+	"auxiliary-unknown", "auxiliary-fault"}
 
 func (e event) String() string { return eventNames[e] }
 
@@ -91,11 +94,15 @@ func decideOutcome(p phase, ev event) outcome {
 		o.Status, o.Backoff = "interrupt", hostBackoff
 	case evInterrupted:
 		o.Status = "interrupt"
-	case evNotOffered, evInteractiveOff:
+	case evNotOffered, evInteractiveOff, evAuxiliaryUnknown:
 		o.Status = "abort"
 	case evInteractiveEnd:
 		// A person had the machine: nothing is left to inspect.
 		o.Status = "abort"
+	case evAuxiliaryFault:
+		// The build never ran: nothing to inspect in it, and the faulty
+		// auxiliary machine waits out its own backoff.
+		o.Status, o.Backoff = "abort", machineBackoff
 	case evJournalFault:
 		o.Status, o.Journaled, o.Backoff = "interrupt", false, hostBackoff
 	}

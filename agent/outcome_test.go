@@ -33,6 +33,9 @@ func TestDecideOutcome(t *testing.T) {
 		// a result (released, timed out): abort, never held.
 		{buildPhase, evInteractiveOff, "abort", false, noBackoff, false},
 		{buildPhase, evInteractiveEnd, "abort", false, noBackoff, false},
+		// Auxiliary machines: nothing was built, nothing is held.
+		{buildPhase, evAuxiliaryUnknown, "abort", false, noBackoff, false},
+		{buildPhase, evAuxiliaryFault, "abort", false, machineBackoff, false},
 		{bootstrapPhase, evResult, "", false, noBackoff, true},
 		{bootstrapPhase, evTimeout, "abort", true, machineBackoff, false},
 		{bootstrapPhase, evStartupExhausted, "abort", true, machineBackoff, false},
@@ -53,7 +56,7 @@ func TestDecideOutcome(t *testing.T) {
 			t.Errorf("%v: state %s with hold %v", tc.ev, o.State(), o.Hold)
 		}
 	}
-	if len(eventNames) != int(evInteractiveEnd)+1 {
+	if len(eventNames) != int(evAuxiliaryFault)+1 {
 		t.Errorf("eventNames out of date")
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/build2/bbot-agent-go/agent/controller"
@@ -52,10 +53,13 @@ type task struct {
 	resp   *manifest.TaskResponse
 	task   *manifest.Task
 	mach   *inventory.Machine
-	head   result.Head
-	rt     result.Task
-	entry  *journal.Entry
-	dirs   taskDirs
+	// machines are those offered with it: where its auxiliary machines
+	// are found.
+	machines []*inventory.Machine
+	head     result.Head
+	rt       result.Task
+	entry    *journal.Entry
+	dirs     taskDirs
 }
 
 // handle performs one task: the journal entry first (with the signed
@@ -63,7 +67,7 @@ type task struct {
 // the outcome, written into the entry. It returns the settled entry (to be
 // sent) and the teardown to run in parallel with sending.
 func (a *Agent) handle(ctx context.Context, sl *slot, resp *manifest.TaskResponse, machines []*inventory.Machine, received time.Time, cpus int, onHold func()) (*journal.Entry, func()) {
-	t := &task{slot: sl, cpus: cpus, onHold: onHold, resp: resp, task: resp.Task, dirs: sl.dirs}
+	t := &task{slot: sl, cpus: cpus, onHold: onHold, resp: resp, task: resp.Task, dirs: sl.dirs, machines: machines}
 	j := sl.journal
 	t.mach = findMachine(machines, t.task.Machine())
 	t.rt = result.Task{Name: t.task.Name(), Version: t.task.Version()}
@@ -143,13 +147,9 @@ func uploadURLs(resp *manifest.TaskResponse) map[string]string {
 	return urls
 }
 
+// findMachine is the build machine name (an auxiliary one never is).
 func findMachine(machines []*inventory.Machine, name string) *inventory.Machine {
-	for _, m := range machines {
-		if m.Header().Name == name {
-			return m
-		}
-	}
-	return nil
+	return findMachineIf(machines, name, func(h manifest.MachineHeader) bool { return !isAuxiliary(h) })
 }
 
 // interruptNote says why ctx ended: preempted or unplaced (its cause), or
@@ -214,8 +214,23 @@ func (a *Agent) perform(ctx context.Context, t *task, received time.Time) func()
 		}
 		unlock = func() { lock.Close() }
 	}
+	aux, failed := a.startAuxiliary(ctx, t)
+	if failed != nil {
+		o := decideOutcome(buildPhase, failed.ev)
+		if a.settle(t, o, failed.why) {
+			o = decideOutcome(buildPhase, evHostFault)
+		}
+		a.applyBackoff(o, failed.dir, failed.why)
+		unlock()
+		return func() {}
+	}
+	wt := WorkerTask(t.task, a.Opts.Trust, t.resp.AgentChecksum(), t.head.AgentChecksum)
+	if aux != nil && len(aux.env) > 0 {
+		wt.Fields.Set("auxiliary-environment", strings.Join(aux.env, "\n"), manifest.TaskOrder)
+	}
 	var task bytes.Buffer
-	if err := WorkerTask(t.task, a.Opts.Trust, t.resp.AgentChecksum(), t.head.AgentChecksum).Serialize(&task); err != nil {
+	if err := wt.Serialize(&task); err != nil {
+		aux.teardown()
 		unlock()
 		a.settle(t, decideOutcome(buildPhase, evHostFault), "serializing the task: "+err.Error())
 		return func() {}
@@ -224,7 +239,7 @@ func (a *Agent) perform(ctx context.Context, t *task, received time.Time) func()
 	s := &session{v: t.slot.vms, mode: "build", cpus: t.cpus, mc: t.mach.Manifest.Machine, source: t.mach.Bootstrapped,
 		get: t.dirs.Get, put: t.dirs.Put, getFiles: map[string][]byte{"manifest": task.Bytes(), "task.manifest": task.Bytes()},
 		names: resultNames, extras: []string{uploadTarName}, startup: o.BuildStartup, timeout: o.BuildTimeout, retries: o.BuildRetries,
-		maxFile: maxTaskUpload, entry: t.entry.ID, noVM: t.mach.NoVM}
+		maxFile: maxTaskUpload, entry: t.entry.ID, noVM: t.mach.NoVM, tweak: aux.buildNIC(t.slot.plan.Offset)}
 	if s.v.maxUpload > 0 {
 		s.maxFile = s.v.maxUpload
 	}
@@ -242,6 +257,7 @@ func (a *Agent) perform(ctx context.Context, t *task, received time.Time) func()
 	}
 	teardown := func() {
 		s.teardown()
+		aux.teardown() // after the build machine, held or not
 		unlock()
 	}
 	if rep.ev == evResult {

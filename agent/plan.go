@@ -73,12 +73,18 @@ const maxGuestPrefix = 29
 // parseGuestRange parses a --guest-range value: an IPv4 prefix in canonical
 // form, so that what the admin wrote is the range used.
 func parseGuestRange(s string) (netip.Prefix, error) {
+	return parseIPv4Prefix("guest-range", s, "10.0.0.128/25")
+}
+
+// parseIPv4Prefix parses an IPv4 ADDR/LEN option value in canonical form;
+// errors name the option and show example.
+func parseIPv4Prefix(option, s, example string) (netip.Prefix, error) {
 	p, err := netip.ParsePrefix(s)
 	switch {
 	case err != nil || !p.Addr().Is4():
-		return netip.Prefix{}, &OptionError{"guest-range", s, "expected an IPv4 ADDR/LEN such as 10.0.0.128/25"}
+		return netip.Prefix{}, &OptionError{option, s, "expected an IPv4 ADDR/LEN such as " + example}
 	case p.Masked() != p:
-		return netip.Prefix{}, &OptionError{"guest-range", s, "host bits are set; did you mean " + p.Masked().String() + "?"}
+		return netip.Prefix{}, &OptionError{option, s, "host bits are set; did you mean " + p.Masked().String() + "?"}
 	}
 	return p, nil
 }

@@ -98,6 +98,10 @@ type Agent struct {
 	pendingTimings sync.Map
 	// Metrics, if set, records the daemon's metrics (EnableMetrics).
 	Metrics *metrics.Metrics
+	// auxOffNotice logs once that auxiliary machines are not offered;
+	// auxBadNames, each badly named auxiliary machine once.
+	auxOffNotice sync.Once
+	auxBadNames  sync.Map
 }
 
 // taskTimings are the agent's own costs around a task.
@@ -272,7 +276,7 @@ func (a *Agent) Close() {
 // killLeftovers kills a VM recorded in the slot's run dir by a previous
 // agent (checked by its start time, so a reused pid is never hit) and
 // removes stale run files.
-func (a *Agent) killLeftovers(s *slot) { a.killLeftoversIn(s, true) }
+func (a *Agent) killLeftovers(s *slot) { a.killLeftoversIn(s, true); a.cleanAuxiliary(s) }
 
 // killLeftoversIn is killLeftovers; slotSockets says whether the run dir
 // is a slot's, which also had a console and a VNC socket (the one-instance
@@ -419,17 +423,18 @@ func (a *Agent) backingOff() (time.Duration, string) {
 	return time.Until(a.backoffUntil), a.backoffWhy
 }
 
-// taskRequest offers the machines; those whose ram-minimum exceeds
-// --build-ram are left out (they could not run a task here).
+// taskRequest offers the machines that could run here (offerable), with
+// --auxiliary-ram.
 func (a *Agent) taskRequest(machines []*inventory.Machine) manifest.TaskRequest {
 	req := manifest.TaskRequest{Agent: a.Name, ToolchainName: a.Opts.ToolchainName,
 		ToolchainVersion: a.Opts.ToolchainVer, Fingerprint: a.Fingerprint}
 	for _, m := range machines {
-		if h := m.Header(); h.RAMMinimum > a.Opts.RAM {
-			a.Log.Debug("machine not offered: its ram-minimum exceeds --build-ram", "machine", h.Name, "ram-minimum", h.RAMMinimum)
-			continue
+		if a.offerable(m.Header()) {
+			req.Machines = append(req.Machines, m.Header())
 		}
-		req.Machines = append(req.Machines, m.Header())
+	}
+	if a.Opts.Network == "bridge" {
+		req.AuxiliaryRAM = a.Opts.AuxiliaryRAM
 	}
 	a.addInteractive(&req)
 	return req

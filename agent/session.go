@@ -65,6 +65,11 @@ type session struct {
 	// bind, if set, overrides where TFTP is bound (--fake-machine: the
 	// loopback unless --tftp-address says otherwise).
 	bind string
+	// announceBound: the guest is told the address TFTP was bound to (an
+	// ephemeral port: auxiliary machines). tweak, if set, amends each
+	// attempt's QEMU configuration (auxiliary NICs and MACs).
+	announceBound bool
+	tweak         func(*machine.Config)
 	// interactive, for an interactive build, waits at its breakpoint
 	// (interactive.go).
 	interactive *interactiveWait
@@ -206,6 +211,9 @@ func (s *session) start(ctx context.Context) (sessionReport, bool) {
 	}
 	prefix := s.prefix
 	cfg := v.machineConfig(s.mc, s.snapshot, s.mode, s.cpus)
+	if s.tweak != nil {
+		s.tweak(&cfg)
+	}
 	// The prefix reaches the guest through a file in the 0700 run dir,
 	// never on QEMU's command line (world-readable in /proc).
 	prefixFile := filepath.Join(v.runDir, "oem-prefix")
@@ -275,13 +283,16 @@ func (s *session) serve() (sessionReport, bool) {
 	if s.bind != "" {
 		bind = s.bind
 	}
-	srv, _, err := s.listen(bind)
+	srv, bound, err := s.listen(bind)
 	if err != nil {
 		return host("binding TFTP", err)
 	}
+	if s.announceBound {
+		v.TFTPEndpoint = bound.String()
+	}
 	var redirect *tftp.Server
 	s.redirectTo = netip.AddrPort{}
-	if v.redirects() && !s.noVM {
+	if v.redirects() && !s.noVM && !s.announceBound { // auxiliary machines: no redirect (README)
 		// On the bridge's own address (the DNAT target), whatever
 		// --tftp-address says; a port of its own per attempt.
 		gw, err := netip.ParseAddr(v.GatewayIP)

@@ -41,9 +41,10 @@ func (s *slot) n() int { return s.plan.Instance }
 
 // job is what occupies a slot.
 type job struct {
-	bootstrap bool   // a bootstrap, not a task
-	dir       string // machine directory
-	machine   string // machine name
+	bootstrap bool     // a bootstrap, not a task
+	dir       string   // machine directory
+	auxDirs   []string // its auxiliary machines' directories
+	machine   string   // machine name
 	priority  controller.Priority
 	cpus      int
 	ram       uint64 // KiB

@@ -26,6 +26,10 @@ type Config struct {
 	Network string // "user" or "bridge"
 	Tap     string // bridge mode: the tap interface
 	MAC     string // optional
+	// AuxTap, if set, is a second NIC (virtio, MAC AuxMAC) on that tap:
+	// the build machine's link to its task's auxiliary machines, on a
+	// private bridge of the slot.
+	AuxTap, AuxMAC string
 
 	// OEMStrings become SMBIOS type 11 strings (bbot.tftp=..., ...).
 	OEMStrings []string
@@ -164,7 +168,7 @@ func (c *Config) Validate() error {
 	switch c.Network {
 	case "user":
 	case "bridge":
-		if c.Tap == "" || len(c.Tap) > 15 || strings.ContainsAny(c.Tap, ",/ ") {
+		if !validIfName(c.Tap) {
 			return fmt.Errorf("machine: bad tap interface name %q", c.Tap)
 		}
 	default:
@@ -172,6 +176,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MAC != "" && !validMAC(c.MAC) {
 		return fmt.Errorf("machine: bad MAC address %q", c.MAC)
+	}
+	if c.AuxTap != "" && (!validIfName(c.AuxTap) || c.AuxMAC == "" || !validMAC(c.AuxMAC)) {
+		return fmt.Errorf("machine: bad second NIC: tap %q, MAC %q", c.AuxTap, c.AuxMAC)
 	}
 	for _, s := range c.OEMStrings {
 		if s == "" || strings.ContainsAny(s, "\x00") {
@@ -224,6 +231,10 @@ var userName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]{0,31}$`)
 
 // ValidUserName reports whether s is acceptable as RunAs.
 func ValidUserName(s string) bool { return userName.MatchString(s) }
+
+// validIfName is a network interface name QEMU's option syntax and Linux
+// (IFNAMSIZ) take.
+func validIfName(s string) bool { return s != "" && len(s) <= 15 && !strings.ContainsAny(s, ",/ ") }
 
 func validMAC(s string) bool {
 	parts := strings.Split(s, ":")
@@ -296,6 +307,10 @@ func (c *Config) Args() ([]string, error) {
 		dev += ",mac=" + c.MAC
 	}
 	a = append(a, "-device", dev)
+	if c.AuxTap != "" {
+		a = append(a, "-netdev", "tap,id=net1,ifname="+c.AuxTap+",script=no,downscript=no",
+			"-device", "virtio-net-pci,netdev=net1,mac="+c.AuxMAC)
+	}
 	if c.Disk != "" {
 		a = append(a, "-drive", "file="+c.Disk+",if=virtio,format=raw")
 	}

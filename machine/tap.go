@@ -24,7 +24,8 @@ func CreateTap(name, bridge string) error {
 	return nil
 }
 
-// DeleteTap removes the tap interface; a missing one is not an error.
+// DeleteTap removes the tap (or bridge) interface; a missing one is not an
+// error.
 func DeleteTap(name string) error {
 	out, err := exec.Command("ip", "link", "del", "dev", name).CombinedOutput()
 	if err != nil && !strings.Contains(string(out), "Cannot find device") {

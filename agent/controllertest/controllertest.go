@@ -19,6 +19,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -122,6 +123,15 @@ func (s *Server) Queue(task *manifest.Task) {
 
 // QueueTask queues a minimal task for package pkg on machine.
 func (s *Server) QueueTask(pkg, machine string) { s.Queue(minimalTask(pkg, machine)) }
+
+// QueueTaskWith queues a minimal task with more fields (auxiliary-machine-<env>,
+// say), inserted before target as brep orders them.
+func (s *Server) QueueTaskWith(pkg, machine string, fields ...manifest.NameValue) {
+	t := minimalTask(pkg, machine)
+	at := slices.IndexFunc(t.Fields, func(nv manifest.NameValue) bool { return nv.Name == "target" })
+	t.Fields = slices.Insert(t.Fields, at, fields...)
+	s.Queue(t)
+}
 
 // ForceTask queues a task handed to the next request whatever machines it
 // offers (a misbehaving controller).

@@ -90,7 +90,7 @@ func TestHelp(t *testing.T) {
 		"--slots N ", "(1..99) (default: 1)",
 		"--instance NUM ", "--instance-max N ", "(0..99) (default: 0)",
 		"--build-ram KiB, --ram KiB ", "(in KiB, 65536..1073741824) (default: 2097152)",
-		"--auxiliary-cpu CPU ", "--auxiliary-ram KiB ", "(in KiB, 0..0) (default: 0)",
+		"--auxiliary-cpu CPU ", "--auxiliary-ram KiB ", "(in KiB, 0..1073741824) (default: 0)", "--auxiliary-range ADDR/LEN ",
 		"--bootstrap-auxiliary SECONDS ", "(default: 900)",
 		"--interactive MODE ", "--interactive-timeout SECONDS ",
 		"--openssl PROGRAM ", "--openssl-option OPTION ", "ignored",

@@ -67,12 +67,14 @@ func main() {
 	c.SetTimeout(2 * time.Second)
 	c.SetRetries(5)
 	c.SetBlockSize(1468)
-	g := &guest{tftp: c, prefix: oem["bbot.tftp-prefix"]}
+	g := &guest{tftp: c, prefix: oem["bbot.tftp-prefix"], oem: oem}
 	switch oem["bbot.mode"] {
 	case "bootstrap":
 		err = g.bootstrap()
 	case "build":
 		err = g.build()
+	case "auxiliary":
+		err = g.auxiliary()
 	default:
 		err = fmt.Errorf("unknown bbot.mode %q", oem["bbot.mode"])
 	}
@@ -217,7 +219,8 @@ func powerOff(why string) {
 type guest struct {
 	tftp   *pintftp.Client
 	prefix string
-	task   string // the task's name: "manifest" unless set
+	oem    map[string]string // every bbot.* OEM string
+	task   string            // the task's name: "manifest" unless set
 }
 
 func (g *guest) path(name string) string {
@@ -446,6 +449,7 @@ func (g *guest) build() error {
 		res.Status = "abort"
 		res.Operations = []manifest.OperationResult{{Operation: "configure", Status: "abort", Log: "unknown test package " + task.Name() + "\n"}}
 	}
+	g.checkAuxiliary(task, &res)
 	if err := g.putManifest("manifest", res.Pairs()); err != nil {
 		return fmt.Errorf("PUT manifest: %w", err)
 	}
