@@ -232,23 +232,8 @@ func allAnswered(srv *controllertest.Server, before int) bool {
 // and waits for it to kill itself there.
 func runCrashChild(t *testing.T, e *e2e, point string, n int) {
 	t.Helper()
-	opts := e.opts
-	ver := opts.ToolchainVer.String()
-	data, err := json.Marshal(childOptions{Opts: opts, Ver: ver})
-	if err != nil {
-		t.Fatal(err)
-	}
-	optsFile := filepath.Join(t.TempDir(), "opts.json")
-	os.WriteFile(optsFile, data, 0o600)
-	logFile := filepath.Join(t.TempDir(), "child.log")
-	out, _ := os.Create(logFile)
-	defer out.Close()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.v")
-	cmd.Env = append(os.Environ(), crashChildEnv+"="+optsFile, crash.Env+"="+point)
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	cmd, logFile := startChild(t, e, point)
+	var err error
 	waited := make(chan error, 1)
 	go func() { waited <- cmd.Wait() }()
 	select {
@@ -268,6 +253,32 @@ func runCrashChild(t *testing.T, e *e2e, point string, n int) {
 	if !strings.Contains(string(log), "crash point "+point) {
 		t.Fatalf("child killed, but not at %s", point)
 	}
+}
+
+// startChild starts the agent with e's options as a child process (the
+// test binary's TestCrashChild), with the crash point set unless it is "";
+// its output goes to the returned log file.
+func startChild(t *testing.T, e *e2e, point string) (*exec.Cmd, string) {
+	t.Helper()
+	data, err := json.Marshal(childOptions{Opts: e.opts, Ver: e.opts.ToolchainVer.String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	optsFile := filepath.Join(t.TempDir(), "opts.json")
+	os.WriteFile(optsFile, data, 0o600)
+	logFile := filepath.Join(t.TempDir(), "child.log")
+	out, _ := os.Create(logFile)
+	defer out.Close()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.v")
+	cmd.Env = append(os.Environ(), crashChildEnv+"="+optsFile)
+	if point != "" {
+		cmd.Env = append(cmd.Env, crash.Env+"="+point)
+	}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd, logFile
 }
 
 func tail(s string, n int) string {

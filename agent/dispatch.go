@@ -52,6 +52,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	g, gctx := errgroup.WithContext(rctx)
 	a.jobs = g
+	a.startAdoptedHolds(gctx)
 	g.Go(func() error { a.dispatch(gctx); return nil })
 	if a.Watchdog != nil && a.WatchdogInterval > 0 {
 		g.Go(func() error { a.superviseHearts(gctx, a.WatchdogInterval, a.Watchdog); return nil })

@@ -41,8 +41,9 @@ func TestWorkerAbortNotHeld(t *testing.T) {
 }
 
 // TestHeldOutcomeSurvivesSIGTERM: a guest fault's outcome is final when
-// the machine is held; SIGTERM ends the hold early but the result stays
-// abort (an interrupt would make brep re-queue a build that hangs again).
+// the machine is held; SIGTERM leaves the hold to the next agent, which
+// sends it as abort when the hold ends (an interrupt would make brep
+// re-queue a build that hangs again).
 func TestHeldOutcomeSurvivesSIGTERM(t *testing.T) {
 	srv := controllertest.New()
 	defer srv.Close()
@@ -64,7 +65,16 @@ func TestHeldOutcomeSurvivesSIGTERM(t *testing.T) {
 		t.Fatal("machine not held")
 	}
 	e.shutdown() // SIGINT while held
-	rs := srv.Results()
+	if rs := srv.Results(); len(rs) != 0 {
+		t.Fatalf("results %+v sent while the machine stays held", rs)
+	}
+	if s, _ := ReadSuspended(e.slotRun(1)); s == nil {
+		t.Fatal("SIGINT ended the hold")
+	}
+	e.opts.SuspendTimeout = time.Second
+	e.start()
+	rs := srv.WaitResults(1, 60*time.Second)
+	e.shutdown()
 	if len(rs) != 1 || rs[0].Request.Result.Status != "abort" {
 		t.Fatalf("results %+v, want one abort", rs)
 	}

@@ -245,6 +245,7 @@ func (a *Agent) perform(ctx context.Context, t *task, received time.Time) func()
 	}
 	s.maxSizes = map[string]int64{uploadTarName: cmp.Or(s.v.maxUploadTar, maxUploadTar)}
 	s.maxTotal = 4*s.maxFile + s.maxSizes[uploadTarName]
+	s.canDetach = aux == nil
 	a.interactive(t, s)
 	if s.noVM {
 		s.bind = fakeBind(o, t.slot.plan)
@@ -301,9 +302,12 @@ func (a *Agent) perform(ctx context.Context, t *task, received time.Time) func()
 			t.onHold()
 		}
 		s.hold(ctx, rep.why)
-		// The outcome was final before the hold: SIGTERM only shortens it.
-		if err := t.slot.journal.Settle(t.entry, journal.Sendable, t.entry.Status, t.entry.Reason, nil); err != nil {
-			a.Log.Error("journal", "error", err)
+		// The outcome was final before the hold. Left running for the
+		// next agent, the entry stays held: that agent sends it.
+		if !s.detached {
+			if err := t.slot.journal.Settle(t.entry, journal.Sendable, t.entry.Status, t.entry.Reason, nil); err != nil {
+				a.Log.Error("journal", "error", err)
+			}
 		}
 	}
 	if journalFailed {

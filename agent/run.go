@@ -276,7 +276,13 @@ func (a *Agent) Close() {
 // killLeftovers kills a VM recorded in the slot's run dir by a previous
 // agent (checked by its start time, so a reused pid is never hit) and
 // removes stale run files.
-func (a *Agent) killLeftovers(s *slot) { a.killLeftoversIn(s, true); a.cleanAuxiliary(s) }
+func (a *Agent) killLeftovers(s *slot) {
+	if a.adoptHold(s) {
+		return
+	}
+	a.killLeftoversIn(s, true)
+	a.cleanAuxiliary(s)
+}
 
 // killLeftoversIn is killLeftovers; slotSockets says whether the run dir
 // is a slot's, which also had a console and a VNC socket (the one-instance
@@ -338,6 +344,9 @@ func (a *Agent) recoverJournal(ctx context.Context, j *journal.Journal) *sync.Wa
 		a.Log.Error("reading the task journal", "dir", j.Path(), "error", err)
 	}
 	for _, e := range entries {
+		if a.adoptedEntry(e.ID) {
+			continue // sent when its hold ends
+		}
 		if e.State == journal.Received {
 			a.recoverReceived(j, e)
 		}
@@ -452,7 +461,9 @@ func (a *Agent) offerAll(machines []*inventory.Machine) func(controller.Controll
 func (a *Agent) deliver(ctx, jctx context.Context, s *slot, resp *manifest.TaskResponse, machines []*inventory.Machine, received time.Time, cpus int, onHold func()) *journal.Entry {
 	e, teardown := a.handle(jctx, s, resp, machines, received, cpus, onHold)
 	a.Metrics.TaskOutcome(reportedStatus(e))
-	if e != nil {
+	if e != nil && e.State == journal.Held {
+		s.log.Info("the held machine's result stays journaled until the next agent ends the hold", "entry", e.ID)
+	} else if e != nil {
 		// SIGTERM, before or during the POST, leaves it a short grace
 		// (one quick try); what is still unsent goes at the next start.
 		sendCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))

@@ -85,6 +85,11 @@ type session struct {
 	prefix      string // this attempt's TFTP session prefix
 	// redirectTo is this attempt's redirect listener (bridge mode).
 	redirectTo netip.AddrPort
+	// canDetach: a hold the agent stops during is left running for the
+	// next agent to take over (a build without auxiliary machines);
+	// detached says that happened: teardown then leaves the VM, its
+	// snapshot, tap and records alone.
+	canDetach, detached bool
 
 	// snapshotTook is what the last attempt's btrfs snapshot took.
 	snapshotTook time.Duration
@@ -197,6 +202,9 @@ func (s *session) start(ctx context.Context) (sessionReport, bool) {
 	if !s.fixed {
 		snap := s.snapshot
 		s.push(func() {
+			if s.detached {
+				return
+			}
 			if err := btrfs.Delete(snap); err != nil {
 				v.Log.Error("deleting snapshot", "path", snap, "error", err)
 			}
@@ -230,13 +238,21 @@ func (s *session) start(ctx context.Context) (sessionReport, bool) {
 		if err := machine.CreateTap(cfg.Tap, v.Opts.Bridge); err != nil {
 			return host("tap", err)
 		}
-		s.push(v.dropTap)
+		s.push(func() {
+			if !s.detached {
+				v.dropTap()
+			}
+		})
 		if s.redirectTo.IsValid() {
 			r := machine.Redirect{Table: v.redirectTable(), Tap: cfg.Tap, MAC: cfg.MAC, Mark: v.redirectMark(), To: s.redirectTo}
 			if err := machine.InstallRedirect(r); err != nil {
 				return host("installing the worker redirect (nftables)", err)
 			}
-			s.push(v.dropRedirect)
+			s.push(func() {
+				if !s.detached {
+					v.dropRedirect()
+				}
+			})
 		}
 	}
 	if v.onBoot != nil {
@@ -258,6 +274,9 @@ func (s *session) start(ctx context.Context) (sessionReport, bool) {
 		return host("recording the VM", err)
 	}
 	s.push(func() {
+		if s.detached {
+			return
+		}
 		m.ForceDown()
 		removeVMRecord(v.runDir)
 		if s.mode == "build" {
@@ -538,7 +557,11 @@ func (s *session) hold(ctx context.Context, why string) {
 	if err := writeSuspended(v.runDir, rec); err != nil {
 		v.Log.Error("recording the suspended machine", "error", err)
 	}
-	defer os.Remove(filepath.Join(v.runDir, suspendedFile))
+	defer func() {
+		if !s.detached {
+			os.Remove(filepath.Join(v.runDir, suspendedFile))
+		}
+	}()
 	if v.onSuspend != nil {
 		v.onSuspend(m)
 	}
@@ -567,6 +590,13 @@ held:
 			v.Log.Warn("releasing the oldest held machine: more are held than --suspend-max allows", "snapshot", s.snapshot, "suspend-max", v.Opts.SuspendMax)
 			break held
 		case <-ctx.Done():
+			if s.canDetach {
+				// SIGTERM, an upgrade, a drain's end: the evidence stays.
+				s.detached = true
+				v.Log.Warn("the agent stops: the held machine stays suspended for the next agent to take over",
+					"snapshot", s.snapshot, "pid", info.PID)
+				return
+			}
 			break held
 		case <-h.beat():
 		}

@@ -30,6 +30,9 @@ type slot struct {
 	dirs    taskDirs
 	log     *slog.Logger
 	claim   *os.File // flock on <run>/instance-<n>.lock
+	// adopted is a hold a previous agent left, taken over at start-up
+	// (open) until Run starts it as the slot's job.
+	adopted *adoptedHold
 
 	// Guarded by Agent.mu.
 	job        *job

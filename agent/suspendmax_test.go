@@ -39,8 +39,11 @@ func TestSuspendMax(t *testing.T) {
 	if n := len(srv.Results()); n != 1 {
 		t.Errorf("%d results while slot 2 holds its machine", n)
 	}
-	e.stop()
-	if rs := srv.Results(); len(rs) != 2 {
-		t.Errorf("after the stop: %d results, want 2", len(rs))
+	if _, err := ReleaseSuspended(e.slotRun(2)); err != nil {
+		t.Fatal(err)
 	}
+	if rs := srv.WaitResults(2, 30*time.Second); len(rs) != 2 {
+		t.Errorf("after releasing slot 2: %d results, want 2", len(rs))
+	}
+	e.stop()
 }

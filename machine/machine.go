@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/digitalocean/go-qemu/qmp"
@@ -136,9 +135,10 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Machine, error) 
 	m.cmd.Stdin = stdin
 	m.cmd.Stdout = m.mux
 	m.cmd.Stderr = m.mux
-	// QEMU dies with the agent: nothing is leaked by an agent crash (the
-	// pid file lets a restarted agent check as well).
-	m.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// No parent-death signal: a machine held for inspection outlives the
+	// agent, and the next one takes it over; any other is killed by the
+	// next agent's recovery (the VM record and the pid file name it).
+	// -runas would clear the signal anyway.
 	log.Info("starting machine", "name", cfg.Name, "dir", cfg.Dir, "argv", CommandLine(append([]string{cfg.binary()}, argv...)))
 	m.setState(StateBooting)
 	err = m.cmd.Start()
