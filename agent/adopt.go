@@ -123,10 +123,6 @@ func (a *Agent) holdAdopted(ctx context.Context, s *slot, ad *adoptedHold) {
 	tick := time.NewTicker(adoptedPoll)
 	defer tick.Stop()
 	h := heartOf(ctx)
-	select {
-	case <-v.evict:
-	default:
-	}
 held:
 	for {
 		select {
