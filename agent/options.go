@@ -299,9 +299,9 @@ func (o *Options) Validate() error {
 		{"suspend-timeout", o.SuspendTimeout}, {"bootstrap-auxiliary", o.BootstrapAuxiliary},
 		{"interactive-timeout", o.InteractiveTimeout}, {"failed-ttl", o.FailedTTL}, {"retire-after", o.RetireAfter}} {
 		r := Ranges[d.name]
-		// Min is 0 or 1: positive, allowing the sub-second values Go
+		// A Min of 1 means positive, allowing the sub-second values Go
 		// callers may set.
-		if d.v < 0 || (r.Min > 0 && d.v == 0) || d.v > time.Duration(r.Max)*time.Second {
+		if d.v < 0 || (r.Min > 0 && d.v == 0) || (r.Min > 1 && d.v < time.Duration(r.Min)*time.Second) || d.v > time.Duration(r.Max)*time.Second {
 			return &OptionError{d.name, strconv.FormatInt(int64(d.v/time.Second), 10), "must be between " + formatBound(r.Min) + " and " + formatBound(r.Max) + " seconds"}
 		}
 	}

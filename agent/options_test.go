@@ -153,6 +153,10 @@ func TestValidateRanges(t *testing.T) {
 		"suspend-timeout":     secs(func(o *Options) *time.Duration { return &o.SuspendTimeout }),
 		"bootstrap-auxiliary": secs(func(o *Options) *time.Duration { return &o.BootstrapAuxiliary }),
 		"interactive-timeout": secs(func(o *Options) *time.Duration { return &o.InteractiveTimeout }),
+		"suspend-max":         whole(func(o *Options) *int { return &o.SuspendMax }),
+		"min-free":            size(func(o *Options) *uint64 { return &o.MinFree }),
+		"failed-ttl":          secs(func(o *Options) *time.Duration { return &o.FailedTTL }),
+		"retire-after":        secs(func(o *Options) *time.Duration { return &o.RetireAfter }),
 	}
 	if len(set) != len(Ranges) {
 		t.Errorf("%d options tested, %d in Ranges", len(set), len(Ranges))
