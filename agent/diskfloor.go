@@ -15,6 +15,7 @@ type diskFloor struct {
 	mu   sync.Mutex
 	free []metrics.FreeSpace
 	low  string // why the last check found too little space; "" if none
+	said bool   // the low space was logged (until space is back)
 }
 
 // checkFreeSpace measures the free space (for unprivileged users, as
@@ -50,6 +51,9 @@ func (a *Agent) checkFreeSpace() string {
 	a.floor.mu.Lock()
 	was := a.floor.low
 	a.floor.free, a.floor.low = free, low
+	if low == "" {
+		a.floor.said = false
+	}
 	a.floor.mu.Unlock()
 	if was != "" && low == "" {
 		a.Log.Info("free space is above --min-free again")
@@ -62,9 +66,13 @@ func (a *Agent) checkFreeSpace() string {
 // resumes soon after space is freed; said once, then at debug level.
 func (a *Agent) lowSpaceBackoff(why string) {
 	a.backoffMu.Lock()
-	repeated := a.backoffWhy == why
 	a.backoffUntil, a.backoffWhy = time.Now().Add(a.Opts.PollInterval), why
 	a.backoffMu.Unlock()
+	// The figures change every round: said once per low-space episode.
+	a.floor.mu.Lock()
+	repeated := a.floor.said
+	a.floor.said = true
+	a.floor.mu.Unlock()
 	if repeated {
 		a.Log.Debug("host fault: low free space", "why", why)
 		return

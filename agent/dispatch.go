@@ -447,7 +447,17 @@ func (a *Agent) pollOnce(ctx context.Context, scanned []*inventory.Machine) bool
 	victims, ok := planStart(prio, m.Header().Name, running, free)
 	var s *slot
 	if ok {
-		s = a.preempt(ctx, victims, ctl.URL)
+		prefer := 0
+		if breakpoint(resp.Task) != "" {
+			a.mu.Lock()
+			prefer = a.loginSlot
+			a.mu.Unlock()
+		}
+		s = a.preempt(ctx, victims, ctl.URL, prefer)
+		if s != nil && prefer != 0 && s.n() != prefer {
+			s.log.Warn("the interactive task's slot is not the one its interactive-login named (that slot is busy): its console is this slot's",
+				"login-instance", prefer, "console", InteractiveLogin(s.plan.RunDir))
+		}
 	}
 	var tok *os.File
 	switch {
@@ -497,7 +507,8 @@ func (a *Agent) unplaced(ctx context.Context, resp *manifest.TaskResponse, m *in
 // end (VM forced down, snapshot removed, interrupt settled) and returns a
 // slot for the new task: an idle one, else the first victim's. nil when
 // none frees up.
-func (a *Agent) preempt(ctx context.Context, victims []int, by string) *slot {
+// An idle slot numbered prefer (0: any) is taken first.
+func (a *Agent) preempt(ctx context.Context, victims []int, by string, prefer int) *slot {
 	var waits []chan struct{}
 	a.mu.Lock()
 	for _, n := range victims {
@@ -524,7 +535,13 @@ func (a *Agent) preempt(ctx context.Context, victims []int, by string) *slot {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if idle := a.idleSlots(); len(idle) > 0 {
+	idle := a.idleSlots()
+	for _, s := range idle {
+		if s.n() == prefer {
+			return s
+		}
+	}
+	if len(idle) > 0 {
 		return idle[0]
 	}
 	return nil

@@ -80,6 +80,9 @@ func (a *Agent) addInteractive(req *manifest.TaskRequest) {
 	} else if len(a.slots) > 0 {
 		plan = a.slots[0].plan
 	}
+	// An interactive task this request brings goes to this slot if it is
+	// free then (placeTask): the controller shows this console.
+	a.loginSlot = plan.Instance
 	a.mu.Unlock()
 	req.InteractiveMode, req.InteractiveLogin = mode, InteractiveLogin(plan.RunDir)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -33,6 +34,14 @@ func (a *Agent) takeResends(ctx context.Context) {
 	}
 	if len(ids) == 0 {
 		return
+	}
+	// A --resend that crashed before emptying failed/ left a copy there:
+	// the result is queued now, so that copy goes.
+	failed := journal.FailedDir(a.Opts.StateDir)
+	for _, id := range ids {
+		for _, suffix := range []string{".req", ".why", ".json"} {
+			os.Remove(filepath.Join(failed, id+suffix))
+		}
 	}
 	entries, err := a.Journal.Entries()
 	if err != nil {

@@ -43,6 +43,7 @@ type Agent struct {
 	lastPurge  time.Time
 	floor      diskFloor // the last free-space check
 	lastSeen   time.Time // when the toolchain was last marked in use (markSeen)
+	loginSlot  int       // the instance the last request's interactive-login names (guarded by mu)
 	Enumerator *inventory.Enumerator
 	Client     *controller.Client
 	// Journal is the first slot's task journal (opened by Run, Next and
@@ -321,8 +322,9 @@ func (a *Agent) killLeftoversIn(s *slot, slotSockets bool) {
 			s.log.Warn("removing a stale socket", "error", err)
 		}
 	}
-	// The worker redirect and the tap, by the slot's own names.
-	if slotSockets && a.Opts.Network == "bridge" {
+	// The worker redirect and the tap, by the slot's own names (a bridge
+	// mode run may have left them before a restart in user mode).
+	if slotSockets && s.plan.Offset >= 1 && (a.Opts.Network == "bridge" || (os.Geteuid() == 0 && machine.HaveNFT() == nil)) {
 		if err := machine.RemoveRedirect(redirectTable(s.plan.Offset)); err != nil {
 			s.log.Warn("removing a worker redirect left by a previous agent", "error", err)
 		}

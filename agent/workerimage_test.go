@@ -66,14 +66,14 @@ func requireNFT(t *testing.T) {
 
 // plainWorkerE2E is a bridge-mode agent in the namespace whose machine
 // plays an unmodified worker, the bridge's DHCP server, and the strict
-// controller it polls.
-func plainWorkerE2E(t *testing.T) (*controllertest.Server, *e2e) {
+// controller it polls; extra goes onto the guest's kernel command line.
+func plainWorkerE2E(t *testing.T, extra string) (*controllertest.Server, *e2e) {
 	requireNFT(t)
 	startDHCP(t)
 	srv := controllertest.New()
 	t.Cleanup(srv.Close)
 	e := bridgeE2E(t, controller.Controller{URL: srv.TaskURL()})
-	e.plainWorker("")
+	e.plainWorker(extra)
 	return srv, e
 }
 
@@ -103,7 +103,7 @@ func TestWorkerImage(t *testing.T) {
 	if !inNetns(t) {
 		return
 	}
-	srv, e := plainWorkerE2E(t)
+	srv, e := plainWorkerE2E(t, "")
 	srv.QueueTask("hello", testMachine)
 
 	// What an agent killed while instance 2 ran leaves: its run dir, tap
@@ -193,7 +193,7 @@ func TestWorkerImageCrash(t *testing.T) {
 	if !inNetns(t) {
 		return
 	}
-	srv, e := plainWorkerE2E(t)
+	srv, e := plainWorkerE2E(t, "")
 	srv.QueueTask("hello", testMachine)
 	runCrashChild(t, e, "after-qemu-start", 0)
 	if tables := redirectTables(t); len(tables) != 2 {
@@ -212,5 +212,26 @@ func TestWorkerImageCrash(t *testing.T) {
 	}
 	if tables := redirectTables(t); len(tables) != 0 {
 		t.Errorf("redirect tables left: %v", tables)
+	}
+}
+
+// TestWorkerImageStatic: a plain worker with a static address (the
+// admin's, outside the agent's guest blocks; no lease) gets its task
+// through the redirect too.
+func TestWorkerImageStatic(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	srv, e := plainWorkerE2E(t, "bbot.static=192.168.213.50/24,192.168.213.1")
+	srv.QueueTask("hello", testMachine)
+	e.start()
+	results := srv.WaitResults(1, 180*time.Second)
+	e.shutdown()
+	if got := statuses(results); got["hello"] != "success" {
+		t.Fatalf("results %v, want hello: success", got)
+	}
+	console, _ := os.ReadFile(filepath.Join(e.slotRun(1), "console.log"))
+	if !strings.Contains(string(console), "plain: static: eth0 192.168.213.50/24 via 192.168.213.1") || strings.Contains(string(console), "dhcp:") {
+		t.Errorf("the guest did not use its static address; console:\n%s", console)
 	}
 }

@@ -113,6 +113,10 @@ func Resend(failedDir, resendDir, id string) (*Entry, error) {
 	if _, err := os.Stat(j.metaPath(id)); err == nil {
 		return nil, fmt.Errorf("%s: %w", id, ErrQueued)
 	}
+	// Taken over by an agent already (its journal is beside failed/).
+	if taken, _ := filepath.Glob(filepath.Join(filepath.Dir(failedDir), "journal", "*", id+".json")); len(taken) > 0 {
+		return nil, fmt.Errorf("%s: %w", id, ErrQueued)
+	}
 	if err := os.Link(filepath.Join(failedDir, id+".req"), j.BodyPath(id)); err != nil && !errors.Is(err, os.ErrExist) {
 		return nil, err
 	}

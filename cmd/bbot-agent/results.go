@@ -38,6 +38,13 @@ func showResults(o *agent.Options, stdout io.Writer) error {
 				e.Created.Format(time.RFC3339), firstLine(e.Reason))
 		}
 	}
+	if queued, _ := journal.ReadEntries(journal.ResendDir(o.StateDir)); len(queued) > 0 {
+		for _, e := range queued {
+			pending++
+			fmt.Fprintf(tw, "resend\t%s\t%s\t%s/%s\t%s\t%s\t%s\n", e.ID, "queued", e.Package, e.PackageVersion, e.Status,
+				e.Created.Format(time.RFC3339), "--resend: the agent sends it at its next poll round or start")
+		}
+	}
 	if pending == 0 {
 		fmt.Fprintln(tw, "(none)")
 	}

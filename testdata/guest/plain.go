@@ -17,7 +17,8 @@ import (
 // address by DHCP from the bridge and talks TFTP to 196.254.111.222:69
 // with bare names (task.manifest present: a build; absent: a bootstrap).
 // bbot.mac=MAC first changes its interface's MAC (a guest posing as
-// another slot's).
+// another slot's); bbot.static=ADDR/LEN,GW takes that address instead of
+// a lease.
 
 // kernelOptions returns the bbot.* options of the kernel command line.
 func kernelOptions() map[string]string {
@@ -41,17 +42,26 @@ func plainWorker(opts map[string]string) error {
 		cmds = append(cmds, []string{"link", "set", "dev", dev, "address", mac})
 	}
 	cmds = append(cmds, []string{"link", "set", dev, "up"})
+	// bbot.static=ADDR/LEN,GW: an address the admin gave the image.
+	addr, gw, static := strings.Cut(opts["bbot.static"], ",")
+	if static {
+		cmds = append(cmds, []string{"addr", "add", addr, "dev", dev}, []string{"route", "add", "default", "via", gw})
+	}
 	for _, args := range cmds {
 		if out, err := exec.Command("/bin/busybox", append([]string{"ip"}, args...)...).CombinedOutput(); err != nil {
 			return fmt.Errorf("ip %v: %v: %s", args, err, out)
 		}
 	}
-	// udhcpc runs /bin/dhcp-script (testdata/machine/build.sh), which
-	// configures the lease and prints it.
-	out, err := exec.Command("/bin/busybox", "udhcpc", "-i", dev, "-n", "-q", "-t", "10", "-T", "1", "-s", "/bin/dhcp-script").CombinedOutput()
-	logf("plain: udhcpc: %s", strings.TrimSpace(string(out)))
-	if err != nil {
-		return fmt.Errorf("no DHCP lease: %v", err)
+	if static {
+		logf("plain: static: %s %s via %s", dev, addr, gw)
+	} else {
+		// udhcpc runs /bin/dhcp-script (testdata/machine/build.sh),
+		// which configures the lease and prints it.
+		out, err := exec.Command("/bin/busybox", "udhcpc", "-i", dev, "-n", "-q", "-t", "10", "-T", "1", "-s", "/bin/dhcp-script").CombinedOutput()
+		logf("plain: udhcpc: %s", strings.TrimSpace(string(out)))
+		if err != nil {
+			return fmt.Errorf("no DHCP lease: %v", err)
+		}
 	}
 	c, err := pintftp.NewClient("196.254.111.222:69")
 	if err != nil {
