@@ -29,7 +29,8 @@ type adoptedHold struct {
 // left no auxiliary machine, and the slot's journal holds its entry in
 // state held. The machine's lock is taken here, before enumeration can
 // sweep the snapshot. The console socket was the dead agent's (it served
-// it) and goes; QEMU's own sockets (QMP, admin, VNC) stay.
+// it) and goes until holdAdopted serves it again; QEMU's own sockets
+// (QMP, admin, VNC) stay.
 func (a *Agent) adoptHold(s *slot) bool {
 	run := s.plan.RunDir
 	r, err := readVMRecord(run)
@@ -123,6 +124,7 @@ func (a *Agent) holdAdopted(ctx context.Context, s *slot, ad *adoptedHold) {
 	tick := time.NewTicker(adoptedPoll)
 	defer tick.Stop()
 	h := heartOf(ctx)
+	console := a.reattachConsole(ctx, s, ad)
 held:
 	for {
 		select {
@@ -139,6 +141,13 @@ held:
 			break held
 		case <-ctx.Done():
 			s.log.Warn("the agent stops: the held machine stays suspended for the next agent to take over", "pid", pid)
+			if console != nil {
+				console.Close()
+				ad.sus.ConsoleSocket = ""
+				if err := writeSuspended(s.plan.RunDir, *ad.sus); err != nil {
+					s.log.Warn("rewriting the held machine's record", "error", err)
+				}
+			}
 			ad.lock.Close()
 			return
 		case <-h.beat():
@@ -147,6 +156,9 @@ held:
 	defer h.busy(sessionStepBound)()
 	if _, err := killRecorded(pid, start); err != nil {
 		s.log.Error("ending the held QEMU", "pid", pid, "error", err)
+	}
+	if console != nil {
+		console.Close()
 	}
 	run := s.plan.RunDir
 	removeVMRecord(run)
@@ -175,4 +187,24 @@ held:
 		s.log.Error("journal", "error", err)
 	}
 	a.Sender.Async(ctx, s.journal, e, func(bool) {})
+}
+
+// reattachConsole serves the taken-over machine's serial console again,
+// on the slot's console socket, and records it for --suspended; nil (and
+// the hold goes on without it) if QEMU does not let it.
+func (a *Agent) reattachConsole(ctx context.Context, s *slot, ad *adoptedHold) *machine.HeldConsole {
+	defer heartOf(ctx).busy(sessionStepBound)()
+	run := s.plan.RunDir
+	c, err := machine.ReattachConsole(ctx, filepath.Join(run, machine.QMPSocketName), run, ad.sus.ConsoleLog,
+		machine.DefaultConsoleLogMax, s.log, filepath.Base(ad.entry.MachineDir))
+	if err != nil {
+		s.log.Warn("the held machine's console is not served again (VNC and the admin socket still are)", "error", err)
+		return nil
+	}
+	ad.sus.ConsoleSocket = c.SocketPath()
+	if err := writeSuspended(run, *ad.sus); err != nil {
+		s.log.Warn("rewriting the held machine's record", "error", err)
+	}
+	s.log.Info("serving the held machine's console again", "attach", ConsoleAttach(c.SocketPath()))
+	return c
 }

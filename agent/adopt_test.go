@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -9,6 +11,7 @@ import (
 
 	"github.com/build2/bbot-agent-go/agent/controller"
 	"github.com/build2/bbot-agent-go/agent/controllertest"
+	"github.com/build2/bbot-agent-go/machine"
 )
 
 // TestHoldSurvivesRestart: a machine held for inspection outlives its
@@ -48,9 +51,24 @@ func TestHoldSurvivesRestart(t *testing.T) {
 				t.Fatalf("the restarted agent does not hold the machine; status: %q", status.lines)
 			}
 			again, err := ListSuspended(e.opts.RunDir)
-			if err != nil || len(again) != 1 || again[0].Suspended.PID != held.PID || again[0].Suspended.ConsoleSocket != "" {
-				t.Fatalf("--suspended after the restart: %+v, %v (want pid %d, no console socket)", again, err, held.PID)
+			wantSocket := filepath.Join(e.slotRun(1), machine.ConsoleSocketName)
+			if err != nil || len(again) != 1 || again[0].Suspended.PID != held.PID || again[0].Suspended.ConsoleSocket != wantSocket {
+				t.Fatalf("--suspended after the restart: %+v, %v (want pid %d, console socket %s)", again, err, held.PID, wantSocket)
 			}
+			// The console is served again: a client first gets the output
+			// from before the restart (the guest's last words).
+			console, err := net.Dial("unix", wantSocket)
+			if err != nil {
+				t.Fatalf("the console of the taken-over machine: %v", err)
+			}
+			consoleUntil(t, console, "build: hanging")
+			// Resumed (--resume), the guest reads what is typed there.
+			if _, err := ResumeSuspended(e.slotRun(1)); err != nil {
+				t.Fatal(err)
+			}
+			console.Write([]byte("inspecting\n"))
+			consoleUntil(t, console, `console input "inspecting"`)
+			console.Close()
 			time.Sleep(time.Second)
 			for _, r := range srv.Results() {
 				if r.Request.Session == srv.Sessions()[before] {

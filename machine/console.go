@@ -31,6 +31,34 @@ func openConsoleLog(path string, max int64) (*consoleLog, error) {
 	return &consoleLog{f: f, max: max}, nil
 }
 
+// appendConsoleLog opens the log at path to go on with it (a console
+// taken over): what is there stays, within max.
+func appendConsoleLog(path string, max int64) (*consoleLog, error) {
+	if max <= 0 {
+		max = DefaultConsoleLogMax
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o640)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &consoleLog{f: f, size: fi.Size(), max: max}, nil
+}
+
+// tail returns the log's last n bytes at most.
+func (c *consoleLog) tail(n int64) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	off := max(c.size-n, 0)
+	b := make([]byte, c.size-off)
+	k, _ := c.f.ReadAt(b, off)
+	return b[:k]
+}
+
 func (c *consoleLog) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -70,9 +70,9 @@ type consoleClient struct {
 }
 
 // newConsoleMux serves the console on ln: it takes ln, and closes it and
-// in when closed.
-func newConsoleMux(log io.Writer, in io.WriteCloser, ln net.Listener, logger *slog.Logger, name string) *consoleMux {
-	m := &consoleMux{log: log, in: in, ln: ln, logger: logger, name: name, clients: map[*consoleClient]struct{}{}}
+// in when closed. replay is output from before (a console taken over).
+func newConsoleMux(log io.Writer, in io.WriteCloser, ln net.Listener, logger *slog.Logger, name string, replay []byte) *consoleMux {
+	m := &consoleMux{log: log, in: in, ln: ln, logger: logger, name: name, replay: replay, clients: map[*consoleClient]struct{}{}}
 	m.wg.Add(1)
 	go m.accept()
 	return m

@@ -61,7 +61,7 @@ func newMuxHarnessWith(t *testing.T, wrap func(net.Listener) net.Listener) *muxH
 		t.Fatal(err)
 	}
 	h := &muxHarness{log: &syncBuffer{}, stdin: r, path: path}
-	h.mux = newConsoleMux(h.log, w, wrap(ln), slog.New(slog.DiscardHandler), "test")
+	h.mux = newConsoleMux(h.log, w, wrap(ln), slog.New(slog.DiscardHandler), "test", nil)
 	t.Cleanup(func() { h.mux.Close(); r.Close() })
 	return h
 }

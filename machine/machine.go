@@ -127,7 +127,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Machine, error) 
 		ln.Close()
 		return fail(err)
 	}
-	m.mux = newConsoleMux(m.console, input, ln, log, cfg.Name)
+	m.mux = newConsoleMux(m.console, input, ln, log, cfg.Name, nil)
 	undo = append(undo, func() { m.mux.Close() })
 
 	m.cmd = exec.Command(cfg.binary(), argv...)

@@ -512,3 +512,86 @@ func TestConsoleSocket(t *testing.T) {
 		t.Errorf("VNC socket after exit: %v", err)
 	}
 }
+
+// TestReattachConsole: the console of a QEMU another process started (a
+// held machine an earlier agent left) is served again: QEMU's console
+// chardev moves from its stdio to the socket pair ReattachConsole passes.
+// A client of the new console socket first gets the log's tail (output
+// from before), its input reaches the guest and the guest's answer comes
+// back to it (not to the old console) and into the log, appended. Closed,
+// the socket goes and QEMU runs on; a second takeover works the same;
+// QEMU gone, the console ends.
+// The test's Machine keeps its QMP socket: the admin socket stands in.
+func TestReattachConsole(t *testing.T) {
+	_, cfg := setup(t, "console")
+	cfg.ConsoleSocket = filepath.Join(t.TempDir(), "first.sock") // the first agent's, out of the way
+	m := start(t, cfg)
+	first := readConsole(dialConsole(t, cfg))
+	first.wait(t, "first", "console: tick 1", 60*time.Second)
+
+	// The log the taken-over console goes on with: the earlier output.
+	heldLog := filepath.Join(t.TempDir(), "held.log")
+	if err := os.WriteFile(heldLog, mustRead(t, cfg.ConsolePath()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before := len(mustRead(t, heldLog))
+	for round := 1; round <= 2; round++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		h, err := machine.ReattachConsole(ctx, cfg.AdminSocket(), cfg.RunDir, heldLog, 0, testLogger(t), cfg.Name)
+		cancel()
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		if want := filepath.Join(cfg.RunDir, machine.ConsoleSocketName); h.SocketPath() != want {
+			t.Errorf("socket %q, want %q", h.SocketPath(), want)
+		}
+		c, err := net.Dial("unix", h.SocketPath())
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := readConsole(c)
+		r.wait(t, "taken over", "console: tick", 10*time.Second) // the replay, at least
+		line := fmt.Sprintf("hello after takeover %d", round)
+		if _, err := c.Write([]byte(line + "\n")); err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf("bbot-guest: console input %q", line)
+		r.wait(t, "taken over", want, 30*time.Second)
+		if strings.Contains(first.String(), want) {
+			t.Errorf("round %d: the first console still gets the output", round)
+		}
+		log := string(mustRead(t, heldLog))
+		if len(log) <= before || !strings.Contains(log[before:], want) {
+			t.Errorf("round %d: the log lacks the new output after the old (%d bytes, %d before)", round, len(log), before)
+		}
+		before = len(log)
+		if err := h.Close(); err != nil {
+			t.Errorf("round %d: close: %v", round, err)
+		}
+		select {
+		case <-r.done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("round %d: the client was not disconnected", round)
+		}
+		if _, err := os.Lstat(h.SocketPath()); err == nil {
+			t.Errorf("round %d: the console socket is left", round)
+		}
+		if m.State() != machine.StateRunning {
+			t.Fatalf("round %d: machine %v after the console closed", round, m.State())
+		}
+	}
+
+	// QEMU gone: a served console ends by itself.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	h, err := machine.ReattachConsole(ctx, cfg.AdminSocket(), cfg.RunDir, heldLog, 0, testLogger(t), cfg.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.ForceDown()
+	select {
+	case <-h.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the console outlived QEMU")
+	}
+}

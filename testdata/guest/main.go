@@ -324,6 +324,7 @@ func (g *guest) build() error {
 		res.Operations = []manifest.OperationResult{{Operation: "update", Status: "error", Log: "hello.cxx:1:1: error: this package always fails\n"}}
 	case "hang":
 		logf("build: hanging")
+		go readConsole() // a person inspecting the held machine types
 		select {}
 	case "crash":
 		return errors.New("crashing without a result")
