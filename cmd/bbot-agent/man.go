@@ -344,6 +344,7 @@ there.
 A held machine is paused: attaching shows the replay of its last output
 only, and typed input is buffered until
 .BR \-\-resume .
+A hold taken over from an earlier agent has its console served again on the same socket.
 .TP
 .IR /etc/bbot\-agent/ <toolchain> .options
 The options file the systemd unit
@@ -355,17 +356,18 @@ reads
 const manSignals = `.SH SIGNALS
 .TP
 .BR SIGTERM ", " SIGINT
-Stop: every machine is forced down (held ones too), running tasks are reported
+Stop: every running machine is forced down, running tasks are reported
 .B interrupt
 (or
 .B abort
 to a controller that refuses it), and the agent exits 0.
+A machine held for inspection is not ended: it stays suspended, with its records, and the next agent takes it over (its console served again) and sends its result when the hold ends.
 .TP
 .B SIGHUP
 Rescan the machines now. It does not read the options, options files or URLs again: restart the agent for that.
 .TP
 .B SIGUSR1
-Drain: finish the running tasks and bootstraps, take no new ones (a poll under way ends first), end held machines as on SIGTERM, wait up to a minute for results being sent (the rest stays journaled), and exit 0.
+Drain: finish the running tasks and bootstraps, take no new ones (a poll under way ends first), leave held machines held as on SIGTERM, wait up to a minute for results being sent (the rest stays journaled), and exit 0.
 .TP
 .B SIGABRT
 Sent by systemd's watchdog when the agent stopped sending WATCHDOG=1 (a goroutine did not answer its heartbeat): Go prints every goroutine's stack and exits 2.
