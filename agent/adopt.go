@@ -39,10 +39,14 @@ func (a *Agent) adoptHold(s *slot) bool {
 	}
 	sus, err := ReadSuspended(run)
 	if err != nil || sus == nil || sus.PID != r.PID || sus.StartTime != r.StartTime {
+		if err != nil {
+			s.log.Warn("not taking over a held machine: its record is unreadable; it is ended", "pid", r.PID, "error", err)
+		}
 		return false
 	}
 	if aux, _ := filepath.Glob(filepath.Join(run, "a*", vmRecordFile)); len(aux) > 0 {
-		return false // its auxiliary machines are not taken over
+		s.log.Warn("not taking over the held machine: its auxiliary machines are not taken over; it is ended", "pid", r.PID)
+		return false
 	}
 	entries, _ := s.journal.Entries()
 	var e *journal.Entry
@@ -52,10 +56,14 @@ func (a *Agent) adoptHold(s *slot) bool {
 		}
 	}
 	if e == nil {
+		s.log.Warn("not taking over the held machine: its journal entry is not held; it is ended", "pid", r.PID, "entry", r.Entry)
 		return false
 	}
-	lock, err := inventory.LockMachine(e.MachineDir)
+	// The lock is shared with every toolchain's scans: a short wait lets
+	// one pass.
+	lock, err := inventory.LockMachineWait(context.Background(), e.MachineDir, adoptLockWait)
 	if err != nil || lock == nil {
+		s.log.Warn("not taking over the held machine: its machine lock stays busy; it is ended and its result sent", "pid", r.PID, "machine", e.MachineDir, "error", err)
 		return false
 	}
 	machine.RemoveSocket(filepath.Join(run, machine.ConsoleSocketName))
@@ -67,6 +75,23 @@ func (a *Agent) adoptHold(s *slot) bool {
 	s.log.Warn("took over a machine a previous agent held for inspection", "pid", r.PID, "snapshot", r.Snapshot,
 		"since", sus.Since, "reason", sus.Reason, "entry", e.ID)
 	return true
+}
+
+// adoptLockWait bounds the wait for a held machine's lock at take-over.
+const adoptLockWait = 30 * time.Second
+
+// liveHold returns the pid of the live QEMU runDir's records name as
+// held, 0 if none.
+func liveHold(runDir string) int {
+	r, err := readVMRecord(runDir)
+	if err != nil || r.Mode != "build" {
+		return 0
+	}
+	sus, err := ReadSuspended(runDir)
+	if err != nil || sus == nil || sus.PID != r.PID || sus.StartTime != r.StartTime || processStartTime(r.PID) != r.StartTime {
+		return 0
+	}
+	return r.PID
 }
 
 // adoptedEntry reports whether entry id belongs to a hold taken over.

@@ -1,8 +1,10 @@
 package agent
 
 import (
+	"errors"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -144,5 +146,42 @@ func stopChildWhenHeld(t *testing.T, e *e2e) {
 	log, _ := os.ReadFile(logFile)
 	if !strings.Contains(string(log), "stays suspended for the next agent") {
 		t.Fatalf("the child did not leave its hold:\n%s", tail(string(log), 3000))
+	}
+}
+
+// TestOneShotLeavesHold: a one-shot (--fake-request, --dump-result) run
+// while the daemon is down with a live held machine refuses the slot
+// (exit 78, naming --release) and leaves the QEMU and its records alone;
+// a stand-in process plays the held QEMU.
+func TestOneShotLeavesHold(t *testing.T) {
+	run := t.TempDir()
+	held := exec.Command("sleep", "300")
+	if err := held.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer held.Process.Kill()
+	pid := held.Process.Pid
+	start := processStartTime(pid)
+	if err := writeVMRecord(run, vmRecord{PID: pid, StartTime: start, Mode: "build", Entry: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeSuspended(run, Suspended{PID: pid, StartTime: start, Since: time.Now(), Reason: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	a := &Agent{Opts: &Options{RunDir: run, TFTP: t.TempDir(), ToolchainName: "e2e"}, Log: testLog(t)}
+	s := &slot{plan: SlotPlan{Instance: 1, RunDir: run}, log: a.Log}
+	err := a.killLeftovers(s)
+	var ce *ConfigError
+	if !errors.As(err, &ce) || !strings.Contains(err.Error(), "--release") {
+		t.Fatalf("one-shot: %v, want a ConfigError naming --release", err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if processStartTime(pid) != start {
+		t.Fatal("the held QEMU was killed by a one-shot")
+	}
+	for _, f := range []string{vmRecordFile, suspendedFile} {
+		if _, err := os.Stat(filepath.Join(run, f)); err != nil {
+			t.Errorf("record %s: %v", f, err)
+		}
 	}
 }

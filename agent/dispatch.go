@@ -35,6 +35,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.mu.Lock()
 	a.stopAll = stopAll
 	a.mu.Unlock()
+	a.daemon = true // holds left by an earlier agent are taken over, not refused
 	if err := a.open(rctx); err != nil {
 		return err
 	}
@@ -203,7 +204,7 @@ var drainSendGrace = time.Minute
 var errDrained = errors.New("drained")
 
 // finishDrain waits a little for the outbox, then stops the agent: held
-// machines are forced down as on SIGTERM.
+// machines stay held, as on SIGTERM, for the next agent to take over.
 func (a *Agent) finishDrain(h *heart) {
 	sent := make(chan struct{})
 	go func() { a.Sender.Wait(); close(sent) }()

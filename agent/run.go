@@ -57,6 +57,7 @@ type Agent struct {
 	slots      []*slot
 	mu         sync.Mutex
 	changed    chan struct{}
+	daemon     bool // Run, not a one-shot: holds left are taken over
 	jobs       *errgroup.Group
 	lastStatus string
 	statusMu   sync.Mutex
@@ -161,7 +162,9 @@ func (a *Agent) open(ctx context.Context) error {
 		if err := os.MkdirAll(s.plan.RunDir, 0o700); err != nil {
 			return &ConfigError{fmt.Errorf("--run-dir: %w", err)}
 		}
-		a.killLeftovers(s)
+		if err := a.killLeftovers(s); err != nil {
+			return err
+		}
 	}
 	if n, err := a.Journal.ImportLegacy(a.Opts.StateDir); err != nil {
 		a.Log.Error("importing results of the old outbox", "error", err)
@@ -277,12 +280,19 @@ func (a *Agent) Close() {
 // killLeftovers kills a VM recorded in the slot's run dir by a previous
 // agent (checked by its start time, so a reused pid is never hit) and
 // removes stale run files.
-func (a *Agent) killLeftovers(s *slot) {
-	if a.adoptHold(s) {
-		return
+// Only the daemon (Run) takes a live hold over; a one-shot (--fake-request,
+// --dump-result) refuses to run in its slot rather than end the evidence.
+func (a *Agent) killLeftovers(s *slot) error {
+	if !a.daemon {
+		if pid := liveHold(s.plan.RunDir); pid != 0 {
+			return &ConfigError{fmt.Errorf("instance %d holds a machine for inspection (QEMU pid %d) that the daemon will take over: --release it first", s.n(), pid)}
+		}
+	} else if a.adoptHold(s) {
+		return nil
 	}
 	a.killLeftoversIn(s, true)
 	a.cleanAuxiliary(s)
+	return nil
 }
 
 // killLeftoversIn is killLeftovers; slotSockets says whether the run dir

@@ -539,7 +539,8 @@ func (s *session) hold(ctx context.Context, why string) {
 		return
 	}
 	info := m.Info()
-	if err := m.Suspend(ctx); err != nil && !errors.Is(err, machine.ErrExited) {
+	// Paused even when the agent is stopping: the hold then outlives it.
+	if err := m.Suspend(context.WithoutCancel(ctx)); err != nil && !errors.Is(err, machine.ErrExited) {
 		v.Log.Error("suspending machine failed", "error", err)
 	}
 	select {

@@ -57,10 +57,8 @@ func ReattachConsole(ctx context.Context, monitor, runDir, consoleLog string, lo
 	if err != nil {
 		return nil, fmt.Errorf("console socket pair: %w", err)
 	}
-	if err := switchConsole(ctx, monitor, theirs); err != nil {
-		conn.Close()
-		return nil, err
-	}
+	// The log and the socket first: QEMU's console is switched only once
+	// everything else is ready, so a failure here leaves it untouched.
 	clog, err := appendConsoleLog(consoleLog, logMax)
 	if err != nil {
 		conn.Close()
@@ -69,6 +67,12 @@ func ReattachConsole(ctx context.Context, monitor, runDir, consoleLog string, lo
 	path := filepath.Join(runDir, ConsoleSocketName)
 	ln, err := listenConsole(path, runDir)
 	if err != nil {
+		clog.Close()
+		conn.Close()
+		return nil, err
+	}
+	if err := switchConsole(ctx, monitor, theirs); err != nil {
+		ln.Close()
 		clog.Close()
 		conn.Close()
 		return nil, err

@@ -361,7 +361,7 @@ Stop: every running machine is forced down, running tasks are reported
 (or
 .B abort
 to a controller that refuses it), and the agent exits 0.
-A machine held for inspection is not ended: it stays suspended, with its records, and the next agent takes it over (its console served again) and sends its result when the hold ends.
+A build machine held for inspection is not ended: it stays suspended, with its records, and the next agent takes it over (its console served again) and sends its result when the hold ends. Held bootstraps and builds with auxiliary machines are ended and reported now.
 .TP
 .B SIGHUP
 Rescan the machines now. It does not read the options, options files or URLs again: restart the agent for that.
